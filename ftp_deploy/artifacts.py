@@ -1,0 +1,180 @@
+"""Saving and loading a routed model: `ftp_config.json` + `router.safetensors`, no pickle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, ConfigError
+from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from ftp_deploy.models import LoadedModel, ModelRef, load_base_model, model_ref_for
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import FACTOR_NAMES, FactorRouter, RouterSpec
+from ftp_deploy.schedule import Schedule
+
+CONFIG_FILE = "ftp_config.json"
+ROUTER_FILE = "router.safetensors"
+FORMAT = "ftp-deploy/routed-model"
+FORMAT_VERSION = 1
+
+FACTOR_DEFINITIONS = {
+    "position": "t / (T - 1) over the valid tokens",
+    "attention_score": (
+        "mean attention received from the last `attention_window` valid queries in the most recent "
+        "block that computed the token, times the query's visible-key count (1 = uniform); 1 before block 0"
+    ),
+    "attention_rank": "rank of attention_score among the valid tokens, scaled to [0, 1]",
+    "required_sparsity": "the block's scheduled sparsity s_l",
+}
+
+
+@dataclass
+class RoutedArtifact:
+    """Everything a routed model is, apart from the frozen base model it applies to."""
+
+    base: ModelRef
+    schedule: Schedule
+    router_spec: RouterSpec
+    routing_mode: str = "topk"
+    router_state: dict[str, torch.Tensor] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_trained_router(self) -> bool:
+        return self.router_spec.kind == "learned" and self.router_state is not None
+
+    def build(self, base_model: torch.nn.Module) -> RoutedModel:
+        """A RoutedModel over `base_model`, after checking it is the model this was made for."""
+        check_base_model(self.base, model_ref_for(base_model, self.base.ref))
+        routed = RoutedModel(base_model, self.schedule, self.router_spec, self.routing_mode)
+        if routed.router is not None and self.router_state is not None:
+            routed.router.load_state_dict(self.router_state)
+        return routed
+
+    @classmethod
+    def from_model(cls, routed: RoutedModel, base: ModelRef, training: dict[str, Any] | None = None) -> RoutedArtifact:
+        state = None
+        if routed.router is not None:
+            state = {name: t.detach().cpu().contiguous() for name, t in routed.router.state_dict().items()}
+        return cls(base, routed.schedule, routed.router_spec, routed.routing_mode, state, dict(training or {}))
+
+
+def check_base_model(expected: ModelRef, actual: ModelRef) -> None:
+    problems = []
+    if expected.num_layers != actual.num_layers:
+        problems.append(f"{actual.num_layers} layers, not {expected.num_layers}")
+    if expected.hidden_size != actual.hidden_size:
+        problems.append(f"hidden size {actual.hidden_size}, not {expected.hidden_size}")
+    if not problems and expected.config_hash != actual.config_hash:
+        problems.append("a different architecture config (hash mismatch)")
+    if problems:
+        raise BaseModelMismatchError(
+            f"this router was made for {expected.ref!r}, but the model given ({actual.ref!r}) has "
+            + "; ".join(problems)
+        )
+
+
+def save_artifact(artifact: RoutedArtifact, folder: Path) -> None:
+    """Write the router first, then the config that names its hash: a partial save never loads."""
+    files: dict[str, str] = {}
+    if artifact.router_state is not None:
+        atomic_write_bytes(folder / ROUTER_FILE, save_safetensors(artifact.router_state))
+        files[ROUTER_FILE] = sha256_file(folder / ROUTER_FILE)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "base_model": artifact.base.to_json(),
+        "schedule": {
+            "sparsity_thousandths": list(artifact.schedule.thousandths),
+            "sparsities": artifact.schedule.sparsities,
+            "s_max": artifact.schedule.s_max,
+            "mean_sparsity": artifact.schedule.mean(),
+        },
+        "router": {**artifact.router_spec.to_json(), "parameters": _parameter_count(artifact.router_state)},
+        "factors": {name: FACTOR_DEFINITIONS[name] for name in FACTOR_NAMES},
+        "routing_mode": artifact.routing_mode,
+        "training": artifact.training,
+        "files": files,
+    }
+    atomic_write_json(folder / CONFIG_FILE, config)
+
+
+def _parameter_count(state: dict[str, torch.Tensor] | None) -> int:
+    return sum(t.numel() for t in state.values()) if state else 0
+
+
+def load_artifact(folder: Path) -> RoutedArtifact:
+    config_path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise ArtifactError(f"run folder not found: {folder}")
+    if not config_path.is_file():
+        raise ArtifactError(f"{folder} is not a routed-model folder: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{config_path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ArtifactError(f"{config_path} is not an ftp-deploy routed-model config")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{config_path} has format version {config.get('format_version')!r}; "
+            f"this ftp-deploy reads version {FORMAT_VERSION}"
+        )
+    try:
+        base = ModelRef.from_json(config["base_model"])
+        schedule_data = config["schedule"]
+        schedule = Schedule(tuple(int(n) for n in schedule_data["sparsity_thousandths"]), float(schedule_data["s_max"]))
+        schedule.check_layers(base.num_layers)
+        router_data = config["router"]
+        spec = RouterSpec(
+            kind=str(router_data["kind"]),
+            hidden=int(router_data["hidden"]),
+            attention_window=int(router_data["attention_window"]),
+            seed=int(router_data.get("seed", 0)),
+        )
+        routing_mode = str(config["routing_mode"])
+        files = dict(config.get("files", {}))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{config_path} is missing or has an invalid field: {err}") from err
+    except ConfigError as err:
+        raise ArtifactError(f"{config_path}: {err}") from err
+    state = _load_router_state(folder, files.get(ROUTER_FILE), spec.hidden) if spec.kind == "learned" else None
+    return RoutedArtifact(base, schedule, spec, routing_mode, state, dict(config.get("training", {})))
+
+
+def _load_router_state(folder: Path, expected_hash: str | None, hidden: int) -> dict[str, torch.Tensor] | None:
+    path = folder / ROUTER_FILE
+    if expected_hash is None:
+        return None
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing (the config says the router was saved)")
+    if sha256_file(path) != expected_hash:
+        raise ArtifactError(f"{path} is corrupt or truncated: its sha256 does not match {CONFIG_FILE}")
+    try:
+        state = load_safetensors(path.read_bytes())
+    except SafetensorError as err:
+        raise ArtifactError(f"{path} could not be read: {err}") from err
+    expected = FactorRouter(hidden).state_dict()
+    shapes = {name: tuple(t.shape) for name, t in state.items()}
+    if shapes != {name: tuple(t.shape) for name, t in expected.items()}:
+        raise ArtifactError(f"{path} does not hold a factor router of hidden size {hidden} (found {shapes})")
+    return state
+
+
+def load_routed(
+    run_dir: Path,
+    model: str | None = None,
+    dtype: str = "fp32",
+    trust_remote_code: bool = False,
+) -> tuple[RoutedModel, LoadedModel, RoutedArtifact]:
+    """Load a saved router and the base model it names (or `model`, checked to match)."""
+    artifact = load_artifact(run_dir)
+    loaded = load_base_model(model or artifact.base.ref, dtype=dtype, trust_remote_code=trust_remote_code)
+    return artifact.build(loaded.model), loaded, artifact

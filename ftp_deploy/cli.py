@@ -1,0 +1,114 @@
+"""The `ftp-deploy` command line: a thin layer over the library, one clear line per error."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ftp_deploy.errors import FtpDeployError, NotYetAvailableError
+
+app = typer.Typer(
+    name="ftp-deploy",
+    help="Train, evaluate, export and verify FTP token-routed LLaMA-family models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_PROMPT = (
+    "Water boils at 100 degrees Celsius at sea level. At higher altitudes the air pressure is lower, "
+    "so water boils at a lower temperature. In the same way, a pressure cooker raises the pressure, "
+    "so the water inside boils at"
+)
+ModelOption = Annotated[str, typer.Option(help="smollm2-135m (embedded), a .gguf file, a local HF folder or a hub id")]
+TrustOption = Annotated[bool, typer.Option(help="Allow the model's own Python code from the hub (off by default)")]
+
+
+@app.command()
+def info(run_dir: Annotated[Path, typer.Argument(help="A routed-model folder (ftp_config.json)")]) -> None:
+    """Print a routed model's schedule, router, base model and sparsity."""
+    from ftp_deploy.summary import summarize_artifact
+
+    console.print(summarize_artifact(run_dir))
+
+
+@app.command()
+def run(
+    prompt: Annotated[str, typer.Option(help="Text to continue")] = DEFAULT_PROMPT,
+    model: ModelOption = "smollm2-135m",
+    sparsity: Annotated[float, typer.Option(help="Uniform token sparsity for the static router")] = 0.3,
+    router: Annotated[
+        Path | None, typer.Option(help="A routed-model folder to use instead of the static router")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=512)] = 24,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Run a prompt through the dense model and the routed model; print both outputs and times."""
+    from ftp_deploy.demo import compare_dense_routed
+
+    rows = compare_dense_routed(prompt, model, sparsity, router, max_new_tokens, trust_remote_code)
+    console.print(f"[bold]prompt:[/] {prompt}")
+    table = Table(title=f"{model}: dense vs routed (greedy, no KV cache)")
+    for column in ("model", "continuation", "prefill s", "total s"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.name, row.text, f"{row.prefill_seconds:.3f}", f"{row.seconds:.3f}")
+    console.print(table)
+
+
+def _not_yet(command: str, issue: int) -> None:
+    raise NotYetAvailableError(f"`ftp-deploy {command}` has not landed yet (issue #{issue}); nothing was done")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train() -> None:
+    """Search the sparsity schedule and train the router (issue #3)."""
+    _not_yet("train", 3)
+
+
+@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate() -> None:
+    """Accuracy retention against the dense model and pruning baselines (issue #4)."""
+    _not_yet("eval", 4)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def export() -> None:
+    """Export a routed model to ONNX / TensorRT (issues #5, #6)."""
+    _not_yet("export", 5)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def verify() -> None:
+    """Check an exported model's parity and latency (issue #7)."""
+    _not_yet("verify", 7)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: FtpDeployError and usage errors become one line on stderr and an exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except FtpDeployError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return err.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

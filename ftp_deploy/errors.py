@@ -1,0 +1,51 @@
+"""One exception tree; the CLI turns any of these into one clear line and an exit code."""
+
+
+class FtpDeployError(Exception):
+    """Base of every error ftp-deploy reports to a user. `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class UsageError(FtpDeployError):
+    """Bad input from the user: a missing file, an out-of-range option, a wrong folder."""
+
+    exit_code = 2
+
+
+class ModelLoadError(UsageError):
+    """The base model could not be found or loaded."""
+
+
+class UnsupportedArchitectureError(UsageError):
+    """The model is not of the LLaMA-family decoder layout ftp-deploy routes."""
+
+
+class ConfigError(UsageError):
+    """A schedule, routing setting or saved config is invalid."""
+
+
+class ArtifactError(UsageError):
+    """A saved run or artifact folder is missing, corrupt or of another format."""
+
+
+class BaseModelMismatchError(ArtifactError):
+    """A saved router belongs to a different base model than the one given."""
+
+
+class DataError(UsageError):
+    """Training or evaluation data is missing, empty or malformed."""
+
+
+class MissingDependencyError(UsageError):
+    """An optional dependency or hardware (TensorRT, a CUDA GPU, triton) is not available."""
+
+
+class NotYetAvailableError(UsageError):
+    """A command whose capability has not landed yet."""
+
+
+class ParityError(FtpDeployError):
+    """An exported model does not match its reference within tolerance."""
+
+    exit_code = 1

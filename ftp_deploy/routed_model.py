@@ -1,0 +1,255 @@
+"""A frozen LLaMA-family causal LM whose decoder blocks let low-priority tokens skip them.
+
+Two execution modes give the same numbers (FTP_SPEC section 1):
+- masked: every block runs on all T tokens; skipped tokens are masked out of attention as
+  keys and their update is zeroed. Differentiable through the gate (for training).
+- compact: each block gathers its K kept tokens, runs the unmodified HF decoder layer on
+  them with their original positions, and scatters the result back (inference, export).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftp_deploy.attention_factor import attention_received
+from ftp_deploy.errors import ConfigError
+from ftp_deploy.plugins.token_compaction.reference import gather_rows, token_compact, token_scatter
+from ftp_deploy.router import (
+    ROUTER_KINDS,
+    FactorRouter,
+    RouterSpec,
+    random_scores,
+    router_factors,
+    static_scores,
+    token_positions,
+)
+from ftp_deploy.routing import (
+    ROUTING_MODES,
+    Selection,
+    additive_mask,
+    compact_allowed,
+    forced_keep_mask,
+    routing_scores,
+    select_threshold,
+    select_topk,
+)
+from ftp_deploy.schedule import Schedule
+
+EXECUTION_MODES = ("compact", "masked")
+
+CompactFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+ScatterFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CompactionOps:
+    """TokenCompact / TokenScatter implementations; the exporter swaps in ONNX-emitting ones."""
+
+    compact: CompactFn = token_compact
+    scatter: ScatterFn = token_scatter
+
+
+@dataclass
+class RoutedOutput:
+    logits: torch.Tensor
+    keep: list[torch.Tensor] = field(default_factory=list)
+    router_logits: list[torch.Tensor] = field(default_factory=list)
+    block_outputs: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class _Tokens:
+    """Per-sequence facts every block needs, computed once per forward."""
+
+    valid: torch.Tensor
+    positions: torch.Tensor
+    forced: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    padded: bool
+
+
+class RoutedModel(nn.Module):
+    """Wraps a HF causal LM (LLaMA, Mistral, Qwen2, Qwen3); only `router` has trainable weights."""
+
+    def __init__(
+        self,
+        base: Any,
+        schedule: Schedule,
+        router_spec: RouterSpec | None = None,
+        routing_mode: str = "topk",
+        router: FactorRouter | None = None,
+    ) -> None:
+        super().__init__()
+        spec = router_spec or RouterSpec()
+        if spec.kind not in ROUTER_KINDS:
+            raise ConfigError(f"unknown router kind {spec.kind!r}; choose one of {', '.join(ROUTER_KINDS)}")
+        if routing_mode not in ROUTING_MODES:
+            raise ConfigError(f"unknown routing mode {routing_mode!r}; choose one of {', '.join(ROUTING_MODES)}")
+        if routing_mode == "threshold" and spec.kind != "learned":
+            raise ConfigError("threshold routing needs the learned router (static and random scores are not gates)")
+        schedule.check_layers(len(base.model.layers))
+        self.base: Any = base
+        self.schedule = schedule
+        self.router_spec = spec
+        self.routing_mode = routing_mode
+        self.router = (router or FactorRouter(spec.hidden)) if spec.kind == "learned" else None
+        self.ops = CompactionOps()
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.base.model.layers
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mode: str = "compact",
+        logits_to_keep: int = 0,
+        gate_gradient: bool = False,
+        return_block_outputs: bool = False,
+    ) -> RoutedOutput:
+        """Routed forward. `logits_to_keep=1` computes logits for the last position only (prefill).
+
+        `gate_gradient` (masked mode) scales each token's block update by a straight-through
+        gate, 1 or 0 in value, whose gradient reaches the router.
+        """
+        if mode not in EXECUTION_MODES:
+            raise ConfigError(f"unknown execution mode {mode!r}; choose one of {', '.join(EXECUTION_MODES)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        backbone = self.base.model
+        hidden = backbone.embed_tokens(input_ids)
+        tokens = self._tokens(hidden, attention_mask)
+        needs_factors = self.router is not None
+        attention_score = torch.ones_like(tokens.positions, dtype=torch.float32)
+        out = RoutedOutput(logits=hidden)
+        for block, layer in enumerate(self.layers):
+            raw = self._raw_scores(block, tokens, attention_score)
+            if raw is not None and self.router is not None:
+                out.router_logits.append(raw)
+            scores = routing_scores(
+                raw if raw is not None else static_scores(tokens.positions), attention_mask, tokens.forced
+            )
+            if mode == "compact":
+                hidden, selection, compact_in = self._compact_block(layer, block, hidden, scores, raw, tokens)
+            else:
+                hidden, selection, compact_in = self._masked_block(
+                    layer, block, hidden, scores, raw, tokens, gate_gradient
+                )
+            out.keep.append(selection.keep_mask(hidden.shape[1]))
+            if return_block_outputs:
+                out.block_outputs.append(hidden)
+            if needs_factors:
+                attention_score = self._update_attention_score(layer, attention_score, compact_in, selection, tokens)
+        hidden = backbone.norm(hidden)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        out.logits = self.base.lm_head(hidden)
+        return out
+
+    def _tokens(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> _Tokens:
+        positions = token_positions(attention_mask)
+        cos, sin = self.base.model.rotary_emb(hidden, positions)
+        return _Tokens(
+            valid=attention_mask.bool(),
+            positions=positions,
+            forced=forced_keep_mask(attention_mask),
+            cos=cos,
+            sin=sin,
+            padded=not bool(attention_mask.bool().all()),
+        )
+
+    def _raw_scores(self, block: int, tokens: _Tokens, attention_score: torch.Tensor) -> torch.Tensor | None:
+        """Router logits (learned), random scores, or None for the static priority."""
+        if self.router is not None:
+            factors = router_factors(tokens.positions, tokens.valid, attention_score, self.schedule.sparsities[block])
+            return self.router(factors)
+        if self.router_spec.kind == "random":
+            return random_scores(tokens.positions.shape, self.router_spec.seed, block, tokens.positions.device)
+        return None
+
+    def _compact_block(
+        self,
+        layer: Any,
+        block: int,
+        hidden: torch.Tensor,
+        scores: torch.Tensor,
+        raw: torch.Tensor | None,
+        tokens: _Tokens,
+    ) -> tuple[torch.Tensor, Selection, torch.Tensor]:
+        if self.routing_mode == "threshold" and raw is not None:
+            selection = select_threshold(raw, tokens.valid.long(), tokens.forced)
+            compact = gather_rows(hidden, selection.indices)
+        else:
+            compact, indices = self.ops.compact(hidden, scores, self.schedule.thousandths[block])
+            selection = Selection(indices)
+        index = selection.indices
+        cos, sin = (gather_rows(t.expand(index.shape[0], -1, -1), index) for t in (tokens.cos, tokens.sin))
+        key_valid = self._slot_valid(selection, tokens)
+        mask = None
+        if tokens.padded or selection.filled is not None:
+            positions = torch.gather(tokens.positions, 1, index)
+            mask = additive_mask(compact_allowed(positions, key_valid), compact.dtype)
+        updated = layer(compact, attention_mask=mask, position_embeddings=(cos, sin))
+        if selection.filled is not None:  # unfilled slots of threshold routing keep their input
+            updated = torch.where(selection.filled.unsqueeze(-1), updated, compact)
+        return self.ops.scatter(hidden, updated, index), selection, compact
+
+    def _masked_block(
+        self,
+        layer: Any,
+        block: int,
+        hidden: torch.Tensor,
+        scores: torch.Tensor,
+        raw: torch.Tensor | None,
+        tokens: _Tokens,
+        gate_gradient: bool,
+    ) -> tuple[torch.Tensor, Selection, torch.Tensor]:
+        if self.routing_mode == "threshold" and raw is not None:
+            selection = select_threshold(raw, tokens.valid.long(), tokens.forced)
+        else:
+            selection = select_topk(scores, self.schedule.kept(block, scores.shape[1]))
+        keep = selection.keep_mask(hidden.shape[1])
+        compact_in = gather_rows(hidden.detach(), selection.indices)
+        key_valid = keep & tokens.valid
+        allowed = compact_allowed(tokens.positions, key_valid)
+        mask = additive_mask(allowed, hidden.dtype)
+        updated = layer(hidden, attention_mask=mask, position_embeddings=(tokens.cos, tokens.sin))
+        gate = keep.to(hidden.dtype)
+        if gate_gradient and raw is not None:
+            probability = torch.sigmoid(raw).to(hidden.dtype)
+            gate = gate + probability - probability.detach()
+        return hidden + gate.unsqueeze(-1) * (updated - hidden), selection, compact_in
+
+    @staticmethod
+    def _slot_valid(selection: Selection, tokens: _Tokens) -> torch.Tensor:
+        valid = torch.gather(tokens.valid, 1, selection.indices)
+        return valid if selection.filled is None else valid & selection.filled
+
+    def _update_attention_score(
+        self,
+        layer: Any,
+        attention_score: torch.Tensor,
+        compact_in: torch.Tensor,
+        selection: Selection,
+        tokens: _Tokens,
+    ) -> torch.Tensor:
+        index = selection.indices
+        cos, sin = (gather_rows(t.expand(index.shape[0], -1, -1), index) for t in (tokens.cos, tokens.sin))
+        score, seen = attention_received(
+            layer,
+            compact_in,
+            cos,
+            sin,
+            torch.gather(tokens.positions, 1, index),
+            self._slot_valid(selection, tokens),
+            self.router_spec.attention_window,
+        )
+        current = torch.gather(attention_score, 1, index)
+        return attention_score.scatter(1, index, torch.where(seen, score, current))

