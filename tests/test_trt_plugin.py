@@ -1,0 +1,224 @@
+"""The TensorRT plugin: its shape and grid formulas and its PTX here; engines where TensorRT runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ftp_deploy.plugins.token_compaction.contract import kept_count
+from ftp_deploy.plugins.token_compaction.geometry import LaunchConfig, kept_count_expr, programs_per_row
+from ftp_deploy.plugins.token_compaction.trt_plugin import register_trt_plugins
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+class LeftOnlyDim:
+    """A dimension with `+ - * //` taking an int on the right only, like tensorrt.plugin.ShapeExpr."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __add__(self, other: int) -> LeftOnlyDim:
+        return LeftOnlyDim(self.value + other)
+
+    def __sub__(self, other: LeftOnlyDim) -> LeftOnlyDim:
+        return LeftOnlyDim(self.value - other.value)
+
+    def __mul__(self, other: int) -> LeftOnlyDim:
+        return LeftOnlyDim(self.value * other)
+
+    def __floordiv__(self, other: int) -> LeftOnlyDim:
+        return LeftOnlyDim(self.value // other)
+
+
+SPARSITIES = [(0, 1000), (1, 1000), (250, 1000), (300, 1000), (333, 1000), (500, 1000), (999, 1000), (2, 3), (5, 16)]
+
+
+@pytest.mark.parametrize(("num", "den"), SPARSITIES)
+def test_kept_count_expr_matches_contract(num: int, den: int) -> None:
+    for seq_len in range(0, 9000):
+        assert kept_count_expr(seq_len, num, den) == kept_count(seq_len, num, den)
+
+
+@pytest.mark.parametrize(("num", "den"), SPARSITIES)
+def test_kept_count_expr_needs_no_reflected_operators(num: int, den: int) -> None:
+    for seq_len in (1, 7, 2048, 6000, 8192, 32768):
+        assert kept_count_expr(LeftOnlyDim(seq_len), num, den).value == kept_count(seq_len, num, den)
+
+
+def test_stand_in_dim_lacks_reflected_operators() -> None:
+    with pytest.raises(TypeError):
+        3 * LeftOnlyDim(2)  # type: ignore[operator]
+    with pytest.raises(TypeError):
+        3 - LeftOnlyDim(2)  # type: ignore[operator]
+
+
+def test_kept_count_expr_rejects_sparsity_out_of_range() -> None:
+    with pytest.raises(ValueError, match="sparsity_num"):
+        kept_count_expr(LeftOnlyDim(10), 1000, 1000)
+    with pytest.raises(ValueError, match="sparsity_num"):
+        kept_count_expr(10, -1, 1000)
+
+
+@pytest.mark.parametrize("rows", [1, 64, 1024])
+def test_programs_per_row_is_ceil_division(rows: int) -> None:
+    for seq_len in range(0, 5000, 7):
+        assert programs_per_row(seq_len, rows) == -(-seq_len // rows)
+        assert programs_per_row(LeftOnlyDim(seq_len), rows).value == -(-seq_len // rows)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"rows": 48}, {"select_block": 0}, {"block_d": 100}, {"num_warps": 3}, {"radix_bits": 5}]
+)
+def test_launch_config_rejects_shapes_triton_cannot_take(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="LaunchConfig"):
+        LaunchConfig(**bad)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed")
+def test_register_without_tensorrt_names_the_extra() -> None:
+    with pytest.raises(ImportError, match=r"pip install 'ftp-deploy\[trt\]'"):
+        register_trt_plugins()
+
+
+# Compiles in a fresh process: another test module may have imported the kernels under Triton's
+# CPU interpreter in this one, and interpreted kernels cannot be compiled.
+_COMPILE_AND_LIST_PARAMS = """
+import json, re, sys
+from triton.backends.compiler import GPUTarget
+from ftp_deploy.plugins.token_compaction.aot import compile_kernel, declared_ptx_version
+out = []
+for op, hidden_type, aligned in json.loads(sys.argv[1]):
+    k = compile_kernel(op, hidden_type, aligned, GPUTarget("cuda", 90, 32), 90)
+    entry = re.search(r"\\.entry (\\w+)\\(([^)]*)\\)", k.ptx)
+    params = [("ptr" if ".ptr" in p else p.split()[1].lstrip(".")) for p in entry[2].split(",")]
+    path = f"{sys.argv[2]}/{op}_{hidden_type}_{aligned}.ptx"
+    open(path, "w").write(k.ptx)
+    out.append([op, hidden_type, aligned, k.name, entry[1], params, declared_ptx_version(k.ptx), k.threads, path])
+print(json.dumps(out))
+"""
+
+CASES = [("compact", "bf16", True), ("scatter", "fp16", False)]
+ALL_CASES = [(op, t, a) for op in ("compact", "scatter") for t in ("fp32", "fp16", "bf16") for a in (True, False)]
+
+
+def compile_in_subprocess(cases: list[tuple[str, str, bool]], tmp_path: Path) -> list[list[Any]]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_AND_LIST_PARAMS, json.dumps(cases), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled: list[list[Any]] = json.loads(result.stdout)
+    return compiled
+
+
+def cuda13_ptxas() -> str | None:
+    """The CUDA toolkit's ptxas if it reads PTX ISA 9.0 (CUDA >= 13), else None."""
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        return None
+    version = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
+    release = re.search(r"release (\d+)\.", version)
+    return ptxas if release and int(release[1]) >= 13 else None
+
+
+def check_compiled(compiled: list[list[Any]]) -> None:
+    # TensorRT's AOT call: input pointers, the extra int32 args (T, K, D), output pointers;
+    # Triton's own scratch pointers may follow and go unused.
+    expected = {
+        "compact": ["ptr", "ptr", "u32", "u32", "u32", "ptr", "ptr"],
+        "scatter": ["ptr"] * 3 + ["u32"] * 3 + ["ptr"],
+    }
+    ptxas = cuda13_ptxas()
+    for op, _, _, name, entry, params, ptx_version, threads, path in compiled:
+        assert entry == name == f"token_{op}_kernel"
+        assert params[:7] == expected[op]
+        assert all(p == "ptr" for p in params[7:])
+        assert ptx_version == 90
+        assert threads == LaunchConfig().num_warps * 32
+        if ptxas:  # the CUDA toolkit's assembler: the PTX is valid for sm_90a at ISA 9.0
+            subprocess.run([ptxas, "-arch=sm_90a", str(path), "-o", os.devnull], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_aot_kernels_compile_to_ptx_with_tensorrt_parameter_order(tmp_path: Path) -> None:
+    check_compiled(compile_in_subprocess(CASES, tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_aot_kernels_compile_for_every_type(tmp_path: Path) -> None:
+    check_compiled(compile_in_subprocess(ALL_CASES, tmp_path))
+
+
+def test_declared_ptx_version() -> None:
+    from ftp_deploy.plugins.token_compaction.aot import declared_ptx_version
+
+    assert declared_ptx_version("//\n.version 8.7\n.target sm_90a\n") == 87
+    with pytest.raises(ValueError, match="version"):
+        declared_ptx_version(".target sm_90a\n")
+
+
+def tensorrt_with_gpu() -> tuple[Any, Any]:
+    if not HAS_TENSORRT:
+        pytest.skip("tensorrt not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    import tensorrt
+    import tensorrt.plugin
+
+    return tensorrt, tensorrt.plugin
+
+
+@pytest.mark.trt
+@pytest.mark.parametrize("aot", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_engine_matches_reference(aot: bool, dtype: torch.dtype) -> None:
+    """compact -> x + x (exact) -> scatter through a built engine equals the reference bit for bit."""
+    trt, trtp = tensorrt_with_gpu()
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, TrtRunner, create_network
+
+    from ftp_deploy.plugins.token_compaction.reference import token_compact, token_scatter
+
+    register_trt_plugins()
+    batch, seq_len, dim, num = 2, 6000, 64, 300  # K = 4200, past TensorRT TopK's 3840
+    trt_type = {torch.float32: trt.float32, torch.float16: trt.float16, torch.bfloat16: trt.bfloat16}[dtype]
+    builder, network = create_network(strongly_typed=True)
+    hidden_in = network.add_input("hidden", trt_type, (batch, seq_len, dim))
+    scores_in = network.add_input("scores", trt.float32, (batch, seq_len))
+    compact_layer = network.add_plugin(
+        trtp.op.ftp.TokenCompact(hidden_in, scores_in, sparsity_num=num, sparsity_den=1000),
+        aot=aot,
+    )
+    compact, indices = compact_layer.get_output(0), compact_layer.get_output(1)
+    doubled = network.add_elementwise(compact, compact, trt.ElementWiseOperation.SUM).get_output(0)
+    scatter_layer = network.add_plugin(trtp.op.ftp.TokenScatter(hidden_in, doubled, indices), aot=aot)
+    for name, tensor in (("compact", compact), ("indices", indices), ("out", scatter_layer.get_output(0))):
+        tensor.name = name
+        network.mark_output(tensor)
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(batch, seq_len, dim, generator=gen).to(dtype)
+    scores = torch.randint(0, 50, (batch, seq_len), generator=gen).float()  # ties in every row
+    with TrtRunner(EngineFromNetwork((builder, network), CreateConfig())) as runner:
+        got = runner.infer({"hidden": hidden.cuda(), "scores": scores.cuda()})
+
+    want_compact, want_indices = token_compact(hidden, scores, num)
+    assert torch.equal(got["indices"].cpu(), want_indices)
+    assert torch.equal(got["compact"].cpu(), want_compact)
+    assert torch.equal(got["out"].cpu(), token_scatter(hidden, want_compact + want_compact, want_indices))
