@@ -61,8 +61,10 @@ def attention_received(
     query_pos = torch.gather(positions, 1, slots)
     visible = (positions.unsqueeze(1) <= query_pos.unsqueeze(2)) & slot_valid.unsqueeze(1) & present.unsqueeze(2)
     logits = (query.float() @ key.float().transpose(-1, -2)) * attn.scaling
-    probs = torch.softmax(logits.masked_fill(~visible.unsqueeze(1), float("-inf")), dim=-1)
-    probs = torch.nan_to_num(probs, nan=0.0).mean(dim=1)  # heads; absent queries give all-masked rows
+    # A finite fill keeps inf and NaN out of exported graphs. The rows of absent queries, masked
+    # throughout, come out uniform, and their zero visible-key count below cancels them.
+    masked = logits.masked_fill(~visible.unsqueeze(1), torch.finfo(torch.float32).min)
+    probs = torch.softmax(masked, dim=-1).mean(dim=1)  # over heads
     relative = probs * visible.sum(-1, keepdim=True)
     seen_by = visible.sum(1)
     score = relative.sum(1) / seen_by.clamp(min=1)

@@ -11,7 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ftp_deploy.errors import FtpDeployError, NotYetAvailableError
+from ftp_deploy.errors import FtpDeployError
+from ftp_deploy.evaluation.command import evaluate
+from ftp_deploy.export_command import export
+from ftp_deploy.training.command import train
+from ftp_deploy.verification.command import verify
 
 app = typer.Typer(
     name="ftp-deploy",
@@ -64,32 +68,10 @@ def run(
     console.print(table)
 
 
-def _not_yet(command: str, issue: int) -> None:
-    raise NotYetAvailableError(f"`ftp-deploy {command}` has not landed yet (issue #{issue}); nothing was done")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Search the sparsity schedule and train the router (issue #3)."""
-    _not_yet("train", 3)
-
-
-@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate() -> None:
-    """Accuracy retention against the dense model and pruning baselines (issue #4)."""
-    _not_yet("eval", 4)
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def export() -> None:
-    """Export a routed model to ONNX / TensorRT (issues #5, #6)."""
-    _not_yet("export", 5)
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def verify() -> None:
-    """Check an exported model's parity and latency (issue #7)."""
-    _not_yet("verify", 7)
+app.command()(train)
+app.command(name="eval")(evaluate)
+app.command()(export)
+app.command()(verify)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,11 +41,31 @@ class MissingDependencyError(UsageError):
     """An optional dependency or hardware (TensorRT, a CUDA GPU, triton) is not available."""
 
 
-class NotYetAvailableError(UsageError):
-    """A command whose capability has not landed yet."""
-
-
 class ParityError(FtpDeployError):
     """An exported model does not match its reference within tolerance."""
 
     exit_code = 1
+
+
+class StorageError(FtpDeployError):
+    """A file could not be written (a full disk, a read-only folder); what was saved before stays."""
+
+
+class ExportError(FtpDeployError):
+    """Exporting a model failed for a reason other than bad input (the exporter or the runtime)."""
+
+
+class UnsupportedExportError(UsageError):
+    """The run or the options ask for something the exporter cannot produce (a router, opset, dtype)."""
+
+
+class OutputFolderError(UsageError):
+    """The output folder cannot be written, or holds files that would be replaced."""
+
+
+class ExportValidationError(ParityError):
+    """The exported file does not match the PyTorch model; `failures` lists every check that failed."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("the exported model failed validation:\n  " + "\n  ".join(failures))
+        self.failures = failures

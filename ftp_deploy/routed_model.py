@@ -58,6 +58,7 @@ class CompactionOps:
 class RoutedOutput:
     logits: torch.Tensor
     keep: list[torch.Tensor] = field(default_factory=list)
+    indices: list[torch.Tensor] = field(default_factory=list)
     router_logits: list[torch.Tensor] = field(default_factory=list)
     block_outputs: list[torch.Tensor] = field(default_factory=list)
 
@@ -113,11 +114,14 @@ class RoutedModel(nn.Module):
         logits_to_keep: int = 0,
         gate_gradient: bool = False,
         return_block_outputs: bool = False,
+        always_mask: bool = False,
     ) -> RoutedOutput:
         """Routed forward. `logits_to_keep=1` computes logits for the last position only (prefill).
 
         `gate_gradient` (masked mode) scales each token's block update by a straight-through
-        gate, 1 or 0 in value, whose gradient reaches the router.
+        gate, 1 or 0 in value, whose gradient reaches the router. `always_mask` gives compact
+        blocks the explicit padding-aware mask even when nothing is padded, so no branch depends
+        on the mask's values (what a traced graph for every input needs).
         """
         if mode not in EXECUTION_MODES:
             raise ConfigError(f"unknown execution mode {mode!r}; choose one of {', '.join(EXECUTION_MODES)}")
@@ -125,7 +129,7 @@ class RoutedModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         backbone = self.base.model
         hidden = backbone.embed_tokens(input_ids)
-        tokens = self._tokens(hidden, attention_mask)
+        tokens = self._tokens(hidden, attention_mask, always_mask)
         needs_factors = self.router is not None
         attention_score = torch.ones_like(tokens.positions, dtype=torch.float32)
         out = RoutedOutput(logits=hidden)
@@ -143,6 +147,7 @@ class RoutedModel(nn.Module):
                     layer, block, hidden, scores, raw, tokens, gate_gradient
                 )
             out.keep.append(selection.keep_mask(hidden.shape[1]))
+            out.indices.append(selection.indices)
             if return_block_outputs:
                 out.block_outputs.append(hidden)
             if needs_factors:
@@ -153,7 +158,7 @@ class RoutedModel(nn.Module):
         out.logits = self.base.lm_head(hidden)
         return out
 
-    def _tokens(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> _Tokens:
+    def _tokens(self, hidden: torch.Tensor, attention_mask: torch.Tensor, always_mask: bool) -> _Tokens:
         positions = token_positions(attention_mask)
         cos, sin = self.base.model.rotary_emb(hidden, positions)
         return _Tokens(
@@ -162,7 +167,7 @@ class RoutedModel(nn.Module):
             forced=forced_keep_mask(attention_mask),
             cos=cos,
             sin=sin,
-            padded=not bool(attention_mask.bool().all()),
+            padded=always_mask or not bool(attention_mask.bool().all()),
         )
 
     def _raw_scores(self, block: int, tokens: _Tokens, attention_score: torch.Tensor) -> torch.Tensor | None:

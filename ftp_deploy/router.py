@@ -52,7 +52,9 @@ def position_factor(positions: torch.Tensor, valid_count: torch.Tensor) -> torch
 
 def rank_factor(attention_score: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Rank of each valid token's attention score in its sequence, scaled to [0, 1]."""
-    masked = attention_score.masked_fill(~valid, float("-inf"))
+    # Scores are >= 0, so the finite minimum sorts padding first just as -inf would, and keeps
+    # inf out of exported graphs.
+    masked = attention_score.masked_fill(~valid, torch.finfo(attention_score.dtype).min)
     order = torch.sort(masked, dim=1, stable=True).indices
     ranks = torch.argsort(order, dim=1)
     pad_count = (~valid).sum(1, keepdim=True)

@@ -35,16 +35,16 @@ _COMMON = dict(
 )
 
 TINY_BUILDERS = {
-    "llama": lambda: LlamaForCausalLM(LlamaConfig(**_COMMON)),
-    "mistral": lambda: MistralForCausalLM(MistralConfig(**_COMMON, sliding_window=None)),
-    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_COMMON)),
-    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**_COMMON, head_dim=12)),
+    "llama": lambda **kw: LlamaForCausalLM(LlamaConfig(**{**_COMMON, **kw})),
+    "mistral": lambda **kw: MistralForCausalLM(MistralConfig(**{**_COMMON, **kw}, sliding_window=None)),
+    "qwen2": lambda **kw: Qwen2ForCausalLM(Qwen2Config(**{**_COMMON, **kw})),
+    "qwen3": lambda **kw: Qwen3ForCausalLM(Qwen3Config(**{**_COMMON, **kw}, head_dim=12)),
 }
 
 
-def tiny_model(arch: str = "llama", seed: int = 0) -> torch.nn.Module:
+def tiny_model(arch: str = "llama", seed: int = 0, num_layers: int = 4) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = TINY_BUILDERS[arch]().eval()
+    model = TINY_BUILDERS[arch](num_hidden_layers=num_layers).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
@@ -96,3 +96,13 @@ def random_batch(batch: int, seq_len: int, padding: str | None, seed: int = 0) -
     elif padding == "right":
         mask[1, seq_len - pad :] = 0
     return ids.masked_fill(mask == 0, 0), mask
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models spend their time in OpenMP hand-offs, not arithmetic: on a shared CPU, where
+    spinning threads wait on each other, one thread runs them several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

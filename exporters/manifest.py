@@ -1,0 +1,49 @@
+"""manifest.json of an artifact folder: what was exported from what, and the sha256 of every file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ftp_deploy.errors import ArtifactError
+from ftp_deploy.fileio import atomic_write_json, sha256_file
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "ftp-deploy/onnx-export"
+MANIFEST_VERSION = 1
+
+
+def write_manifest(folder: Path, content: dict[str, Any]) -> dict[str, Any]:
+    """Write `content` plus the hash of every other file in `folder`; returns what was written."""
+    files = {path.name: sha256_file(path) for path in sorted(folder.iterdir()) if path.name != MANIFEST_FILE}
+    manifest = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, **content, "files": files}
+    atomic_write_json(folder / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{folder} is not an exported artifact: {MANIFEST_FILE} is missing") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ArtifactError(f"{path} is not an ftp-deploy export manifest")
+    return manifest
+
+
+def manifest_mismatches(folder: Path) -> list[str]:
+    """Every file the manifest lists that is missing or differs, and every file it does not list."""
+    listed: dict[str, str] = read_manifest(folder).get("files", {})
+    present = {path.name for path in folder.iterdir() if path.name != MANIFEST_FILE}
+    problems = [f"{name} is missing" for name in sorted(set(listed) - present)]
+    problems += [f"{name} is not in the manifest" for name in sorted(present - set(listed))]
+    problems += [
+        f"{name} does not match its sha256"
+        for name in sorted(set(listed) & present)
+        if sha256_file(folder / name) != listed[name]
+    ]
+    return problems

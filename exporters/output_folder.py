@@ -1,0 +1,67 @@
+"""The artifact folder appears whole or not at all: built in a hidden sibling, then renamed into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ftp_deploy.errors import ArtifactError, OutputFolderError
+from ftp_deploy.exporters.manifest import read_manifest
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that cannot be written, or whose files the export would replace without --overwrite.
+
+    With --overwrite only an earlier export (a folder with an ftp-deploy manifest) is replaced, so
+    a mistyped --out can never delete a run folder or anything else.
+    """
+    parent = out.parent
+    if not parent.is_dir():
+        raise OutputFolderError(f"cannot write {out}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"cannot write {out}: {parent} is not writable")
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise OutputFolderError(f"{out} is not empty; pass --overwrite to replace an earlier export there")
+    try:
+        read_manifest(out)
+    except ArtifactError as err:
+        raise OutputFolderError(f"--overwrite replaces earlier exports only, and {out} is not one ({err})") from err
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A fresh folder next to `out`; renamed to `out` when the block succeeds, deleted when it fails."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as err:
+        raise OutputFolderError(f"cannot write next to {out}: {err.strerror}") from err
+    try:
+        yield staging
+        _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _publish(staging: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    # Renaming over a non-empty folder is not possible: move the old one aside first.
+    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.replace(out, retired / out.name)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(retired / out.name, out)
+        raise
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)

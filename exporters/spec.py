@@ -1,0 +1,129 @@
+"""What one ONNX export produces, declared once (in the style of Optimum's OnnxConfig).
+
+The same `ExportSpec` names the graph's inputs and outputs and their dynamic axes for
+torch.onnx.export, writes them into the manifest, and tells validation which outputs to compare
+and within what tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ftp_deploy.errors import UnsupportedExportError
+from ftp_deploy.exporters.options import DEFAULT_OPSET, EXPORT_DTYPES, SUPPORTED_OPSETS
+from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+BATCH, SEQUENCE = "batch", "sequence"
+
+
+def indices_name(block: int) -> str:
+    return f"indices_{block}"
+
+
+def hidden_name(block: int) -> str:
+    return f"hidden_{block}"
+
+
+def kept_axis_name(sparsity_num: int) -> str:
+    """The symbolic length of a block's kept tokens, as the shape arithmetic computes it."""
+    return f"{SEQUENCE} - ({SEQUENCE} * {sparsity_num}) // {SPARSITY_DEN}"
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """One export: the routed graph (per-block sparsity in thousandths) or the dense baseline.
+
+    `hidden_{l}` (debug outputs) is the hidden state leaving block l, `indices_{l}` the positions
+    block l kept. Tolerances are fp32's; other dtypes are validated through an fp32 copy.
+    """
+
+    thousandths: tuple[int, ...]
+    dtype: str = "fp32"
+    opset: int = DEFAULT_OPSET
+    dense: bool = False
+    last_token_logits: bool = False
+    debug_outputs: bool = False
+    logits_atol: float = 1e-3
+    hidden_atol: float = 1e-3
+    hidden_rtol: float = 1e-3
+    min_routing_agreement: float = 0.999
+    validation_batch: int = 2
+    # Kept counts below and above the router's default attention window (32 queries).
+    validation_lengths: tuple[int, ...] = (24, 61)
+    # torch.export specializes a dimension whose example size is 1 to a constant 1: batch 2, and
+    # 16 tokens keep K >= 2 in every block up to the largest sparsity (0.9).
+    example_shape: tuple[int, int] = (2, 16)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in EXPORT_DTYPES:
+            raise UnsupportedExportError(f"dtype {self.dtype!r} cannot be exported; choose one of {EXPORT_DTYPES}")
+        if self.opset not in SUPPORTED_OPSETS:
+            raise UnsupportedExportError(
+                f"opset {self.opset} is not supported; choose one of {', '.join(map(str, SUPPORTED_OPSETS))}"
+            )
+        if self.dense and self.debug_outputs:
+            raise UnsupportedExportError("--debug-outputs exposes routing decisions; the dense model has none")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.thousandths)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return INPUT_NAMES
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        if not self.debug_outputs:
+            return ("logits",)
+        blocks = range(self.num_layers)
+        return ("logits", *map(indices_name, blocks), *map(hidden_name, blocks))
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes = {name: {0: BATCH, 1: SEQUENCE} for name in self.input_names}
+        axes["logits"] = {0: BATCH} if self.last_token_logits else {0: BATCH, 1: SEQUENCE}
+        if self.debug_outputs:
+            for block, num in enumerate(self.thousandths):
+                axes[indices_name(block)] = {0: BATCH, 1: kept_axis_name(num)}
+                axes[hidden_name(block)] = {0: BATCH, 1: SEQUENCE}
+        return axes
+
+    def torch_dynamic_shapes(self) -> dict[str, dict[int, torch.export.Dim]]:
+        batch, sequence = torch.export.Dim(BATCH), torch.export.Dim(SEQUENCE)
+        return {name: {0: batch, 1: sequence} for name in self.input_names}
+
+    def example_inputs(self, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_inputs(*self.example_shape, vocab_size, seed=0)
+
+    def validation_inputs(self, vocab_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [
+            sample_inputs(self.validation_batch, length, vocab_size, seed=i)
+            for i, length in enumerate(self.validation_lengths)
+        ]
+
+    def to_json(self) -> dict[str, object]:
+        axes = {name: {str(axis): label for axis, label in named.items()} for name, named in self.dynamic_axes.items()}
+        return {
+            "inputs": {name: axes[name] for name in self.input_names},
+            "outputs": {name: axes[name] for name in self.output_names},
+            "tolerance": {
+                "logits_atol": self.logits_atol,
+                "hidden_atol": self.hidden_atol,
+                "hidden_rtol": self.hidden_rtol,
+                "min_routing_agreement": self.min_routing_agreement,
+            },
+        }
+
+
+def sample_inputs(batch: int, length: int, vocab_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token ids and a mask whose second row is left-padded by a third (the padded-mask path)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch, length), generator=generator)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if batch > 1:
+        mask[1, : length // 3] = 0
+    return ids, mask

@@ -1,0 +1,63 @@
+"""The `ftp-deploy eval` command: a thin typer layer over `pipeline.run_eval`.
+
+Only torch-free modules load at import, so registering the command keeps the CLI quick to start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ftp_deploy.evaluation.methods import DEFAULT_BASELINES
+from ftp_deploy.evaluation.tasks import DEFAULT_TASKS, GENERIC_TASKS, NAMED_TASKS
+
+
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run folder (ftp_config.json + router.safetensors)")],
+    tasks: Annotated[
+        str, typer.Option(help=f"Comma-separated: {', '.join(NAMED_TASKS)}, {GENERIC_TASKS}")
+    ] = DEFAULT_TASKS,
+    baselines: Annotated[
+        str, typer.Option(help="Comma-separated baselines at the run's sparsity; dense is always included")
+    ] = DEFAULT_BASELINES,
+    limit: Annotated[int | None, typer.Option(help="A fixed, seeded subset of N items (windows for ppl)")] = None,
+    report: Annotated[Path | None, typer.Option(help="Folder for the report files (default RUN_DIR/eval)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder of the task files (default ../shared/data)")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model, if not the one the run names")] = None,
+    seq_len: Annotated[int, typer.Option(help="Perplexity window length in tokens")] = 512,
+    scored_tokens: Annotated[
+        int | None, typer.Option(help="Scored positions at the end of each window (default: FTP_SPEC 1b's)")
+    ] = None,
+) -> None:
+    """Accuracy retention of a trained run against dense and pruning baselines at the same sparsity."""
+    from ftp_deploy.evaluation.pipeline import run_eval
+    from ftp_deploy.evaluation.report import table_rows
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        results, written = run_eval(
+            run_dir=run_dir,
+            tasks=tasks,
+            baselines=baselines,
+            limit=limit,
+            report=report,
+            data_dir=data_dir,
+            model=model,
+            seq_len=seq_len,
+            scored_tokens=scored_tokens,
+            progress=progress,
+        )
+    header, rows = table_rows(results)
+    table = Table(title=f"{results['model']['ref']}: accuracy % (perplexity on scored positions)")
+    for column in header:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print("wrote " + ", ".join(str(path) for path in written))

@@ -1,0 +1,151 @@
+"""`ftp-deploy eval` as library calls: check every input, score every method, write the report.
+
+All inputs (tasks, files, options, the run folder) are checked before the model loads, and
+nothing is written unless the evaluation finishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from ftp_deploy.artifacts import ROUTER_FILE, RoutedArtifact, load_artifact
+from ftp_deploy.errors import ArtifactError
+from ftp_deploy.evaluation.baselines import build_methods
+from ftp_deploy.evaluation.methods import DEFAULT_BASELINES, DENSE, parse_baselines
+from ftp_deploy.evaluation.report import write_report
+from ftp_deploy.evaluation.retention import retention_summary
+from ftp_deploy.evaluation.runner import EvalSettings, evaluate_methods, prepare
+from ftp_deploy.evaluation.shortgpt import calibration_file, calibration_ids
+from ftp_deploy.evaluation.tasks import (
+    DEFAULT_TASKS,
+    SUBSET_SEED,
+    Task,
+    check_limit,
+    default_data_dir,
+    load_task,
+    parse_task_names,
+)
+from ftp_deploy.fidelity import SCORED_POSITIONS
+from ftp_deploy.fileio import sha256_file
+from ftp_deploy.models import LoadedModel, load_base_model
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.schedule import Schedule
+
+FORMAT = "ftp-deploy/eval-results"
+FORMAT_VERSION = 1
+REPORT_SUBFOLDER = "eval"
+# Context longer than this is cut from the left, as lm-evaluation-harness does at the model's limit.
+FALLBACK_MAX_LENGTH = 2048
+
+
+def weights_sha256(model: Any) -> str:
+    """sha256 over the parameter names and bytes, so results name the exact weights they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(memoryview(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def load_tasks(tasks: str, data_dir: Path | None, limit: int | None) -> list[Task]:
+    check_limit(limit)
+    return [load_task(name, data_dir, limit) for name in parse_task_names(tasks)]
+
+
+def evaluate_model(
+    loaded: LoadedModel,
+    tasks: list[Task],
+    baselines: list[str],
+    schedule: Schedule,
+    schedule_source: str,
+    settings: EvalSettings,
+    progress: Progress,
+    calibration: Path | None = None,
+    ftp: RoutedModel | None = None,
+) -> dict[str, Any]:
+    """Every number of one evaluation: model and data hashes, each method's metrics and compute, retention."""
+    start = time.perf_counter()
+    settings.check()
+    config = loaded.model.config
+    max_length = int(getattr(config, "max_position_embeddings", 0) or FALLBACK_MAX_LENGTH)
+    prepared = [prepare(task, loaded.tokenizer, settings, max_length) for task in tasks]
+    calibration_batch = calibration_ids(loaded.tokenizer, calibration) if calibration is not None else None
+    methods = build_methods(
+        baselines, loaded.model, schedule, settings.seq_len, schedule_source, calibration_batch, ftp
+    )
+    scores = evaluate_methods(methods, prepared, settings, progress)
+    data = {p.task.name: p.facts() for p in prepared}
+    details = retention_summary(scores, data, DENSE)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {**loaded.ref.to_json(), "weights_sha256": weights_sha256(loaded.model)},
+        "settings": {**settings.to_json(), "subset_seed": SUBSET_SEED, "execution": "compact"},
+        "data": data,
+        "methods": scores,
+        "retention": details["average"],
+        "retention_details": details,
+        "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def load_trained_run(run_dir: Path, model: str | None) -> tuple[LoadedModel, RoutedModel, RoutedArtifact]:
+    """The base model and the trained routed model of a run folder; a run without a trained router is refused."""
+    artifact = load_artifact(run_dir)
+    if not artifact.has_trained_router:
+        raise ArtifactError(
+            f"{run_dir} holds no trained router (router kind {artifact.router_spec.kind!r}); "
+            "train one with `ftp-deploy train` first"
+        )
+    loaded = load_base_model(model or artifact.base.ref)
+    return loaded, artifact.build(loaded.model), artifact
+
+
+def run_eval(
+    run_dir: Path,
+    tasks: str = DEFAULT_TASKS,
+    baselines: str = DEFAULT_BASELINES,
+    limit: int | None = None,
+    report: Path | None = None,
+    data_dir: Path | None = None,
+    model: str | None = None,
+    seq_len: int = 512,
+    scored_tokens: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Evaluate a trained run against the baselines; write the report to `report` (default RUN_DIR/eval).
+
+    `scored_tokens` defaults to the scored positions of FTP_SPEC 1b (ftp_deploy.fidelity).
+    """
+    settings = EvalSettings(seq_len, SCORED_POSITIONS if scored_tokens is None else scored_tokens)
+    settings.check()
+    baseline_names = parse_baselines(baselines)
+    data_dir = data_dir or default_data_dir()
+    task_list = load_tasks(tasks, data_dir, limit)
+    calibration = calibration_file(data_dir) if "shortgpt" in baseline_names else None
+    loaded, routed, artifact = load_trained_run(run_dir, model)
+    results = evaluate_model(
+        loaded,
+        task_list,
+        baseline_names,
+        artifact.schedule,
+        "searched",
+        settings,
+        progress or Progress(disable=True),
+        calibration,
+        routed,
+    )
+    results["run"] = {
+        "dir": str(run_dir),
+        "router_sha256": sha256_file(run_dir / ROUTER_FILE),
+        "routing_mode": artifact.routing_mode,
+        "training": artifact.training,
+    }
+    results["settings"]["limit"] = limit
+    return results, write_report(results, report or run_dir / REPORT_SUBFOLDER)

@@ -1,0 +1,121 @@
+"""The `ftp-deploy train` command; the CLI registers it with `app.command()(train)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ftp_deploy.schedule import DEFAULT_S_MAX
+from ftp_deploy.training.data import DataConfig, default_source
+from ftp_deploy.training.losses import LossWeights
+from ftp_deploy.training.pipeline import run_training
+from ftp_deploy.training.report import REPORT_MD, ROUTINGS
+from ftp_deploy.training.search import SearchConfig
+from ftp_deploy.training.settings import FINETUNE_SEARCH, RunSettings
+from ftp_deploy.training.trainer import TrainConfig
+
+_DATA = DataConfig()
+_SEARCH = SearchConfig()
+_TRAIN = TrainConfig()
+_LOSSES = LossWeights()
+GA = "Schedule search"
+LOSS = "Loss weights"
+
+
+def train(
+    model: Annotated[str, typer.Option(help="smollm2-135m (embedded), a .gguf file, a local HF folder or a hub id")] = (
+        "smollm2-135m"
+    ),
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="A .txt/.raw/.utf8/.jsonl file or a folder of them; wikitext2, c4 or alpaca (needs the \\[data] "
+            "extra and a network); or `self` to sample from the model. Default: ../shared/data/calibration_text "
+            "when present, else self"
+        ),
+    ] = None,
+    sparsity: Annotated[float, typer.Option(help="Target FLOP-weighted mean token sparsity")] = 0.3,
+    *,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics, the routed model and report.md")],
+    seq_len: Annotated[int, typer.Option(help="Tokens per training block")] = _DATA.seq_len,
+    steps: Annotated[int, typer.Option(help="Router training steps")] = _TRAIN.steps,
+    batch_size: Annotated[int, typer.Option(help="Blocks per training step")] = _TRAIN.batch_size,
+    seed: Annotated[int, typer.Option(help="Seeds the data split, the searches and the router")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out (same options)")] = False,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Minutes for the whole command; phases stop early to fit")
+    ] = None,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = _TRAIN.lr,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints")] = _TRAIN.checkpoint_every,
+    search_batch: Annotated[int, typer.Option(help="Blocks in the searches' calibration batch")] = _TRAIN.search_batch,
+    scored: Annotated[int, typer.Option(help="Last positions scored by KL (FTP_SPEC 1b)")] = _TRAIN.scored,
+    s_max: Annotated[float, typer.Option(help="Largest sparsity of any block")] = DEFAULT_S_MAX,
+    monotone: Annotated[
+        bool, typer.Option(help="Search only schedules whose sparsity never falls from one block to the next")
+    ] = True,
+    ga_population: Annotated[int, typer.Option(help="Genomes per generation", rich_help_panel=GA)] = _SEARCH.population,
+    ga_generations: Annotated[
+        int, typer.Option(help="Generations, the initial one included", rich_help_panel=GA)
+    ] = _SEARCH.generations,
+    ga_mutation_sigma: Annotated[
+        float, typer.Option(help="Gaussian mutation, in sparsity units", rich_help_panel=GA)
+    ] = _SEARCH.mutation_sigma,
+    finetune_generations: Annotated[
+        int, typer.Option(help="Generations of the fine-tune search", rich_help_panel=GA)
+    ] = FINETUNE_SEARCH.generations,
+    guide_weight: Annotated[
+        float, typer.Option(help="Initial guide-loss weight", rich_help_panel=LOSS)
+    ] = _LOSSES.guide,
+    guide_decay: Annotated[
+        float, typer.Option(help="Fraction of the steps over which the guide weight falls to 0", rich_help_panel=LOSS)
+    ] = _LOSSES.guide_decay,
+    sparsity_weight: Annotated[
+        float, typer.Option(help="Weight of the sparsity penalty", rich_help_panel=LOSS)
+    ] = _LOSSES.sparsity,
+    distill_weight: Annotated[
+        float, typer.Option(help="Weight of the distillation KL", rich_help_panel=LOSS)
+    ] = _LOSSES.distill,
+) -> None:
+    """Search the sparsity schedule, train the router, fine-tune the schedule; write the run folder."""
+    settings = RunSettings(
+        model=model,
+        data=data or default_source(),
+        sparsity=sparsity,
+        seed=seed,
+        s_max=s_max,
+        monotone_schedules=monotone,
+        data_config=DataConfig(seq_len=seq_len),
+        search=SearchConfig(population=ga_population, generations=ga_generations, mutation_sigma=ga_mutation_sigma),
+        finetune=SearchConfig(
+            population=FINETUNE_SEARCH.population,
+            generations=finetune_generations,
+            mutation_sigma=FINETUNE_SEARCH.mutation_sigma,
+            init_sigma=FINETUNE_SEARCH.init_sigma,
+        ),
+        train=TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            checkpoint_every=checkpoint_every,
+            scored=scored,
+            search_batch=search_batch,
+        ),
+        losses=LossWeights(
+            guide=guide_weight, guide_decay=guide_decay, sparsity=sparsity_weight, distill=distill_weight
+        ),
+    )
+    console = Console()
+    state = run_training(settings, out, resume=resume, time_budget=time_budget, console=console)
+    table = Table(title=f"held-out blocks, last {scored} predictions")
+    for column in ("routing", "KL to dense", "top-1 agreement", "perplexity"):
+        table.add_column(column)
+    table.add_row("dense", "", "", f"{state['heldout']['trained']['dense_perplexity']:.2f}")
+    for key, label in ROUTINGS:
+        row = state["heldout"][key]
+        table.add_row(label, f"{row['kl']:.4f}", f"{row['top1_agreement']:.1%}", f"{row['perplexity']:.2f}")
+    console.print(table)
+    console.print(f"run folder: {out} (ftp_config.json + router.safetensors; {out / REPORT_MD})")

@@ -1,0 +1,297 @@
+"""`ftp-deploy train` as a library call: search, train, fine-tune, then the artifact and report.
+
+The phases follow FTP_SPEC section 5's workflow: (1) a genetic schedule search with the
+static router, (2) router training on that schedule, (3) a shorter search around it with
+the trained router. Each finished phase is recorded in run.json, and training checkpoints
+every few steps, so `resume=True` picks up where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ftp_deploy import __version__
+from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.errors import ArtifactError, ConfigError, DataError
+from ftp_deploy.flops import dense_block_weights
+from ftp_deploy.models import LoadedModel, load_base_model
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import FactorRouter, RouterSpec
+from ftp_deploy.schedule import Schedule
+from ftp_deploy.training.data import TokenData, load_token_data
+from ftp_deploy.training.display import TimeBudget, phase_progress
+from ftp_deploy.training.reference import DenseReference
+from ftp_deploy.training.report import write_report
+from ftp_deploy.training.runfolder import RunFolder, storage
+from ftp_deploy.training.search import Fitness, Generation, ScheduleSpace, SearchConfig, SearchResult, genetic_search
+from ftp_deploy.training.self_data import self_sampled_blocks
+from ftp_deploy.training.settings import RunSettings, differences
+from ftp_deploy.training.trainer import ROUTER_SPEC, RouterTrainer, StepMetrics, new_router
+
+STATIC = RouterSpec(kind="static")
+SEARCH_PHASES = ("search", "finetune")  # their index offsets the seed, so the two searches differ
+StepHook = Callable[[StepMetrics], None]
+
+
+def run_training(
+    settings: RunSettings,
+    out: Path,
+    resume: bool = False,
+    time_budget: float | None = None,
+    console: Console | None = None,
+    on_step: StepHook | None = None,
+) -> dict[str, Any]:
+    """Train a router into `out` and return the run state; `time_budget` is in minutes.
+
+    Nothing is written to `out` until the settings, the model and the data have all
+    been checked. `on_step` sees every training step's metrics (tests use it to stop a run).
+    """
+    budget = TimeBudget(time_budget)
+    console = console or Console(quiet=True)
+    folder = RunFolder(out)
+    state = _resumed_state(folder, settings) if resume else _new_run(folder)
+    if state.get("finished"):
+        console.print(f"{out} already holds a finished run; nothing to do")
+        return state
+    with console.status(f"loading {settings.model}"):
+        loaded = load_base_model(settings.model)
+    _check_model(state, loaded, out)
+    with console.status(f"reading {settings.data}"):
+        data = load_token_data(
+            settings.data,
+            loaded.tokenizer,
+            settings.data_config,
+            settings.seed,
+            lambda count, seq_len, seed: self_sampled_blocks(
+                loaded.model, loaded.tokenizer, loaded.ref, count, seq_len, seed
+            ),
+        )
+    _check_data(state, data, out)
+    state.update(settings=settings.to_json(), model=loaded.ref.to_json(), data=data.describe())
+    state.setdefault("phases", {})
+    folder.write_state(state)
+    run = _Run(settings, folder, state, loaded, data, budget, console, on_step)
+    run.finish(run.train_and_tune())
+    return state
+
+
+def _new_run(folder: RunFolder) -> dict[str, Any]:
+    if folder.path.exists() and not folder.path.is_dir():
+        raise ArtifactError(f"--out {folder.path} is a file, not a folder")
+    if folder.holds_files():
+        raise ArtifactError(
+            f"{folder.path} already holds files; pass --resume to continue the run there, or choose another --out"
+        )
+    return {}
+
+
+def _resumed_state(folder: RunFolder, settings: RunSettings) -> dict[str, Any]:
+    state = folder.read_state()
+    saved, wanted = state["settings"], settings.to_json()
+    if (saved["model"], saved["sparsity"]) != (wanted["model"], wanted["sparsity"]):
+        raise ConfigError(
+            f"{folder.path} holds a run of {saved['model']!r} at sparsity {saved['sparsity']:g}, not "
+            f"{wanted['model']!r} at {wanted['sparsity']:g}; resume it with the same model and sparsity, "
+            "or choose another --out"
+        )
+    changed = differences(saved, wanted)
+    if changed:
+        raise ConfigError(f"{folder.path} was started with other settings ({'; '.join(changed)}); resume with the same")
+    return state
+
+
+def _check_model(state: dict[str, Any], loaded: LoadedModel, out: Path) -> None:
+    if "model" in state and state["model"]["config_hash"] != loaded.ref.config_hash:
+        raise ConfigError(f"{out} was trained on another architecture than {loaded.ref.ref!r} (config hash differs)")
+
+
+def _check_data(state: dict[str, Any], data: TokenData, out: Path) -> None:
+    if "data" in state and state["data"]["fingerprint"] != data.fingerprint:
+        raise DataError(f"the data {data.source} is not what {out} was trained on (its tokens changed)")
+
+
+class _Run:
+    """The phases of one invocation; finished phases are read back from run.json."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        folder: RunFolder,
+        state: dict[str, Any],
+        loaded: LoadedModel,
+        data: TokenData,
+        budget: TimeBudget,
+        console: Console,
+        on_step: StepHook | None,
+    ) -> None:
+        self.settings = settings
+        self.folder = folder
+        self.state = state
+        self.phases: dict[str, Any] = state["phases"]
+        self.base = loaded.model
+        self.ref = loaded.ref
+        self.data = data
+        self.budget = budget
+        self.console = console
+        self.on_step = on_step
+        seq_len = settings.data_config.seq_len
+        weights = dense_block_weights(self.base.config, seq_len)
+        self.space = ScheduleSpace(settings.sparsity, weights, settings.s_max, settings.monotone_schedules)
+        self.uniform = Schedule.uniform(settings.sparsity, len(self.base.model.layers), settings.s_max)
+        self._calibration: DenseReference | None = None
+
+    @property
+    def calibration(self) -> DenseReference:
+        """The searches' fixed batch; its dense log-probs are computed on first use only."""
+        if self._calibration is None:
+            blocks = self.data.train[: self.settings.train.search_batch]
+            self._calibration = DenseReference(self.base, blocks, self.settings.train.scored)
+        return self._calibration
+
+    def train_and_tune(self) -> tuple[SearchResult, FactorRouter, SearchResult]:
+        searched = self.search(
+            "search",
+            "schedule search (static router)",
+            self.settings.search,
+            self.uniform,
+            lambda s: self.calibration.kl(RoutedModel(self.base, s, STATIC)),
+        )
+        router = self.train(searched.best)
+        tuned = self.search(
+            "finetune",
+            "schedule fine-tune (trained router)",
+            self.settings.finetune,
+            searched.best,
+            lambda s: self.calibration.kl(RoutedModel(self.base, s, ROUTER_SPEC, router=router)),
+        )
+        return searched, router, tuned
+
+    def search(self, phase: str, title: str, config: SearchConfig, start: Schedule, fitness: Fitness) -> SearchResult:
+        if phase in self.phases:
+            return SearchResult.from_json(self.phases[phase], self.settings.s_max)
+        self.folder.keep_metrics(lambda r: r["phase"] != phase)
+        began = time.monotonic()
+        with phase_progress(self.console, title, config.generations) as advance:
+
+            def record(generation: Generation) -> None:
+                self.folder.append_metrics({"phase": phase, **asdict(generation)})
+                advance(f"best KL {generation.best:.4f}")
+
+            result = genetic_search(
+                fitness,
+                self.space,
+                start,
+                config,
+                self.settings.seed + SEARCH_PHASES.index(phase),
+                should_stop=lambda: self.budget.over(phase),
+                on_generation=record,
+            )
+        self.phases[phase] = {**result.to_json(), "seconds": time.monotonic() - began}
+        self.folder.write_state(self.state)
+        return result
+
+    def train(self, schedule: Schedule) -> FactorRouter:
+        """Train on `schedule`; return the router weights that scored best on the calibration batch.
+
+        Validations go into run.json with the checkpoints, so a resumed run has exactly the
+        validations (and best weights) its checkpoint had.
+        """
+        settings = self.settings.train
+        phase = self.phases.setdefault("train", {"seconds": 0.0})
+        trainer = RouterTrainer(
+            self.base,
+            schedule,
+            self.data.train,
+            settings,
+            self.settings.losses,
+            new_router(self.settings.seed),
+            self.settings.seed,
+        )
+        if "checkpoint" in phase:
+            trainer.load_state_tensors(self.folder.load_checkpoint(phase["checkpoint"]), phase["checkpoint"]["step"])
+        else:
+            phase["validation"] = [[0, trainer.validate(self.calibration.kl)]]
+        if not phase.get("done"):
+            self._train_steps(trainer, phase)
+        trainer.use_best()
+        return trainer.router
+
+    def _train_steps(self, trainer: RouterTrainer, phase: dict[str, Any]) -> None:
+        settings = self.settings.train
+        self.folder.keep_metrics(lambda r: r["phase"] != "train" or r["step"] < trainer.step)
+        began, seconds_before = time.monotonic(), phase["seconds"]
+        with phase_progress(self.console, "router training", settings.steps, completed=trainer.step) as advance:
+            while trainer.step < settings.steps and not self.budget.over("train"):
+                metrics = trainer.train_step()
+                self.folder.append_metrics(metrics.to_json())
+                if trainer.step % settings.eval_every == 0:
+                    phase["validation"].append([trainer.step, trainer.validate(self.calibration.kl)])
+                advance(
+                    f"loss {metrics.loss:.4f}  KL {metrics.distill:.4f}  guide w {metrics.guide_weight:.2f}  "
+                    f"sparsity {metrics.hard_sparsity:.3f} (soft {metrics.soft_sparsity:.3f})  "
+                    f"calibration KL {phase['validation'][-1][1]:.4f} (best {trainer.best_kl:.4f})"
+                )
+                if self.on_step is not None:
+                    self.on_step(metrics)
+                if trainer.step % settings.checkpoint_every == 0 and trainer.step < settings.steps:
+                    phase["seconds"] = seconds_before + time.monotonic() - began
+                    self._checkpoint(trainer, phase)
+        if phase["validation"][-1][0] != trainer.step:
+            phase["validation"].append([trainer.step, trainer.validate(self.calibration.kl)])
+        phase.update(
+            done=True,
+            seconds=seconds_before + time.monotonic() - began,
+            stopped_by_time_budget=trainer.step < settings.steps,
+            best_step=trainer.best_step,
+        )
+        self._checkpoint(trainer, phase)
+
+    def _checkpoint(self, trainer: RouterTrainer, phase: dict[str, Any]) -> None:
+        phase["checkpoint"] = self.folder.save_checkpoint(trainer.step, trainer.state_tensors())
+        self.folder.write_state(self.state)
+        self.folder.remove_checkpoints_except(phase["checkpoint"])
+
+    def finish(self, outcome: tuple[SearchResult, FactorRouter, SearchResult]) -> None:
+        searched, router, tuned = outcome
+        routed = RoutedModel(self.base, tuned.best, ROUTER_SPEC, router=router)
+        with self.console.status("scoring the held-out blocks"):
+            heldout = DenseReference(self.base, self.data.heldout, self.settings.train.scored)
+            self.state["heldout"] = {
+                "static_uniform": heldout.fidelity(RoutedModel(self.base, self.uniform, STATIC)).summary(),
+                "static_searched": heldout.fidelity(RoutedModel(self.base, searched.best, STATIC)).summary(),
+                "trained": heldout.fidelity(routed).summary(),
+            }
+        artifact = RoutedArtifact.from_model(routed, self.ref, self._metadata(searched, tuned))
+        with storage(self.folder.path):
+            save_artifact(artifact, self.folder.path)
+        write_report(self.folder.path, self.state, self.folder.read_metrics())
+        self.state["finished"] = True
+        self.folder.write_state(self.state)
+
+    def _metadata(self, searched: SearchResult, tuned: SearchResult) -> dict[str, Any]:
+        train = self.phases["train"]
+        return {
+            "ftp_deploy_version": __version__,
+            "data": self.data.source,
+            "data_fingerprint": self.data.fingerprint,
+            "seq_len": self.settings.data_config.seq_len,
+            "seed": self.settings.seed,
+            "target_sparsity": self.settings.sparsity,
+            "steps": train["checkpoint"]["step"],
+            "router_from_step": train["best_step"],
+            "steps_planned": self.settings.train.steps,
+            "stopped_by_time_budget": train["stopped_by_time_budget"],
+            "search_kl": searched.best_fitness,
+            "uniform_kl": searched.start_fitness,
+            "finetune_kl": tuned.best_fitness,
+            "heldout_kl": self.state["heldout"]["trained"]["kl"],
+            "heldout_static_searched_kl": self.state["heldout"]["static_searched"]["kl"],
+            "train_seconds": train["seconds"],
+            "settings": self.settings.to_json(),
+        }

@@ -1,0 +1,135 @@
+"""RUN_DIR/report.md with the schedule as a bar chart and the loss curves (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # chosen before pyplot loads: files only, no display
+import matplotlib.pyplot as plt
+
+from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text
+from ftp_deploy.training.runfolder import storage
+
+SCHEDULE_PNG = "schedule.png"
+LOSSES_PNG = "losses.png"
+REPORT_MD = "report.md"
+ROUTINGS = (
+    ("static_uniform", "static router, uniform schedule"),
+    ("static_searched", "static router, searched schedule"),
+    ("trained", "trained router, fine-tuned schedule"),
+)
+
+
+def write_report(folder: Path, state: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+    for name, figure in ((SCHEDULE_PNG, _schedule_figure(state)), (LOSSES_PNG, _loss_figure(state, metrics))):
+        with storage(folder / name):
+            atomic_write_bytes(folder / name, _png(figure))
+    with storage(folder / REPORT_MD):
+        atomic_write_text(folder / REPORT_MD, report_markdown(state))
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _schedule_figure(state: dict[str, Any]) -> Any:
+    phases = state["phases"]
+    searched = [n / 1000 for n in phases["search"]["best_thousandths"]]
+    final = [n / 1000 for n in phases["finetune"]["best_thousandths"]]
+    blocks = range(len(final))
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.28 * len(final)), 3.2))
+    axis.bar(blocks, final, color="tab:blue", label="final (fine-tuned)")
+    axis.step(blocks, searched, where="mid", color="tab:orange", label="searched (static router)")
+    axis.axhline(state["settings"]["sparsity"], color="gray", linestyle="--", linewidth=1, label="target mean")
+    axis.set_xlabel("decoder block")
+    axis.set_ylabel("required sparsity")
+    axis.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.16, top=0.88)
+    return figure
+
+
+def _loss_figure(state: dict[str, Any], metrics: list[dict[str, Any]]) -> Any:
+    train = [r for r in metrics if r["phase"] == "train"]
+    figure, (losses, sparsity, search) = plt.subplots(1, 3, figsize=(13, 3.4))
+    steps = [r["step"] for r in train]
+    for key, label in (("loss", "total"), ("distill", "distillation KL"), ("guide", "guide BCE")):
+        losses.plot(steps, [r[key] for r in train], label=label)
+    losses.plot(steps, [r["sparsity_loss"] for r in train], label="sparsity penalty")
+    checks = state["phases"]["train"]["validation"]
+    losses.plot([s for s, _ in checks], [kl for _, kl in checks], "o--", label="calibration KL (checks)")
+    losses.set_yscale("symlog", linthresh=1e-3)
+    losses.set_xlabel("step")
+    losses.set_title("training losses")
+    losses.legend(fontsize=8, loc="upper right")
+    sparsity.plot(steps, [r["hard_sparsity"] for r in train], label="achieved (top-k)")
+    sparsity.plot(steps, [r["soft_sparsity"] for r in train], label="expected from keep probabilities")
+    sparsity.plot(steps, [r["guide_weight"] for r in train], label="guide weight", linestyle=":")
+    sparsity.set_xlabel("step")
+    sparsity.set_title("sparsity and guide weight")
+    sparsity.legend(fontsize=8, loc="upper right")
+    for phase, label in (("search", "search (static router)"), ("finetune", "fine-tune (trained router)")):
+        rows = [r for r in metrics if r["phase"] == phase]
+        search.plot([r["index"] for r in rows], [r["best"] for r in rows], marker="o", label=label)
+    search.set_xlabel("generation")
+    search.xaxis.get_major_locator().set_params(integer=True)
+    search.set_title("best calibration KL")
+    search.legend(fontsize=8, loc="upper right")
+    figure.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.3)
+    return figure
+
+
+def report_markdown(state: dict[str, Any]) -> str:
+    settings, phases, data = state["settings"], state["phases"], state["data"]
+    train = phases["train"]
+    heldout = state["heldout"]
+    scored = settings["train"]["scored"]
+    budget_note = " (stopped by the time budget)" if train["stopped_by_time_budget"] else ""
+    lines = [
+        f"# FTP router training: {settings['model']} at sparsity {settings['sparsity']:g}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | {data['source']}: {data['train_blocks']} training and {data['heldout_blocks']} held-out "
+        f"blocks of {data['seq_len']} tokens |",
+        f"| seed | {settings['seed']} |",
+        f"| training steps | {train['checkpoint']['step']} of {settings['train']['steps']}{budget_note}, "
+        f"batch {settings['train']['batch_size']} |",
+        f"| router kept | the weights after step {train['best_step']}, best of the calibration checks "
+        f"(KL {min(kl for _, kl in train['validation']):.4f}; {train['validation'][0][1]:.4f} at the start) |",
+        f"| wall time | search {phases['search']['seconds']:.0f} s, training {train['seconds']:.0f} s, "
+        f"fine-tune {phases['finetune']['seconds']:.0f} s |",
+        f"| calibration KL | uniform {phases['search']['start_fitness']:.4f}, searched "
+        f"{phases['search']['best_fitness']:.4f} (static router); trained router, fine-tuned schedule "
+        f"{phases['finetune']['best_fitness']:.4f} |",
+        "",
+        f"## Held-out blocks (the last {scored} predictions of each block)",
+        "",
+        "| routing | KL to dense | top-1 agreement | perplexity |",
+        "|---|---|---|---|",
+        f"| dense | | | {heldout['trained']['dense_perplexity']:.2f} |",
+    ]
+    for key, label in ROUTINGS:
+        row = heldout[key]
+        lines.append(f"| {label} | {row['kl']:.4f} | {row['top1_agreement']:.1%} | {row['perplexity']:.2f} |")
+    final = phases["finetune"]["best_thousandths"]
+    lines += [
+        "",
+        "## Schedule",
+        "",
+        f"![per-block sparsity]({SCHEDULE_PNG})",
+        "",
+        f"Final schedule in thousandths: {', '.join(str(n) for n in final)}.",
+        "",
+        "## Training",
+        "",
+        f"![loss curves]({LOSSES_PNG})",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""A training run's folder: `run.json` (settings and progress), `metrics.jsonl`, checkpoints.
+
+Every file is written atomically, and a checkpoint's tensors are written before the
+`run.json` that names them (with their sha256), so a run killed at any point, or a disk
+that fills up, leaves the folder at its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from ftp_deploy.errors import ArtifactError, StorageError
+from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+RUN_FORMAT = "ftp-deploy/train-run"
+RUN_FORMAT_VERSION = 1
+
+
+class RunFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    def holds_files(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def read_state(self) -> dict[str, Any]:
+        """The saved run state; ArtifactError if this is not a training run folder."""
+        path = self.path / RUN_FILE
+        if not path.is_file():
+            raise ArtifactError(f"{self.path} is not a training run folder: {RUN_FILE} is missing")
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ArtifactError(f"{path} could not be read: {err}") from err
+        if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+            raise ArtifactError(f"{path} is not an ftp-deploy training run")
+        if state.get("format_version") != RUN_FORMAT_VERSION:
+            raise ArtifactError(f"{path} has format version {state.get('format_version')!r}, not {RUN_FORMAT_VERSION}")
+        return state
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        header = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION}
+        with storage(self.path / RUN_FILE):
+            atomic_write_json(self.path / RUN_FILE, {**header, **state})
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with storage(self.metrics_path), open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Complete records only: a line cut short by a kill is skipped."""
+        if not self.metrics_path.is_file():
+            return []
+        records = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def keep_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the records of work a resumed run will redo."""
+        kept = [json.dumps(r) + "\n" for r in self.read_metrics() if keep(r)]
+        with storage(self.metrics_path):
+            atomic_write_text(self.metrics_path, "".join(kept))
+
+    def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Write step `step`'s tensors; the caller then records the returned entry in run.json."""
+        name = f"{CHECKPOINT_DIR}/step-{step:07d}.safetensors"
+        path = self.path / name
+        with storage(path):
+            atomic_write_bytes(path, save_safetensors(tensors))
+        return {"step": step, "file": name, "sha256": sha256_file(path)}
+
+    def load_checkpoint(self, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
+        path = self.path / str(entry["file"])
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise ArtifactError(f"checkpoint {path} is missing or does not match {RUN_FILE}")
+        try:
+            return load_safetensors(path.read_bytes())
+        except SafetensorError as err:
+            raise ArtifactError(f"checkpoint {path} could not be read: {err}") from err
+
+    def remove_checkpoints_except(self, entry: dict[str, Any]) -> None:
+        for path in (self.path / CHECKPOINT_DIR).glob("step-*.safetensors"):
+            if path.name != Path(str(entry["file"])).name:
+                path.unlink(missing_ok=True)
+
+
+@contextmanager
+def storage(path: Path) -> Iterator[None]:
+    """Turns an OSError while writing `path` (a full disk, a read-only folder) into one clear line."""
+    try:
+        yield
+    except OSError as err:
+        raise StorageError(
+            f"could not write {path}: {err.strerror or err}; what was saved before is intact "
+            "(--resume continues from the last checkpoint)"
+        ) from err

@@ -1,0 +1,1 @@
+"""`ftp-deploy verify`: numeric parity through Polygraphy and a latency report."""

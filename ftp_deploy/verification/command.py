@@ -1,0 +1,69 @@
+"""`ftp-deploy verify`: parity and latency of an exported artifact; exit 1 when parity fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ftp_deploy.errors import ParityError, UsageError
+from ftp_deploy.verification.latency import DEFAULT_LATENCY_LENGTHS
+from ftp_deploy.verification.verify import failure_summary
+from ftp_deploy.verification.verify import verify as run_verify
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError as err:
+        raise UsageError(f"--seq-lens takes comma-separated integers, got {text!r}") from err
+
+
+def verify(
+    art_dir: Annotated[Path, typer.Argument(help="An exported artifact folder (manifest.json)")],
+    against: Annotated[Path | None, typer.Option(help="The run folder to compare with (default: the export's)")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="A dense artifact to time side by side")] = None,
+    seq_lens: Annotated[str, typer.Option(help="Sequence lengths to time; empty to skip")] = ",".join(
+        map(str, DEFAULT_LATENCY_LENGTHS)
+    ),
+    batch: Annotated[int, typer.Option(help="Batch size for latency")] = 1,
+    atol: Annotated[float | None, typer.Option(help="Absolute tolerance (default by dtype)")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance (default by dtype)")] = None,
+    report: Annotated[Path | None, typer.Option(help="Report folder (default: ART_DIR-verify beside it)")] = None,
+    runtime: Annotated[str, typer.Option(help="onnxrt or trt")] = "onnxrt",
+    inputs: Annotated[Path | None, typer.Option(help="Replay feeds saved by an earlier verify (inputs.json)")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per length (at least 10)")] = 10,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model for the reference, if not the export's")] = None,
+) -> None:
+    """Check an exported model against PyTorch (Polygraphy) and time it against the dense baseline."""
+    columns = (SpinnerColumn(finished_text="[green]done[/]"), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+        result = run_verify(
+            art_dir,
+            against=against,
+            baseline=baseline,
+            seq_lens=_lengths(seq_lens),
+            batch=batch,
+            atol=atol,
+            rtol=rtol,
+            report=report,
+            runtime=runtime,
+            inputs=inputs,
+            runs=runs,
+            threads=threads,
+            model=model,
+            progress=lambda text: progress.update(task, description=text),
+        )
+    console.print(Markdown((result.report_dir / "report.md").read_text(encoding="utf-8")))
+    console.print(f"report: {result.report_dir}")
+    if not result.parity.passed:
+        raise ParityError(failure_summary(result.parity))

@@ -1,0 +1,93 @@
+"""Latency timed on the runtime's own session (Polygraphy's runners add overhead of their own)."""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from ftp_deploy.timing import summarize, time_runs
+from ftp_deploy.verification.inputs import Feed
+
+DEFAULT_LATENCY_LENGTHS = (128, 512, 1024, 2048)
+MIN_TIMED_RUNS = 10
+
+
+@dataclass
+class Latency:
+    seq_len: int
+    batch: int
+    runs: int
+    median_ms: float
+    p90_ms: float
+    tokens_per_s: float
+
+
+def latency_feed(batch: int, seq_len: int, vocab_size: int, seed: int = 0) -> Feed:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab_size, size=(batch, seq_len)).astype(np.int64)
+    return Feed(input_ids=ids, attention_mask=np.ones_like(ids))
+
+
+def measure(run: Callable[[], object], seq_len: int, batch: int, runs: int, warmup: int = 2) -> Latency:
+    stats = summarize(time_runs(run, max(runs, MIN_TIMED_RUNS), warmup))
+    median = stats["median_s"]
+    return Latency(
+        seq_len, batch, max(runs, MIN_TIMED_RUNS), median * 1e3, stats["p90_s"] * 1e3, batch * seq_len / median
+    )
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class LatencyComparison:
+    routed: list[Latency]
+    dense: list[Latency] | None
+    ideal_speedup: dict[int, float]
+    peak_rss_mib: float
+
+    def speedup(self) -> dict[int, float]:
+        if self.dense is None:
+            return {}
+        return {d.seq_len: d.median_ms / r.median_ms for d, r in zip(self.dense, self.routed, strict=True)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "routed": [asdict(x) for x in self.routed],
+            "dense": [asdict(x) for x in self.dense] if self.dense is not None else None,
+            "speedup": {str(k): v for k, v in self.speedup().items()},
+            "ideal_speedup": {str(k): v for k, v in self.ideal_speedup.items()},
+            "peak_rss_mib": self.peak_rss_mib,
+        }
+
+
+def compare_latency(
+    routed_run: Callable[[Feed], object],
+    dense_run: Callable[[Feed], object] | None,
+    feeds: Sequence[Feed],
+    ideal_speedup: Callable[[int], float],
+    runs: int,
+    progress: Callable[[str], None] = lambda _: None,
+) -> LatencyComparison:
+    """Routed and (optionally) dense timed on the same feeds, one sequence length at a time."""
+    routed, dense = [], []
+    for feed in feeds:
+        batch, seq_len = feed["input_ids"].shape
+        progress(f"timing routed at {seq_len} tokens")
+        routed.append(measure(partial(routed_run, feed), seq_len, batch, runs))
+        if dense_run is not None:
+            progress(f"timing dense at {seq_len} tokens")
+            dense.append(measure(partial(dense_run, feed), seq_len, batch, runs))
+    return LatencyComparison(
+        routed=routed,
+        dense=dense if dense_run is not None else None,
+        ideal_speedup={int(f["input_ids"].shape[1]): ideal_speedup(int(f["input_ids"].shape[1])) for f in feeds},
+        peak_rss_mib=peak_rss_mib(),
+    )

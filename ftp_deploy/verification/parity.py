@@ -1,0 +1,201 @@
+"""Parity of an exported model against the PyTorch reference, through Polygraphy's Comparator.
+
+Padded positions are left out (their values are free to differ between runtimes), each
+block's `indices_{l}` becomes a routing-agreement figure, and when the logits fail the
+hidden states at block boundaries name the first block where the error appears.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from polygraphy.comparator import Comparator, RunResults
+from polygraphy.comparator.compare import SimpleCompareFunc
+from polygraphy.logger import G_LOGGER
+
+from ftp_deploy.errors import UsageError
+from ftp_deploy.verification.inputs import Feed
+
+_INDICES = re.compile(r"indices_(\d+)$")
+_HIDDEN = re.compile(r"hidden_(\d+)$")
+STAT_NAMES = ("max", "mean", "median", "p99")
+
+# Defaults per exported dtype: fp32 as DEPLOYMENT_FACTS measures it, half precisions by their epsilon.
+DEFAULT_TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (5e-2, 5e-2), "bf16": (2e-1, 1e-1)}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+    def __post_init__(self) -> None:
+        if self.atol <= 0 or self.rtol <= 0:
+            raise UsageError(f"tolerances must be > 0 (got atol={self.atol:g}, rtol={self.rtol:g})")
+
+    @classmethod
+    def for_dtype(cls, dtype: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+        default_atol, default_rtol = DEFAULT_TOLERANCES.get(dtype, DEFAULT_TOLERANCES["fp32"])
+        return cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
+
+
+@dataclass
+class OutputParity:
+    """Error statistics of one output over every compared feed (worst feed per statistic)."""
+
+    name: str
+    passed: bool
+    absolute: dict[str, float]
+    relative: dict[str, float]
+
+
+@dataclass
+class ParityReport:
+    outputs: list[OutputParity]
+    top1_agreement: float
+    routing_agreement: float | None
+    first_failing_block: str | None
+    feeds: list[dict[str, int]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs if o.name == "logits")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _array(value: Any) -> np.ndarray:
+    """Polygraphy hands out LazyArrays from saved results and plain arrays from fresh ones."""
+    return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+
+
+def _valid_rows(name: str, array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Outputs at valid positions only; last-token logits (one position) are always valid."""
+    if array.ndim == 3 and array.shape[1] == mask.shape[1]:
+        return np.asarray(array[mask.astype(bool)], dtype=np.float32)
+    return np.asarray(array, dtype=np.float32)
+
+
+def _keep_from_indices(indices: np.ndarray, seq_len: int) -> np.ndarray:
+    keep = np.zeros((indices.shape[0], seq_len), dtype=bool)
+    np.put_along_axis(keep, indices.astype(np.int64), True, axis=1)
+    return keep
+
+
+def _split_results(results: RunResults, feeds: Sequence[Feed]) -> tuple[RunResults, dict[str, list[dict[str, Any]]]]:
+    """(numeric outputs at valid positions, per-runner routing indices), runner by runner."""
+    numeric = RunResults()
+    routing: dict[str, list[dict[str, Any]]] = {}
+    for runner, iterations in results.items():
+        outputs, indices = [], []
+        for feed, iteration in zip(feeds, iterations, strict=True):
+            mask = feed["attention_mask"]
+            outputs.append(
+                {
+                    name: _valid_rows(name, _array(array), mask)
+                    for name, array in iteration.items()
+                    if not _INDICES.match(name)
+                }
+            )
+            indices.append({n: _array(a) for n, a in iteration.items() if _INDICES.match(n)})
+        numeric.add(outputs, runner_name=runner)
+        routing[runner] = indices
+    return numeric, routing
+
+
+def _routing_agreement(
+    reference: list[dict[str, Any]], candidate: list[dict[str, Any]], feeds: Sequence[Feed]
+) -> float | None:
+    agree = total = 0
+    for ref, cand, feed in zip(reference, candidate, feeds, strict=True):
+        valid = feed["attention_mask"].astype(bool)
+        for name, ref_indices in ref.items():
+            if name not in cand:
+                continue
+            seq_len = valid.shape[1]
+            same = _keep_from_indices(ref_indices, seq_len) == _keep_from_indices(cand[name], seq_len)
+            agree += int(same[valid].sum())
+            total += int(valid.sum())
+    return agree / total if total else None
+
+
+def _top1_agreement(numeric: RunResults, reference: str, candidate: str) -> float:
+    agree = total = 0
+    for ref, cand in zip(numeric[reference], numeric[candidate], strict=True):
+        a = _array(ref["logits"]).argmax(-1)
+        b = _array(cand["logits"]).argmax(-1)
+        agree += int((a == b).sum())
+        total += a.size
+    return agree / total
+
+
+def _output_stats(verdicts: list[Any], quantiles: list[Any]) -> list[OutputParity]:
+    """Worst value over the feeds of each statistic, per output."""
+    per_output: dict[str, list[Any]] = {}
+    per_output_p99: dict[str, list[Any]] = {}
+    for verdict, quantile in zip(verdicts, quantiles, strict=True):
+        for name, result in verdict.items():
+            per_output.setdefault(name, []).append(result)
+            per_output_p99.setdefault(name, []).append(quantile[name])
+    stats = []
+    for name, results in per_output.items():
+        p99 = per_output_p99[name]
+        absolute = {
+            "max": max(r.max_absdiff for r in results),
+            "mean": max(r.mean_absdiff for r in results),
+            "median": max(r.median_absdiff for r in results),
+            "p99": max(r.quantile_absdiff for r in p99),
+        }
+        relative = {
+            "max": max(r.max_reldiff for r in results),
+            "mean": max(r.mean_reldiff for r in results),
+            "median": max(r.median_reldiff for r in results),
+            "p99": max(r.quantile_reldiff for r in p99),
+        }
+        stats.append(OutputParity(name, all(bool(r) for r in results), absolute, relative))
+    return stats
+
+
+def _first_failing_block(outputs: list[OutputParity]) -> str | None:
+    failing = sorted(int(m.group(1)) for o in outputs if not o.passed and (m := _HIDDEN.match(o.name)))
+    return f"model.layers.{failing[0]}" if failing else None
+
+
+def check_parity(
+    reference: Any,
+    candidate: Any,
+    feeds: Sequence[Feed],
+    tolerance: Tolerance,
+) -> tuple[ParityReport, RunResults]:
+    """Run both runners on every feed and compare them; returns the report and the raw results."""
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        results = Comparator.run([reference, candidate], data_loader=list(feeds))
+        numeric, routing = _split_results(results, feeds)
+        # The verdict is element-wise (each element within atol or rtol); Polygraphy computes
+        # quantiles only when they are the checked statistic, so p99 takes a second pass.
+        verdict = Comparator.compare_accuracy(
+            numeric,
+            compare_func=SimpleCompareFunc(atol=tolerance.atol, rtol=tolerance.rtol, check_error_stat="elemwise"),
+        )
+        quantiles = Comparator.compare_accuracy(
+            numeric,
+            compare_func=SimpleCompareFunc(
+                atol=tolerance.atol, rtol=tolerance.rtol, check_error_stat="quantile", error_quantile=0.99
+            ),
+        )
+    pair = (reference.name, candidate.name)
+    outputs = _output_stats(verdict[0][pair], quantiles[0][pair])  # [0]: the one compare function
+    logits_failed = any(o.name == "logits" and not o.passed for o in outputs)
+    report = ParityReport(
+        outputs=outputs,
+        top1_agreement=_top1_agreement(numeric, *pair),
+        routing_agreement=_routing_agreement(routing[reference.name], routing[candidate.name], feeds),
+        first_failing_block=_first_failing_block(outputs) if logits_failed else None,
+        feeds=[{"batch": int(f["input_ids"].shape[0]), "seq_len": int(f["input_ids"].shape[1])} for f in feeds],
+    )
+    return report, results

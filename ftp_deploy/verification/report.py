@@ -1,0 +1,143 @@
+"""report.json, report.md and latency.png of a verify run, written from one set of figures."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ftp_deploy.fileio import atomic_write_json, atomic_write_text
+from ftp_deploy.verification.latency import LatencyComparison
+from ftp_deploy.verification.parity import STAT_NAMES, ParityReport
+
+
+def environment(threads: int) -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for package in ("ftp-deploy", "torch", "onnx", "onnxruntime", "polygraphy", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "gpu": _gpu_name(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def parity_markdown(parity: ParityReport, atol: float, rtol: float) -> str:
+    lines = [
+        f"Tolerance: atol {atol:g}, rtol {rtol:g} (an element passes if either holds); padded positions excluded.",
+        "",
+        "| output | passed | "
+        + " | ".join(f"{s} abs" for s in STAT_NAMES)
+        + " | "
+        + " | ".join(f"{s} rel" for s in STAT_NAMES)
+        + " |",
+        "|---|---|" + "---|" * (2 * len(STAT_NAMES)),
+    ]
+    for out in parity.outputs:
+        cells = [f"{out.absolute[s]:.3g}" for s in STAT_NAMES] + [f"{out.relative[s]:.3g}" for s in STAT_NAMES]
+        lines.append(f"| {out.name} | {'yes' if out.passed else 'NO'} | " + " | ".join(cells) + " |")
+    lines += ["", f"Top-1 next-token agreement: {parity.top1_agreement:.2%}"]
+    if parity.routing_agreement is not None:
+        lines.append(f"Routing agreement over (token, block) decisions: {parity.routing_agreement:.3%}")
+    if parity.first_failing_block:
+        lines.append(f"First block over tolerance: `{parity.first_failing_block}`")
+    shapes = ", ".join(f"{f['batch']}x{f['seq_len']}" for f in parity.feeds)
+    lines.append(f"Feeds (batch x length): {shapes}")
+    return "\n".join(lines)
+
+
+def latency_markdown(latency: LatencyComparison) -> str:
+    speedup = latency.speedup()
+    lines = [
+        "| tokens | batch | routed median ms | routed p90 ms | routed tok/s | dense median ms | speedup | ideal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for index, routed in enumerate(latency.routed):
+        dense = latency.dense[index] if latency.dense is not None else None
+        lines.append(
+            f"| {routed.seq_len} | {routed.batch} | {routed.median_ms:.1f} | {routed.p90_ms:.1f} | "
+            f"{routed.tokens_per_s:.0f} | {f'{dense.median_ms:.1f}' if dense else '-'} | "
+            f"{f'{speedup[routed.seq_len]:.2f}x' if dense else '-'} | {latency.ideal_speedup[routed.seq_len]:.2f}x |"
+        )
+    lines.append(f"\nPeak resident memory of the verify process: {latency.peak_rss_mib:.0f} MiB")
+    return "\n".join(lines)
+
+
+def plot_latency(latency: LatencyComparison, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    lengths = [r.seq_len for r in latency.routed]
+    axis.plot(lengths, [r.median_ms for r in latency.routed], "o-", label="routed")
+    if latency.dense is not None:
+        axis.plot(lengths, [d.median_ms for d in latency.dense], "s-", label="dense")
+    axis.set_xlabel("sequence length (tokens)")
+    axis.set_ylabel("median latency (ms)")
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    axis.set_title("Prefill latency")
+    figure.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def write_report(
+    folder: Path,
+    header: dict[str, Any],
+    parity: ParityReport,
+    latency: LatencyComparison | None,
+    atol: float,
+    rtol: float,
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        **header,
+        "parity": parity.to_json(),
+        "latency": latency.to_json() if latency else None,
+        "tolerance": {"atol": atol, "rtol": rtol},
+    }
+    atomic_write_json(folder / "report.json", data)
+    sections = [
+        f"# ftp-deploy verify: {header.get('artifact', '')}",
+        "",
+        f"Verdict: **{'PASS' if parity.passed else 'FAIL'}**",
+        "",
+        "## Parity",
+        "",
+        parity_markdown(parity, atol, rtol),
+    ]
+    if latency is not None:
+        plot_latency(latency, folder / "latency.png")
+        sections += ["", "## Latency", "", latency_markdown(latency), "", "![latency](latency.png)"]
+    atomic_write_text(folder / "report.md", "\n".join(sections) + "\n")

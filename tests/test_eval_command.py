@@ -1,0 +1,117 @@
+"""`ftp-deploy eval` end to end on a tiny model, and its one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.errors import ArtifactError, DataError, UsageError
+from ftp_deploy.evaluation.command import evaluate
+from ftp_deploy.evaluation.pipeline import run_eval
+from ftp_deploy.models import model_ref_for
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import RouterSpec
+from ftp_deploy.schedule import Schedule
+from tests.conftest import tiny_model
+
+SCHEDULE = (0.2, 0.3, 0.3, 0.4)
+
+
+def words(count: int, step: int) -> str:
+    return " ".join(f"w{i * step % 90}" for i in range(count))
+
+
+def save_run(folder: Path, model_dir: Path, kind: str = "learned") -> Path:
+    base = tiny_model()
+    routed = RoutedModel(base, Schedule.from_sparsities(SCHEDULE), RouterSpec(kind=kind))
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(model_dir)), {"steps": 1}), folder)
+    return folder
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    (folder / "calibration_text").mkdir(parents=True)
+    (folder / "calibration_text/exllamav2_wiki.utf8").write_text(f'<doc id="1">\n{words(200, 7)}\n</doc>\n')
+    items = [
+        {"context": words(5 + i, 3 + i), "choices": [f" w{i + j}" for j in range(4)], "label": i % 4} for i in range(6)
+    ]
+    (folder / "mc.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    (folder / "text.txt").write_text(words(120, 11))
+    return folder
+
+
+def test_eval_writes_results_report_and_chart(tmp_path: Path, tiny_model_dir: Path, data_dir: Path) -> None:
+    run = save_run(tmp_path / "run", tiny_model_dir)
+    app = typer.Typer()
+    app.command()(evaluate)
+    tasks = f"mc:{data_dir / 'mc.jsonl'},ppl:{data_dir / 'text.txt'}"
+    args = [str(run), "--tasks", tasks, "--data-dir", str(data_dir), "--seq-len", "32", "--scored-tokens", "8"]
+    result = CliRunner().invoke(app, [*args, "--limit", "5"])
+    assert result.exit_code == 0, result.output
+    assert "avg acc" in result.output and "│ ftp " in result.output
+    results = json.loads((run / "eval/results.json").read_text())
+    assert list(results["methods"]) == ["dense", "random", "static", "shortgpt", "ftp"]
+    assert set(results["retention"]) == set(results["methods"])
+    assert results["methods"]["static"]["schedule_thousandths"] == [200, 300, 300, 400]
+    assert results["methods"]["random"]["schedule_thousandths"] == [300] * 4
+    mc = results["data"][f"mc:{data_dir / 'mc.jsonl'}"]
+    assert (mc["items"], mc["available"], mc["chance"]) == (5, 6, 0.25)
+    assert len(next(iter(mc["files"].values()))) == 64
+    assert len(results["model"]["weights_sha256"]) == 64 and len(results["run"]["router_sha256"]) == 64
+    for name, method in results["methods"].items():
+        assert 0 <= method["measured"]["token_sparsity"] < 0.5, name
+    report = (run / "eval/report.md").read_text()
+    assert "| method |" in report and "| ftp |" in report
+    assert (run / "eval/retention.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_run_without_a_trained_router_is_refused(tmp_path: Path, tiny_model_dir: Path, data_dir: Path) -> None:
+    run = save_run(tmp_path / "run", tiny_model_dir, kind="static")
+    with pytest.raises(ArtifactError, match="holds no trained router"):
+        run_eval(run, tasks=f"mc:{data_dir / 'mc.jsonl'}", baselines="dense", data_dir=data_dir)
+    assert not (run / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    ("tasks", "limit", "seq_len", "error", "message"),
+    [
+        (
+            "arc_easy,winogrande",
+            None,
+            512,
+            DataError,
+            r"unknown task 'winogrande'; known tasks: wikitext2, lambada, arc_easy",
+        ),
+        ("piqa", None, 512, DataError, r"task piqa: file not found: .*piqa/valid.jsonl"),
+        ("mc:{data}/mc.jsonl", 0, 512, DataError, r"--limit must be at least 1 item, got 0"),
+        ("ppl:{data}/text.txt", None, 16, UsageError, r"--scored-tokens must be in \[1, seq_len=16\), got 64"),
+    ],
+)
+def test_bad_input_is_one_clear_error(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    data_dir: Path,
+    tasks: str,
+    limit: int | None,
+    seq_len: int,
+    error: type,
+    message: str,
+) -> None:
+    run = save_run(tmp_path / "run", tiny_model_dir)
+    with pytest.raises(error, match=message) as caught:
+        run_eval(run, tasks=tasks.format(data=data_dir), limit=limit, data_dir=data_dir, seq_len=seq_len)
+    assert caught.value.exit_code == 2
+    assert not (run / "eval").exists()
+
+
+def test_shortgpt_without_calibration_text_names_the_file(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = save_run(tmp_path / "run", tiny_model_dir)
+    (tmp_path / "mc.jsonl").write_text('{"context": "w1", "choices": [" w2", " w3"], "label": 0}\n')
+    with pytest.raises(DataError, match=r"calibration text not found: .*calibration_text/exllamav2_wiki.utf8"):
+        run_eval(run, tasks=f"mc:{tmp_path / 'mc.jsonl'}", data_dir=tmp_path)

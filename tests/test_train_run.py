@@ -1,0 +1,197 @@
+"""`ftp-deploy train` end to end on a tiny LLaMA: run folder, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from ftp_deploy.artifacts import load_artifact
+from ftp_deploy.errors import ArtifactError, ConfigError, DataError, FtpDeployError, StorageError
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import RouterSpec
+from ftp_deploy.training import runfolder
+from ftp_deploy.training.command import train
+from ftp_deploy.training.data import DataConfig
+from ftp_deploy.training.pipeline import run_training
+from ftp_deploy.training.search import SearchConfig
+from ftp_deploy.training.settings import RunSettings
+from ftp_deploy.training.trainer import StepMetrics, TrainConfig
+from tests.conftest import random_batch, tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+STEPS = 6
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised from the step hook in the middle of training."""
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    path = tmp_path / "text.txt"
+    path.write_text(" ".join(f"w{int(i)}" for i in torch.randint(0, 90, (400,), generator=generator)), "utf-8")
+    return path
+
+
+def settings(model: Path, data: Path, **changes: object) -> RunSettings:
+    base = RunSettings(
+        model=str(model),
+        data=str(data),
+        sparsity=0.3,
+        data_config=DataConfig(seq_len=24, max_heldout=2),
+        search=SearchConfig(population=4, generations=2),
+        finetune=SearchConfig(population=3, generations=2, elites=1),
+        train=TrainConfig(steps=STEPS, batch_size=2, lr=2e-2, checkpoint_every=2, scored=8, search_batch=2),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def train_losses(out: Path) -> list[float]:
+    return [r["loss"] for r in runfolder.RunFolder(out).read_metrics() if r["phase"] == "train"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_leaves_the_routed_model_report_and_metrics(
+    tiny_model_dir: Path, text_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    state = run_training(settings(tiny_model_dir, text_file), out)
+    artifact = load_artifact(out)
+    assert artifact.has_trained_router and artifact.training["steps"] == STEPS
+    assert artifact.schedule.mean() == pytest.approx(0.3) and artifact.schedule.thousandths == tuple(
+        state["phases"]["finetune"]["best_thousandths"]
+    )
+    ids, mask = random_batch(2, 20, "left")
+    with torch.no_grad():
+        artifact.build(tiny_model())(ids, mask)  # loads and runs in compact mode
+    records = runfolder.RunFolder(out).read_metrics()
+    assert [r["step"] for r in records if r["phase"] == "train"] == list(range(STEPS))
+    assert [r["index"] for r in records if r["phase"] == "search"] == [0, 1]
+    assert records[[r["phase"] for r in records].index("train") + STEPS - 1]["guide_weight"] == 0.0
+    for png in ("schedule.png", "losses.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    report = (out / "report.md").read_text()
+    assert "![per-block sparsity](schedule.png)" in report and "trained router, fine-tuned schedule" in report
+    assert list((out / "checkpoints").iterdir()) == [out / "checkpoints" / "step-0000006.safetensors"]
+    assert state["finished"] and set(state["heldout"]) == {"static_uniform", "static_searched", "trained"}
+
+
+def test_resume_after_a_kill_gives_identical_losses(tiny_model_dir: Path, text_file: Path, tmp_path: Path) -> None:
+    run_training(settings(tiny_model_dir, text_file), tmp_path / "straight")
+
+    def kill_at_step_4(metrics: StepMetrics) -> None:
+        if metrics.step == 4:  # after step 4 ran, before step 5's checkpoint: the last one is at step 4
+            raise Killed
+
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        run_training(settings(tiny_model_dir, text_file), out, on_step=kill_at_step_4)
+    state = json.loads((out / "run.json").read_text())
+    assert state["phases"]["train"]["checkpoint"]["step"] == 4 and "finetune" not in state["phases"]
+    resumed_steps: list[int] = []
+    run_training(settings(tiny_model_dir, text_file), out, resume=True, on_step=lambda m: resumed_steps.append(m.step))
+    assert resumed_steps == [4, 5]
+    assert train_losses(out) == train_losses(tmp_path / "straight")
+    assert torch.equal(
+        load_artifact(out).router_state["net.0.weight"],  # type: ignore[index]
+        load_artifact(tmp_path / "straight").router_state["net.0.weight"],  # type: ignore[index]
+    )
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(
+    tiny_model_dir: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    real_write = runfolder.atomic_write_bytes
+
+    def write(path: Path, data: bytes) -> None:
+        if path.name == "step-0000004.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(runfolder, "atomic_write_bytes", write)
+    with pytest.raises(StorageError, match="No space left on device"):
+        run_training(settings(tiny_model_dir, text_file), out)
+    assert json.loads((out / "run.json").read_text())["phases"]["train"]["checkpoint"]["step"] == 2
+    assert not list(out.rglob("*.tmp"))
+    monkeypatch.setattr(runfolder, "atomic_write_bytes", real_write)
+    run_training(settings(tiny_model_dir, text_file), out, resume=True)
+    run_training(settings(tiny_model_dir, text_file), tmp_path / "straight")
+    assert train_losses(out) == train_losses(tmp_path / "straight")
+
+
+def test_resume_refuses_another_model_sparsity_or_setting(
+    tiny_model_dir: Path, text_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    run_training(settings(tiny_model_dir, text_file, train=TrainConfig(steps=2, scored=8, search_batch=2)), out)
+    before = snapshot(out)
+    with pytest.raises(ConfigError, match=r"at sparsity 0.3, not .* at 0.4"):
+        run_training(settings(tiny_model_dir, text_file, sparsity=0.4), out, resume=True)
+    other = tmp_path / "qwen"
+    tiny_model("qwen2").save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    with pytest.raises(ConfigError, match="holds a run of"):
+        run_training(settings(other, text_file), out, resume=True)
+    with pytest.raises(ConfigError, match=r"train.steps: 2 -> 6"):
+        run_training(settings(tiny_model_dir, text_file), out, resume=True)
+    with pytest.raises(ArtifactError, match="pass --resume"):
+        run_training(settings(tiny_model_dir, text_file), out)
+    assert snapshot(out) == before
+
+
+def test_bad_input_writes_nothing(tiny_model_dir: Path, text_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="outside"):
+        settings(tiny_model_dir, text_file, sparsity=0.95)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        run_training(settings(tiny_model_dir, latin), out)
+    with pytest.raises(ArtifactError, match="not a training run folder"):
+        run_training(settings(tiny_model_dir, text_file), tmp_path, resume=True)
+    assert not out.exists()
+
+
+def test_a_spent_time_budget_still_leaves_a_static_equivalent_router(
+    tiny_model_dir: Path, text_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    state = run_training(settings(tiny_model_dir, text_file), out, time_budget=1e-6)
+    artifact = load_artifact(out)
+    assert state["phases"]["train"]["stopped_by_time_budget"] and artifact.training["steps"] == 0
+    assert state["phases"]["search"]["evaluations"] == 1  # only the start schedule was scored
+    base = tiny_model()
+    ids, mask = random_batch(2, 24, None)
+    with torch.no_grad():
+        routed = artifact.build(base)(ids, mask)
+        static = RoutedModel(base, artifact.schedule, RouterSpec(kind="static"))(ids, mask)
+    assert all(torch.equal(a, b) for a, b in zip(routed.keep, static.keep, strict=True))
+
+
+def test_the_command(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    app = typer.Typer()
+    app.command()(train)
+    common = ["--model", str(tiny_model_dir), "--data", "self", "--seq-len", "24", "--scored", "8"]
+    small = ["--steps", "2", "--ga-population", "3", "--ga-generations", "1", "--finetune-generations", "1"]
+    result = CliRunner().invoke(app, [*common, *small, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"run folder: {tmp_path / 'run'}" in result.output.replace("\n", "")
+    assert load_artifact(tmp_path / "run").training["data"] == "self"
+    assert list((tmp_path / "cache" / "ftp-deploy" / "self-data").glob("*.safetensors"))
+    result = CliRunner().invoke(app, [*common, "--sparsity", "1.5", "--out", str(tmp_path / "bad")])
+    assert isinstance(result.exception, FtpDeployError) and "outside" in str(result.exception)
+    assert not (tmp_path / "bad").exists()

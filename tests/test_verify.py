@@ -1,0 +1,181 @@
+"""`ftp-deploy verify` on tiny exports: pass, a planted weight error, reports, Polygraphy's CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from polygraphy.comparator import RunResults
+
+from ftp_deploy import cli
+from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.exporters.pipeline import export_onnx
+from ftp_deploy.models import model_ref_for
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import RouterSpec
+from ftp_deploy.schedule import Schedule
+from tests.conftest import tiny_model, tiny_tokenizer
+
+PERTURBED_LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny routed run, its correct debug export, a dense export, and an export of wrong weights."""
+    root = tmp_path_factory.mktemp("verify")
+    base = tiny_model("llama", num_layers=3)  # few layers: dynamo export time grows with them
+    base.save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    torch.manual_seed(1)
+    routed = RoutedModel(base, Schedule.from_sparsities([0.3, 0.5, 0.2]), RouterSpec())
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(root / "base"))), root / "run")
+    export_onnx(root / "run", root / "art", debug_outputs=True)
+    export_onnx(root / "run", root / "dense", dense=True)
+    with torch.no_grad():
+        base.model.layers[PERTURBED_LAYER].mlp.down_proj.weight.mul_(1.5)
+    base.save_pretrained(root / "perturbed")
+    tiny_tokenizer().save_pretrained(root / "perturbed")
+    export_onnx(root / "run", root / "bad", model=str(root / "perturbed"), debug_outputs=True)
+    return {"root": root, "run": root / "run", "art": root / "art", "dense": root / "dense", "bad": root / "bad"}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    code = cli.main(["verify", *map(str, args)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    return code, captured.out, captured.err
+
+
+def test_correct_export_passes_with_full_routing_agreement(exported, capsys, tmp_path: Path) -> None:
+    code, out, _ = run_cli(
+        capsys, exported["art"], "--baseline", exported["dense"], "--seq-lens", "32,96", "--report", tmp_path
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["parity"]["passed"] is True
+    assert report["parity"]["routing_agreement"] == 1.0
+    assert report["parity"]["top1_agreement"] == 1.0
+    assert {f["seq_len"] for f in report["parity"]["feeds"]} >= {1}
+    assert "PASS" in out and "Routing agreement" in out
+
+
+def test_report_files_agree_with_each_other(exported, capsys, tmp_path: Path) -> None:
+    assert run_cli(capsys, exported["art"], "--seq-lens", "32", "--report", tmp_path)[0] == 0
+    for name in ("report.json", "report.md", "run_results.json", "inputs.json"):
+        assert (tmp_path / name).is_file(), name
+    report = json.loads((tmp_path / "report.json").read_text())
+    logits = next(o for o in report["parity"]["outputs"] if o["name"] == "logits")
+    markdown = (tmp_path / "report.md").read_text()
+    assert f"| logits | yes | {logits['absolute']['max']:.3g} |" in markdown
+    latency = report["latency"]["routed"][0]
+    assert f"| 32 | 1 | {latency['median_ms']:.1f} |" in markdown
+    # The saved Polygraphy results reproduce the reported maximum over the valid positions.
+    results = RunResults.load(str(tmp_path / "run_results.json"))
+    feeds = json.loads((tmp_path / "report.json").read_text())["parity"]["feeds"]
+    worst = 0.0
+    for index, (ref, got) in enumerate(zip(results["pytorch"], results["onnxruntime"], strict=True)):
+        assert list(ref["logits"].shape[:2]) == [feeds[index]["batch"], feeds[index]["seq_len"]]
+        worst = max(worst, float(np.abs(ref["logits"] - got["logits"]).max()))
+    assert worst >= logits["absolute"]["max"] - 1e-12
+
+
+def test_perturbed_weights_fail_and_name_the_block(exported, capsys, tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        capsys,
+        exported["bad"],
+        "--against",
+        exported["run"],
+        "--model",
+        exported["root"] / "base",
+        "--seq-lens",
+        "",
+        "--report",
+        tmp_path,
+    )
+    assert code == 1
+    assert "parity failed: logits" in err
+    assert f"model.layers.{PERTURBED_LAYER}" in err
+    report = json.loads((tmp_path / "report.json").read_text())
+    hidden = {o["name"]: o["passed"] for o in report["parity"]["outputs"]}
+    assert hidden[f"hidden_{PERTURBED_LAYER - 1}"] and not hidden[f"hidden_{PERTURBED_LAYER}"]
+
+
+def test_inputs_replay(exported, capsys, tmp_path: Path) -> None:
+    assert run_cli(capsys, exported["art"], "--seq-lens", "", "--report", tmp_path / "a")[0] == 0
+    code, _, _ = run_cli(
+        capsys,
+        exported["art"],
+        "--seq-lens",
+        "",
+        "--inputs",
+        tmp_path / "a" / "inputs.json",
+        "--report",
+        tmp_path / "b",
+    )
+    assert code == 0
+    first = json.loads((tmp_path / "a" / "report.json").read_text())["parity"]
+    second = json.loads((tmp_path / "b" / "report.json").read_text())["parity"]
+    assert first["feeds"] == second["feeds"] and first["outputs"] == second["outputs"]
+
+
+def test_polygraphy_cli_runs_the_export(exported, capsys, tmp_path: Path) -> None:
+    assert run_cli(capsys, exported["art"], "--seq-lens", "", "--report", tmp_path)[0] == 0
+    polygraphy = Path(sys.executable).with_name("polygraphy")
+    result = subprocess.run(
+        [
+            str(polygraphy),
+            "run",
+            str(exported["art"] / "model.onnx"),
+            "--onnxrt",
+            "--load-inputs",
+            str(tmp_path / "inputs.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSED" in result.stdout + result.stderr
+
+
+def test_tampered_artifact_names_the_file(exported, capsys, tmp_path: Path) -> None:
+    copy = tmp_path / "art"
+    shutil.copytree(exported["art"], copy)
+    data = copy / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:-8] + b"\x00" * 8)
+    code, _, err = run_cli(capsys, copy, "--seq-lens", "")
+    assert code == 2 and "model.onnx.data does not match its sha256" in err
+
+
+def test_unloadable_onnx_is_exit_2(exported, capsys, tmp_path: Path) -> None:
+    copy = tmp_path / "art"
+    shutil.copytree(exported["art"], copy)
+    (copy / "model.onnx").write_bytes(b"not an onnx file")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    import hashlib
+
+    manifest["files"]["model.onnx"] = hashlib.sha256(b"not an onnx file").hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(capsys, copy, "--seq-lens", "")
+    assert code == 2 and "model.onnx" in err
+
+
+def test_run_for_another_model_is_exit_2(exported, capsys, tmp_path: Path) -> None:
+    other = tiny_model("qwen2")
+    routed = RoutedModel(other, Schedule.uniform(0.2, 4), RouterSpec(kind="static"))  # 4 layers, not 3
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(other, "tiny-qwen2")), tmp_path / "run")
+    code, _, err = run_cli(capsys, exported["art"], "--against", tmp_path / "run", "--seq-lens", "")
+    assert code == 2 and "trained for 'tiny-qwen2'" in err
+
+
+@pytest.mark.parametrize("option", ["--atol", "--rtol"])
+def test_non_positive_tolerance_is_exit_2(exported, capsys, option: str) -> None:
+    code, _, err = run_cli(capsys, exported["art"], option, "0", "--seq-lens", "")
+    assert code == 2 and "tolerances must be > 0" in err
