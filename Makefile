@@ -29,8 +29,17 @@ test: lint
 test-all: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The whole pipeline on the embedded SmolLM2: dense vs routed on a prompt, a budgeted router
+# training at sparsity 0.3, ONNX export (routed and dense), and verify with its tables.
+DEMO := demo-out
 demo: setup
-	$(BIN)/python -m ftp_deploy.demo_pipeline
+	rm -rf $(DEMO)
+	$(BIN)/ftp-deploy run --max-new-tokens 20
+	$(BIN)/ftp-deploy train --sparsity 0.3 --out $(DEMO)/run --time-budget 12
+	$(BIN)/ftp-deploy info $(DEMO)/run
+	$(BIN)/ftp-deploy export $(DEMO)/run --engine onnx --out $(DEMO)/onnx --last-token-logits --debug-outputs
+	$(BIN)/ftp-deploy export $(DEMO)/run --engine onnx --out $(DEMO)/onnx-dense --dense --last-token-logits
+	$(BIN)/ftp-deploy verify $(DEMO)/onnx --baseline $(DEMO)/onnx-dense --seq-lens 128,512,1024 --report $(DEMO)/verify
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -30,6 +30,7 @@ from common import interleaved_times, summarize, write_json
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionOptionsLoader
+from ftp_deploy.exporters.manifest import manifest_mismatches, read_manifest
 from ftp_deploy.exporters.onnx_export import MODEL_FILE
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.flops import flop_ratio
@@ -50,6 +51,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per implementation and length (>= 5)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the run and both exports here")
+    parser.add_argument(
+        "--reuse-exports", action="store_true", help="time the exports already in --work-dir (their manifests checked)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.runs < 5:
@@ -62,13 +66,13 @@ def main() -> None:
     model = loaded.model
     schedule = Schedule.uniform(args.sparsity, model.config.num_hidden_layers)
     routed = RoutedModel(model, schedule, RouterSpec(kind="static"))
-    save_artifact(RoutedArtifact.from_model(routed, loaded.ref), work / "run")
-    exports = {
-        graph: export_onnx(
-            work / "run", work / graph, dense=graph == "dense", last_token_logits=True, overwrite=True
-        ).out
-        for graph in ("dense", "routed")
-    }
+    exports = {graph: work / graph for graph in ("dense", "routed")}
+    if args.reuse_exports:
+        _check_reusable(exports, schedule)
+    else:
+        save_artifact(RoutedArtifact.from_model(routed, loaded.ref), work / "run")
+        for graph, folder in exports.items():
+            export_onnx(work / "run", folder, dense=graph == "dense", last_token_logits=True, overwrite=True)
     print(f"exports in {work}; load average before timing {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
     options = SessionOptionsLoader(threads=args.threads)
@@ -120,6 +124,18 @@ def main() -> None:
             "targets": targets,
         },
     )
+
+
+def _check_reusable(exports: dict[str, Path], schedule: Schedule) -> None:
+    for graph, folder in exports.items():
+        problems = manifest_mismatches(folder)
+        manifest = read_manifest(folder)
+        if manifest["schedule"]["sparsity_thousandths"] != list(schedule.thousandths):
+            problems.append(f"schedule {manifest['schedule']['sparsity_thousandths']}")
+        if manifest["graph"] != graph or not manifest["last_token_logits"]:
+            problems.append(f"a {manifest['graph']} graph with last_token_logits={manifest['last_token_logits']}")
+        if problems:
+            raise SystemExit(f"cannot reuse {folder}: {'; '.join(problems)}")
 
 
 def _figures(row: dict[str, dict[str, float]], ideal: float) -> dict[str, Any]:

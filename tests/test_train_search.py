@@ -101,6 +101,16 @@ def test_repair_reaches_the_mean_from_anywhere(monotone: bool) -> None:
         assert not monotone or bool((np.diff(genome) >= 0).all())
 
 
+@pytest.mark.parametrize("monotone", [True, False])
+def test_repair_keeps_a_schedule_that_already_fits(monotone: bool) -> None:
+    # FLOP weights of a 30-block model are ~1.9e9 each: the case where rounding once moved mass.
+    space = ScheduleSpace(0.3, [1.887731712e9] * 30, monotone=monotone)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        genome = space.repair(rng.normal(300, 80, 30))
+        assert np.array_equal(space.repair(genome.astype(np.float64)), genome)
+
+
 def test_bad_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="outside"):
         ScheduleSpace(0.95, [1.0] * 4)

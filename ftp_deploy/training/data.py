@@ -23,11 +23,25 @@ JSONL_SUFFIX = ".jsonl"
 SELF_SOURCE = "self"
 # ../shared/data/calibration_text from the project root: the embedded default when present.
 EMBEDDED_TEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "calibration_text"
-# Hub datasets behind the short names: (path, config, split, text field, documents read).
-HUB_DATASETS: dict[str, tuple[str, str | None, str, str, int]] = {
-    "wikitext2": ("wikitext", "wikitext-2-raw-v1", "train", "text", 40_000),
-    "c4": ("allenai/c4", "en", "train", "text", 4_000),
-    "alpaca": ("tatsu-lab/alpaca", None, "train", "text", 10_000),
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A Hugging Face dataset behind a short `--data` name; `lines` marks records that are the
+    lines of one running text (wikitext), joined back rather than ended one by one."""
+
+    path: str
+    config: str | None
+    split: str
+    field: str
+    records: int
+    lines: bool = False
+
+
+HUB_DATASETS = {
+    "wikitext2": HubDataset("wikitext", "wikitext-2-raw-v1", "train", "text", 40_000, lines=True),
+    "c4": HubDataset("allenai/c4", "en", "train", "text", 4_000),
+    "alpaca": HubDataset("tatsu-lab/alpaca", None, "train", "text", 10_000),
 }
 
 
@@ -119,12 +133,13 @@ def _hub_documents(name: str) -> list[str]:
         raise MissingDependencyError(
             f"--data {name} needs the Hugging Face datasets library: pip install 'ftp-deploy[data]'"
         ) from err
-    path, config, split, field, count = HUB_DATASETS[name]
+    hub = HUB_DATASETS[name]
     try:
-        records = datasets.load_dataset(path, config, split=split, streaming=True)
-        return [str(record[field]) for record, _ in zip(records, range(count), strict=False) if record[field]]
+        records = datasets.load_dataset(hub.path, hub.config, split=hub.split, streaming=True)
+        texts = [str(record[hub.field]) for record, _ in zip(records, range(hub.records), strict=False)]
     except Exception as err:  # the hub raises many types (network, auth, schema); all mean "not loaded"
-        raise DataError(f"could not load the Hugging Face dataset {path!r}: {err}") from err
+        raise DataError(f"could not load the Hugging Face dataset {hub.path!r}: {err}") from err
+    return ["".join(texts)] if hub.lines else [text for text in texts if text]
 
 
 def tokenize_documents(documents: list[str], tokenizer: Any) -> torch.Tensor:

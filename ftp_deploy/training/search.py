@@ -114,7 +114,9 @@ class ScheduleSpace:
             else:
                 high = mid
         shifted = np.clip(x + high, 0, self.limit)
-        genome = np.floor(shifted).astype(np.int64)
+        # The offset found can sit a rounding error below an integer genome's own values; the
+        # slack keeps a genome that already fits exactly what it is.
+        genome = np.floor(shifted + 1e-6).astype(np.int64)
         # Rounding down leaves a deficit: give thousandths back to the blocks rounded down most,
         # or, to stay non-decreasing, from the last block backwards where the order allows.
         order = range(len(genome) - 1, -1, -1) if self.monotone else np.argsort(genome - shifted, kind="stable")

@@ -40,7 +40,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     checkpoint_every: int = 10
     scored: int = SCORED_POSITIONS
-    search_batch: int = 4
+    search_batch: int = 8
     eval_every: int = 10  # steps between calibration-KL checks; the best router is the one kept
 
     def __post_init__(self) -> None:
