@@ -95,9 +95,8 @@ def test_missing_folder_and_config(tmp_path: Path) -> None:
         load_artifact(tmp_path / "empty")
 
 
-def test_interrupted_save_leaves_previous_files_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _saved(tmp_path / "run")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+def crash_on_config_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the rename that publishes ftp_config.json fail, as a power cut would."""
     real_replace = os.replace
 
     def crash_on_config(src: str, dst: str) -> None:
@@ -106,6 +105,12 @@ def test_interrupted_save_leaves_previous_files_intact(tmp_path: Path, monkeypat
         real_replace(src, dst)
 
     monkeypatch.setattr(fileio.os, "replace", crash_on_config)
+
+
+def test_interrupted_save_leaves_previous_files_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _saved(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    crash_on_config_write(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _saved(tmp_path / "run")
     monkeypatch.undo()
@@ -116,14 +121,7 @@ def test_interrupted_save_leaves_previous_files_intact(tmp_path: Path, monkeypat
 
 
 def test_interrupted_first_save_never_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_replace = os.replace
-
-    def crash_on_config(src: str, dst: str) -> None:
-        if str(dst).endswith(CONFIG_FILE):
-            raise KeyboardInterrupt("power cut")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(fileio.os, "replace", crash_on_config)
+    crash_on_config_write(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _saved(tmp_path / "run")
     monkeypatch.undo()
