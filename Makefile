@@ -35,7 +35,8 @@ DEMO := demo-out
 demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/ftp-deploy run --max-new-tokens 20
-	$(BIN)/ftp-deploy train --sparsity 0.3 --out $(DEMO)/run --time-budget 12
+	$(BIN)/ftp-deploy train --sparsity 0.3 --out $(DEMO)/run --steps 40 --ga-population 8 --ga-generations 4 \
+		--finetune-generations 2 --time-budget 12
 	$(BIN)/ftp-deploy info $(DEMO)/run
 	$(BIN)/ftp-deploy export $(DEMO)/run --engine onnx --out $(DEMO)/onnx --last-token-logits --debug-outputs
 	$(BIN)/ftp-deploy export $(DEMO)/run --engine onnx --out $(DEMO)/onnx-dense --dense --last-token-logits

@@ -81,14 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     except FtpDeployError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return err.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
         return 130
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except click.exceptions.Exit as err:
-        return err.exit_code
+    except (click.ClickException, typer.TyperException) as err:
+        # typer 0.29 raises usage errors from its own copy of click, which subclass TyperException.
+        show = getattr(err, "show", None)
+        if show is not None:
+            show()
+        else:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return int(getattr(err, "exit_code", 2))
+    except (click.exceptions.Exit, typer.Exit) as err:
+        return int(getattr(err, "exit_code", 0))
     return 0
 
 
