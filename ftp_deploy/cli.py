@@ -9,6 +9,7 @@ from typing import Annotated
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ftp_deploy.errors import FtpDeployError
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except FtpDeployError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
     except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if show is not None:
             show()
         else:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         return int(getattr(err, "exit_code", 2))
     except (click.exceptions.Exit, typer.Exit) as err:
         return int(getattr(err, "exit_code", 0))

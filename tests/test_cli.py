@@ -83,6 +83,7 @@ def test_mismatched_base_model_from_cli(run_dir: Path, tiny_model_dir: Path) -> 
         (["run", "--sparsity", "1.5"], "outside [0, s_max=0.9]"),
         (["run", "--max-new-tokens", "0"], "Invalid value for '--max-new-tokens'"),
         (["train"], "Missing option '--out'"),
+        (["export", "/tmp", "--out", "/tmp/never-written", "--engine", "trt"], "pip install 'ftp-deploy[trt]'"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], fragment: str) -> None:
