@@ -68,8 +68,14 @@ def evaluate_model(
     progress: Progress,
     calibration: Path | None = None,
     ftp: RoutedModel | None = None,
+    measured: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Every number of one evaluation: model and data hashes, each method's metrics and compute, retention."""
+    """Every number of one evaluation: model and data hashes, each method's metrics and compute, retention.
+
+    `measured` holds methods already scored on the same model, tasks and settings (dense, when
+    one benchmark evaluates several sparsities); they are reported, not scored again.
+    """
+    measured = measured or {}
     start = time.perf_counter()
     settings.check()
     config = loaded.model.config
@@ -77,9 +83,15 @@ def evaluate_model(
     prepared = [prepare(task, loaded.tokenizer, settings, max_length) for task in tasks]
     calibration_batch = calibration_ids(loaded.tokenizer, calibration) if calibration is not None else None
     methods = build_methods(
-        baselines, loaded.model, schedule, settings.seq_len, schedule_source, calibration_batch, ftp
+        [name for name in baselines if name not in measured],
+        loaded.model,
+        schedule,
+        settings.seq_len,
+        schedule_source,
+        calibration_batch,
+        ftp,
     )
-    scores = evaluate_methods(methods, prepared, settings, progress)
+    scores = measured | evaluate_methods(methods, prepared, settings, progress)
     data = {p.task.name: p.facts() for p in prepared}
     details = retention_summary(scores, data, DENSE)
     return {
