@@ -40,7 +40,7 @@ demo: setup
 	$(BIN)/ftp-deploy info $(DEMO)/run
 	$(BIN)/ftp-deploy export $(DEMO)/run --engine onnx --out $(DEMO)/onnx --last-token-logits --debug-outputs
 	$(BIN)/ftp-deploy export $(DEMO)/run --engine onnx --out $(DEMO)/onnx-dense --dense --last-token-logits
-	$(BIN)/ftp-deploy verify $(DEMO)/onnx --baseline $(DEMO)/onnx-dense --seq-lens 128,512,1024 --report $(DEMO)/verify
+	$(BIN)/ftp-deploy verify $(DEMO)/onnx --baseline $(DEMO)/onnx-dense --report $(DEMO)/verify
 
 clean:
 	rm -rf $(VENV) demo-out

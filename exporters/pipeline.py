@@ -42,6 +42,8 @@ CPU_NATIVE_DTYPES = ("fp32", "fp16")
 SMOKE_SHAPE = (1, 8)  # batch 1: the export example had 2, so this also exercises the dynamic batch
 
 StepObserver = Callable[[str], AbstractContextManager[object]]
+# Adds files to the staged artifact folder before the manifest hashes it; returns manifest entries.
+ArtifactExtension = Callable[[Path, dict[str, Any]], dict[str, Any]]
 
 
 def _no_progress(step: str) -> AbstractContextManager[object]:
@@ -66,12 +68,15 @@ def export_onnx(
     debug_outputs: bool = False,
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    extend: ArtifactExtension | None = None,
     on_step: StepObserver = _no_progress,
 ) -> ExportResult:
     """Export the routed model of `run_dir` (or, with `dense`, its base model) into the folder `out`.
 
     Bad input raises before anything is written; a failure later leaves no folder behind: the
     artifact is built in a hidden folder beside `out` and renamed to `out` once complete.
+    `extend` adds to that folder (a TensorRT plan, say) and to the manifest, before the manifest
+    hashes every file.
     """
     check_output_folder(out, overwrite)
     artifact = load_artifact(run_dir)
@@ -103,8 +108,10 @@ def export_onnx(
         with on_step("smoke inference in ONNX Runtime"):
             native = dtype in CPU_NATIVE_DTYPES
             smoke = {**smoke_inference(path if native else checked, spec, vocab_size), "widened_to_fp32": not native}
+        content = _manifest_content(run_dir, artifact, spec, report, smoke, model_ref)
+        if extend is not None:
+            content.update(extend(folder, content))
         with on_step("write the manifest"):
-            content = _manifest_content(run_dir, artifact, spec, report, smoke, model_ref)
             manifest = write_manifest(folder, content)
     return ExportResult(out, manifest)
 

@@ -63,6 +63,34 @@ class OutputFolderError(UsageError):
     """The output folder cannot be written, or holds files that would be replaced."""
 
 
+class EngineBuildError(ExportError):
+    """TensorRT could not build an engine from an exported file (parser errors, a failed build)."""
+
+
+class OnnxParseError(EngineBuildError):
+    """TensorRT's ONNX parser refused the file; `errors` lists every error it reported."""
+
+    def __init__(self, model: str, errors: list[str]) -> None:
+        super().__init__(f"TensorRT could not parse {model}:\n  " + "\n  ".join(errors))
+        self.errors = errors
+
+
+class PlanCompatibilityError(ArtifactError):
+    """A TensorRT plan was built for another TensorRT version or GPU than this machine's."""
+
+
+class ShapeOutOfProfileError(UsageError):
+    """An input's shape lies outside the optimization profile the engine was built for."""
+
+
+class EngineLoadError(FtpDeployError):
+    """TensorRT could not deserialize or run a plan file."""
+
+
+class PluginMissingError(MissingDependencyError):
+    """A TensorRT plugin the engine needs is not in TensorRT's plugin registry."""
+
+
 class ExportValidationError(ParityError):
     """The exported file does not match the PyTorch model; `failures` lists every check that failed."""
 

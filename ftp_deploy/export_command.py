@@ -1,21 +1,27 @@
-"""`ftp-deploy export`: a routed run folder into an ONNX artifact folder, with progress on stderr."""
+"""`ftp-deploy export`: a routed run folder into an ONNX (or TensorRT) artifact folder, with progress on stderr."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ftp_deploy.errors import MissingDependencyError, UsageError
+from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape, parse_shape
+from ftp_deploy.errors import UsageError
 from ftp_deploy.exporters.options import DEFAULT_OPSET, ENGINES, EXPORT_DTYPES, SUPPORTED_OPSETS
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _shape_help(which: str, default: tuple[int, int]) -> str:
+    return f"--engine trt: the {which} BATCH,SEQUENCE of the optimization profile (default {format_shape(default)})"
 
 
 def export(
@@ -36,16 +42,38 @@ def export(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow the model's own Python code from the hub")] = False,
+    min_shape: Annotated[str | None, typer.Option(help=_shape_help("smallest", DEFAULT_PROFILE.min_shape))] = None,
+    opt_shape: Annotated[str | None, typer.Option(help=_shape_help("tuned-for", DEFAULT_PROFILE.opt_shape))] = None,
+    max_shape: Annotated[str | None, typer.Option(help=_shape_help("largest", DEFAULT_PROFILE.max_shape))] = None,
+    onnx_only: Annotated[
+        bool, typer.Option(help="--engine trt: no engine here; write the script that builds it on the target")
+    ] = False,
 ) -> None:
-    """Export a routed model to ONNX: validated against PyTorch and smoke-run before it is kept."""
-    if engine == "trt":
-        raise MissingDependencyError(
-            "TensorRT export (issue #6) needs TensorRT and a CUDA GPU: pip install 'ftp-deploy[trt]'"
-        )
+    """Export a routed model to ONNX: validated against PyTorch and smoke-run before it is kept.
+
+    With --engine trt, also the TensorRT optimization profile and build script, and the engine
+    itself where TensorRT and a CUDA GPU are present.
+    """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    from ftp_deploy.exporters.pipeline import export_onnx
+    shapes = {"--min-shape": min_shape, "--opt-shape": opt_shape, "--max-shape": max_shape}
+    if engine != "trt" and (onnx_only or any(shapes.values())):
+        raise UsageError("--onnx-only and the --*-shape options apply to --engine trt only")
+    given = {option: parse_shape(text, option) for option, text in shapes.items() if text is not None}
+    from ftp_deploy.exporters.pipeline import ExportResult, export_onnx
+    from ftp_deploy.exporters.trt_export import export_trt
 
+    exporter: Callable[..., ExportResult] = (
+        partial(
+            export_trt,
+            min_shape=given.get("--min-shape", DEFAULT_PROFILE.min_shape),
+            opt_shape=given.get("--opt-shape", DEFAULT_PROFILE.opt_shape),
+            max_shape=given.get("--max-shape", DEFAULT_PROFILE.max_shape),
+            onnx_only=onnx_only,
+        )
+        if engine == "trt"
+        else export_onnx
+    )
     columns = (SpinnerColumn(finished_text="[green]done[/]"), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=err_console) as progress:
 
@@ -55,7 +83,7 @@ def export(
             yield
             progress.update(task, completed=1)
 
-        result = export_onnx(
+        result = exporter(
             run_dir,
             out,
             model=model,
@@ -80,3 +108,24 @@ def export(
     )
     for name in result.manifest["files"]:
         console.print(f"  {result.out / name}")
+    if "tensorrt" in result.manifest:
+        _print_engine_commands(result.out, result.manifest["tensorrt"])
+
+
+def _print_engine_commands(out: Path, section: dict[str, Any]) -> None:
+    from ftp_deploy.exporters.trt_export import engine_commands
+
+    build, benchmark = engine_commands(ShapeProfile.from_json(section["profile"]), out.resolve()).shell()
+    if section["plan_file"] is None:
+        console.print(
+            "build the TensorRT engine on the target machine (NVIDIA GPU, TensorRT >= 10.9, "
+            "pip install 'ftp-deploy[trt]'; trtexec cannot build it: its plugins are Python plugins):",
+            markup=False,
+        )
+        console.print(f"  {build}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        built = section["built_for"]
+        console.print(f"built {out / section['plan_file']} for {built['gpu']} (TensorRT {built['tensorrt']})")
+    console.print("time the engine with trtexec:", markup=False)
+    console.print(f"  {benchmark}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"({out / section['build_script']} runs both)", markup=False, highlight=False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -10,11 +12,14 @@ from typing import Any
 
 import onnx
 import torch
+from polygraphy.backend.base import BaseRunner
 from polygraphy.logger import G_LOGGER
 
 from ftp_deploy.artifacts import CONFIG_FILE, load_artifact
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionOptionsLoader
-from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, MissingDependencyError, UsageError
+from ftp_deploy.engines.trt_env import require_tensorrt_gpu
+from ftp_deploy.engines.trt_plan import PLAN_FILE, rebuild_command
+from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, UsageError
 from ftp_deploy.exporters.manifest import manifest_mismatches, read_manifest
 from ftp_deploy.exporters.widen import widened_to_fp32
 from ftp_deploy.fileio import sha256_file
@@ -67,6 +72,14 @@ class Artifact:
     def model_path(self) -> Path:
         return self.folder / str(self.manifest.get("model_file", "model.onnx"))
 
+    def require_plan(self) -> None:
+        """An ArtifactError, saying how to build it, where the folder has no TensorRT plan."""
+        if not (self.folder / PLAN_FILE).is_file():
+            raise ArtifactError(
+                f"{self.folder} has no TensorRT plan ({PLAN_FILE}): run ftp-deploy export --engine trt on this "
+                f"machine, or build it from this artifact with {shlex.join(rebuild_command(self.folder))}"
+            )
+
     def session_source(self) -> Path | bytes:
         """The file itself, or its fp32 widening where ONNX Runtime's CPU provider lacks the dtype."""
         if self.manifest["dtype"] in CPU_NATIVE_DTYPES:
@@ -110,6 +123,22 @@ def _session_run(source: Path | bytes, threads: int | None) -> Callable[[Feed], 
     return partial(session.run, None)
 
 
+def _candidate(artifact: Artifact, runtime: str) -> BaseRunner:
+    if runtime == "trt":
+        from ftp_deploy.engines.trt_runner import EngineFromPlan, TrtPlanRunner
+
+        return TrtPlanRunner(EngineFromPlan(artifact.folder), name="tensorrt")
+    return OrtRunner(SessionFromOnnx(artifact.session_source()), name="onnxruntime")
+
+
+def _latency_run(artifact: Artifact, runtime: str, threads: int | None, stack: ExitStack) -> Callable[[Feed], object]:
+    """A run function for timing; a TensorRT runner stays active until `stack` closes."""
+    if runtime == "trt":
+        runner = stack.enter_context(_candidate(artifact, runtime))
+        return runner.infer
+    return _session_run(artifact.session_source(), threads)
+
+
 def verify(
     art_dir: Path,
     against: Path | None = None,
@@ -126,19 +155,25 @@ def verify(
     model: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> VerifyResult:
-    """Parity (Polygraphy Comparator) and latency of `art_dir`; writes the report folder."""
+    """Parity (Polygraphy Comparator) and latency of `art_dir`; writes the report folder.
+
+    `runtime="trt"` runs the artifact's model.plan through engines/trt_runner.py; that path needs
+    TensorRT and a GPU and could not be run where it was written.
+    """
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime == "trt":
-        raise MissingDependencyError(
-            "--runtime trt needs TensorRT, a CUDA GPU and a built engine (issue #6): pip install 'ftp-deploy[trt]'"
-        )
+        require_tensorrt_gpu("--runtime trt")
     if batch < 1 or any(t < 1 for t in seq_lens):
         raise UsageError("--batch and every --seq-lens entry must be >= 1")
     progress("checking the artifact against its manifest")
     artifact = Artifact.open(art_dir)
     tolerance = Tolerance.for_dtype(artifact.manifest["dtype"], atol, rtol)
     dense_artifact = Artifact.open(baseline) if baseline is not None else None
+    if runtime == "trt":
+        for opened in (artifact, dense_artifact):
+            if opened is not None:
+                opened.require_plan()
     progress("loading the PyTorch reference")
     routed, loaded = reference_model(artifact, against, model)
     feeds = parity_feeds(loaded, InputPlan(), inputs)
@@ -153,8 +188,7 @@ def verify(
         debug_outputs=bool(artifact.manifest["debug_outputs"]),
         name="pytorch",
     )
-    candidate = OrtRunner(SessionFromOnnx(artifact.session_source()), name="onnxruntime")
-    parity, results = check_parity(reference, candidate, feeds, tolerance)
+    parity, results = check_parity(reference, _candidate(artifact, runtime), feeds, tolerance)
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
         results.save(str(out_dir / "run_results.json"))
 
@@ -162,14 +196,15 @@ def verify(
     if seq_lens:
         vocab = int(loaded.model.config.vocab_size)
         schedule = routed.schedule
-        latency = compare_latency(
-            _session_run(artifact.session_source(), threads),
-            _session_run(dense_artifact.session_source(), threads) if dense_artifact else None,
-            [latency_feed(batch, t, vocab) for t in seq_lens],
-            lambda t: 1 / flop_ratio(loaded.model.config, schedule, t),
-            runs,
-            progress,
-        )
+        with ExitStack() as stack:
+            latency = compare_latency(
+                _latency_run(artifact, runtime, threads, stack),
+                _latency_run(dense_artifact, runtime, threads, stack) if dense_artifact else None,
+                [latency_feed(batch, t, vocab) for t in seq_lens],
+                lambda t: 1 / flop_ratio(loaded.model.config, schedule, t),
+                runs,
+                progress,
+            )
     header = {
         "artifact": str(art_dir),
         "baseline": str(baseline) if baseline else None,
