@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,10 @@ import torch
 from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ExportError, MissingDependencyError, OutputFolderError
-from ftp_deploy.export_command import export
-from ftp_deploy.exporters import pipeline
+from ftp_deploy.exporters import pipeline, trt_export
 from ftp_deploy.exporters.manifest import MANIFEST_FILE, manifest_mismatches, write_manifest
 from ftp_deploy.exporters.output_folder import check_output_folder, staged_folder
+from ftp_deploy.exporters.trt_export import export_trt
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -62,7 +63,10 @@ def test_run_folder_without_a_router(run_export, tmp_path: Path) -> None:
     [
         (["--opset", "17"], "opset 17 is not supported"),
         (["--dtype", "int8"], "dtype 'int8' cannot be exported"),
-        (["--engine", "trt"], "TensorRT export (issue #6)"),
+        (["--onnx-only"], "apply to --engine trt only"),
+        (["--max-shape", "4,2048"], "apply to --engine trt only"),
+        (["--engine", "trt", "--onnx-only", "--max-shape", "4x2048"], "--max-shape takes BATCH,SEQUENCE"),
+        (["--engine", "trt", "--onnx-only", "--opt-shape", "8,512"], "the batch range must satisfy min <= opt <= max"),
         (["--engine", "tflite"], "unknown engine 'tflite'"),
         (["--dense", "--debug-outputs"], "the dense model has none"),
     ],
@@ -74,9 +78,22 @@ def test_unsupported_options(run_export, tmp_path: Path, options: list[str], fra
     assert leftovers(tmp_path) == []
 
 
-def test_trt_engine_names_its_extra(tmp_path: Path) -> None:
-    with pytest.raises(MissingDependencyError, match=r"pip install 'ftp-deploy\[trt\]'"):
-        export(tmp_path / "run", out=tmp_path / "art", engine="trt")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(), reason="tensorrt and a GPU exist"
+)
+def test_trt_engine_without_tensorrt_fails_before_exporting(
+    run_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the ONNX export started")
+
+    monkeypatch.setattr(trt_export, "export_onnx", never)
+    code, err = run_export(make_run(tmp_path), "--out", tmp_path / "art", "--engine", "trt")
+    assert code == 2 and "--engine trt needs TensorRT and a CUDA GPU; missing here:" in err
+    assert "pip install 'ftp-deploy[trt]', or pass --onnx-only" in err and len(err.strip().splitlines()) == 1
+    assert leftovers(tmp_path) == []
+    with pytest.raises(MissingDependencyError):  # the library call, before it reads the run folder
+        export_trt(tmp_path / "no-run", tmp_path / "art")
 
 
 @pytest.mark.parametrize(
