@@ -1,0 +1,73 @@
+"""`python -m ftp_deploy.engines.build_plan ART_DIR`: build model.plan for this machine from an exported artifact.
+
+This is how an `ftp-deploy export --engine trt --onnx-only` artifact becomes a TensorRT engine on
+the machine that will run it (its build_engine.sh runs this). trtexec cannot do the build: the
+ftp::TokenCompact / ftp::TokenScatter plugins are Python plugins (`tensorrt.plugin`), registered
+by importing Python code, and trtexec loads plugins only from shared libraries
+(--staticPlugins / --dynamicPlugins). Without them registered, TensorRT's parser would quietly
+inline the ops' ONNX function bodies instead (the builder refuses such a network). The plan this
+builds holds the plugins' AOT kernels (TensorRT >= 10.9), so trtexec can then load and time it.
+
+The folder is updated in place, each file atomically: model.plan, model.plan.json, and last
+manifest.json with the new files' hashes; if interrupted, manifest.json still describes the old
+files, `ftp-deploy verify` reports the difference and running this again repairs it.
+
+Only the refusal without TensorRT or a GPU could be run where this was written; the build needs
+both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ftp_deploy.engines.trt_builder import PURPOSE, write_plan
+from ftp_deploy.engines.trt_env import require_tensorrt_gpu
+from ftp_deploy.engines.trt_plan import BUILD_MODULE, PLAN_FILE, PLAN_MANIFEST_FILE, PlanManifest, tensorrt_section
+from ftp_deploy.engines.trt_profile import ShapeProfile
+from ftp_deploy.errors import ArtifactError, FtpDeployError
+from ftp_deploy.exporters.manifest import manifest_mismatches, read_manifest, write_manifest
+
+
+def build_artifact_plan(art_dir: Path, timing_cache: Path | None = None) -> PlanManifest:
+    """Build `art_dir`'s model.onnx with the optimization profile its manifest names."""
+    require_tensorrt_gpu(PURPOSE)
+    manifest = read_manifest(art_dir)
+    # The plan files are about to be replaced: a build interrupted before the manifest was
+    # rewritten leaves them unlisted, and that must not block the rebuild.
+    rebuilt = (f"{PLAN_FILE} ", f"{PLAN_MANIFEST_FILE} ")
+    problems = [p for p in manifest_mismatches(art_dir) if not p.startswith(rebuilt)]
+    if problems:
+        raise ArtifactError(f"{art_dir} does not match its manifest: {'; '.join(problems)}")
+    section = manifest.get("tensorrt")
+    if section is None:
+        raise ArtifactError(
+            f"{art_dir} was exported for ONNX Runtime; export it with ftp-deploy export --engine trt --onnx-only"
+        )
+    profile = ShapeProfile.from_json(section["profile"])
+    plan = write_plan(art_dir, profile, manifest["dtype"], timing_cache)
+    content = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "files")}
+    content["engine"] = "trt"
+    content["tensorrt"] = tensorrt_section(profile, manifest["dtype"], plan.plugins, plan)
+    write_manifest(art_dir, content)
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {BUILD_MODULE}", description=__doc__.splitlines()[0])
+    parser.add_argument("art_dir", type=Path, help="an artifact folder exported with --engine trt --onnx-only")
+    parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: one per TensorRT and GPU)")
+    args = parser.parse_args(argv)
+    try:
+        plan = build_artifact_plan(args.art_dir, args.timing_cache)
+    except FtpDeployError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    env = plan.environment
+    print(f"built {args.art_dir / PLAN_FILE} for {env.describe()} ({plan.plugin_implementation} plugins)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The TensorRT optimization profile of an exported model: the (batch, sequence) range it is built for.
+
+Both inputs, `input_ids` and `attention_mask`, are [batch, sequence] and share one range (an input
+with more axes keeps the rest static). Pure Python: parsing, validation and the shape check run
+without TensorRT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ftp_deploy.errors import ShapeOutOfProfileError, UsageError
+from ftp_deploy.exporters.spec import INPUT_NAMES
+
+Shape = tuple[int, int]  # (batch, sequence)
+AXES = ("batch", "sequence")
+
+
+def parse_shape(text: str, option: str) -> Shape:
+    """`"B,T"` as (B, T); a UsageError naming `option` and the text otherwise."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        batch, seq_len = (int(part) for part in parts)
+    except ValueError as err:
+        raise UsageError(f"{option} takes BATCH,SEQUENCE (two integers, e.g. 1,512), got {text!r}") from err
+    return batch, seq_len
+
+
+def format_shape(shape: Sequence[int], sep: str = ",") -> str:
+    return sep.join(str(dim) for dim in shape)
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """min <= opt <= max per axis, each at least 1; TensorRT tunes its kernels for `opt_shape`.
+
+    The defaults are the export command's: one sequence at a time up to four, 512 tokens tuned,
+    2048 at most.
+    """
+
+    min_shape: Shape = (1, 1)
+    opt_shape: Shape = (1, 512)
+    max_shape: Shape = (4, 2048)
+
+    def __post_init__(self) -> None:
+        named = {"--min-shape": self.min_shape, "--opt-shape": self.opt_shape, "--max-shape": self.max_shape}
+        for option, shape in named.items():
+            if len(shape) != len(AXES) or any(not isinstance(dim, int) or dim < 1 for dim in shape):
+                raise UsageError(f"{option} must be two integers >= 1 (batch, sequence), got {shape!r}")
+        for axis, name in enumerate(AXES):
+            low, opt, high = self.min_shape[axis], self.opt_shape[axis], self.max_shape[axis]
+            if not low <= opt <= high:
+                raise UsageError(
+                    f"the {name} range must satisfy min <= opt <= max, got min {low}, opt {opt}, max {high} "
+                    f"(--min-shape {format_shape(self.min_shape)}, --opt-shape {format_shape(self.opt_shape)}, "
+                    f"--max-shape {format_shape(self.max_shape)})"
+                )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "inputs": list(INPUT_NAMES),
+            "min": list(self.min_shape),
+            "opt": list(self.opt_shape),
+            "max": list(self.max_shape),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShapeProfile:
+        batch_min, seq_min = data["min"]
+        batch_opt, seq_opt = data["opt"]
+        batch_max, seq_max = data["max"]
+        return cls((batch_min, seq_min), (batch_opt, seq_opt), (batch_max, seq_max))
+
+    def range_text(self) -> str:
+        return ", ".join(f"{name} {self.min_shape[axis]}..{self.max_shape[axis]}" for axis, name in enumerate(AXES))
+
+
+DEFAULT_PROFILE = ShapeProfile()
+
+
+def check_shapes_in_profile(shapes: Mapping[str, Sequence[int]], profile: ShapeProfile) -> None:
+    """Refuse, before TensorRT sees them, inputs whose leading [batch, sequence] the engine was not built for.
+
+    TensorRT's own refusal (set_input_shape returning False) names neither the range nor the fix.
+    """
+    for name, shape in shapes.items():
+        dims = tuple(int(dim) for dim in shape)
+        inside = len(dims) >= len(AXES) and all(
+            profile.min_shape[axis] <= dims[axis] <= profile.max_shape[axis] for axis in range(len(AXES))
+        )
+        if not inside:
+            raise ShapeOutOfProfileError(
+                f"{name} has shape {format_shape(dims, 'x')}, outside the engine's optimization profile "
+                f"([batch, sequence] with {profile.range_text()}): rebuild the engine with a wider "
+                "--min-shape/--max-shape, or split the input"
+            )

@@ -1,0 +1,170 @@
+"""`ftp-deploy export --engine trt`: the ONNX artifact plus what TensorRT needs, and the plan where TensorRT runs.
+
+The ONNX file is the one `--engine onnx` writes: every `ftp` node carries `plugin_namespace` and
+`plugin_version`, so TensorRT's parser takes the registered plugins, while ONNX Runtime inlines
+the model-local function bodies (DEPLOYMENT_FACTS.md). To it the artifact adds:
+
+- a `tensorrt` manifest section: the optimization profile, the dtype (the network is strongly
+  typed), the plugin ids and, once built, the plan and the machine it was built for;
+- build_engine.sh, which builds the plan on the target machine and then times it with trtexec,
+  with two small input files for trtexec (valid token ids at the profile's opt shape);
+- with TensorRT and a GPU here (not `onnx_only`): model.plan and model.plan.json.
+
+Why the build is a Python command and not `trtexec --onnx`: the plugins are TensorRT Python
+plugins (`tensorrt.plugin`), registered by importing Python code, and trtexec loads plugins only
+from shared libraries (--staticPlugins / --dynamicPlugins); without them its parser would inline
+the ops' ONNX function bodies, a different and slower engine. A plan built in Python holds the
+plugins' AOT kernels (TensorRT >= 10.9), so trtexec can load and time it (--loadEngine).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftp_deploy.engines.trt_builder import write_plan
+from ftp_deploy.engines.trt_env import require_tensorrt_gpu
+from ftp_deploy.engines.trt_plan import (
+    BUILD_SCRIPT,
+    PLAN_FILE,
+    PlanManifest,
+    onnx_plugin_ids,
+    rebuild_command,
+    tensorrt_section,
+)
+from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, Shape, ShapeProfile, format_shape
+from ftp_deploy.exporters.onnx_export import MODEL_FILE
+from ftp_deploy.exporters.options import DEFAULT_OPSET
+from ftp_deploy.exporters.pipeline import ArtifactExtension, ExportResult, StepObserver, _no_progress, export_onnx
+from ftp_deploy.exporters.spec import INPUT_NAMES
+from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text
+
+TRTEXEC_INPUTS = {name: f"trtexec_{name}.bin" for name in INPUT_NAMES}
+# Below the vocabulary of any model: trtexec's own random int64 inputs (-128..127) are not token ids.
+_TRTEXEC_ID_RANGE = 32
+ONNX_ONLY_HINT = (
+    ", or pass --onnx-only to export the ONNX file and the script that builds the engine on the target machine"
+)
+
+
+@dataclass(frozen=True)
+class EngineCommands:
+    """The plan build (given the artifact folder) and the trtexec timing (run inside that folder)."""
+
+    folder: Path
+    build: list[str]
+    benchmark: list[str]
+
+    def shell(self) -> tuple[str, str]:
+        """Both as shell lines, safely quoted, that run from any directory."""
+        return shlex.join(self.build), f"cd {shlex.quote(str(self.folder))} && {shlex.join(self.benchmark)}"
+
+
+def engine_commands(profile: ShapeProfile, folder: Path = Path(".")) -> EngineCommands:
+    shapes = ",".join(f"{name}:{format_shape(profile.opt_shape, 'x')}" for name in INPUT_NAMES)
+    inputs = ",".join(f"{name}:{file}" for name, file in TRTEXEC_INPUTS.items())
+    return EngineCommands(
+        folder=folder,
+        build=rebuild_command(folder),
+        benchmark=["trtexec", f"--loadEngine={PLAN_FILE}", f"--shapes={shapes}", f"--loadInputs={inputs}"],
+    )
+
+
+def build_script(profile: ShapeProfile, dtype: str) -> str:
+    commands = engine_commands(profile)
+    low, opt, high = (format_shape(shape, "x") for shape in (profile.min_shape, profile.opt_shape, profile.max_shape))
+    return f"""#!/bin/sh
+# Builds model.plan, the TensorRT engine of this folder's model.onnx ({dtype}, strongly typed), on the
+# machine that will run it: an NVIDIA GPU, TensorRT >= 10.9 and pip install 'ftp-deploy[trt]'.
+# Optimization profile of input_ids and attention_mask [batch, sequence]: min {low}, opt {opt}, max {high}.
+#
+# Not trtexec --onnx: ftp::TokenCompact and ftp::TokenScatter are TensorRT Python plugins (tensorrt.plugin),
+# registered by importing Python code, and trtexec loads plugins only from shared libraries
+# (--staticPlugins/--dynamicPlugins). Without them its ONNX parser inlines the ops' ONNX function bodies
+# instead: a different, slower engine. The Python build registers the plugins before parsing.
+set -eu
+cd "$(dirname "$0")"
+{shlex.join(commands.build)}
+
+# The plan holds the plugins' AOT kernels, so trtexec loads it without Python. It times the opt shape
+# on fixed valid inputs: a speed check; ftp-deploy verify --runtime trt checks the outputs.
+if command -v trtexec >/dev/null 2>&1; then
+    {shlex.join(commands.benchmark)}
+else
+    echo "trtexec is not on PATH; to time the plan, run here: {shlex.join(commands.benchmark)}"
+fi
+"""
+
+
+def _write_trtexec_inputs(folder: Path, profile: ShapeProfile) -> None:
+    """Raw little-endian int64 tensors at the opt shape, as trtexec --loadInputs reads them."""
+    batch, seq_len = profile.opt_shape
+    ids = (np.arange(batch * seq_len, dtype="<i8") % _TRTEXEC_ID_RANGE).reshape(batch, seq_len)
+    arrays = {"input_ids": ids, "attention_mask": np.ones((batch, seq_len), dtype="<i8")}
+    for name, file in TRTEXEC_INPUTS.items():
+        atomic_write_bytes(folder / file, arrays[name].tobytes())
+
+
+def trt_extension(
+    profile: ShapeProfile, onnx_only: bool, timing_cache: Path | None, on_step: StepObserver
+) -> ArtifactExtension:
+    """What export_onnx adds to the staged folder for TensorRT (and, unless `onnx_only`, builds)."""
+
+    def extend(folder: Path, content: dict[str, Any]) -> dict[str, Any]:
+        dtype = str(content["dtype"])
+        plan: PlanManifest | None = None
+        if not onnx_only:
+            with on_step(f"build the TensorRT engine ({profile.range_text()})"):
+                plan = write_plan(folder, profile, dtype, timing_cache)
+        _write_trtexec_inputs(folder, profile)
+        atomic_write_text(folder / BUILD_SCRIPT, build_script(profile, dtype))
+        plugins = plan.plugins if plan is not None else tuple(onnx_plugin_ids(folder / MODEL_FILE))
+        return {"engine": "trt", "tensorrt": tensorrt_section(profile, dtype, plugins, plan)}
+
+    return extend
+
+
+def export_trt(
+    run_dir: Path,
+    out: Path,
+    *,
+    model: str | None = None,
+    dtype: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    dense: bool = False,
+    last_token_logits: bool = False,
+    debug_outputs: bool = False,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    min_shape: Shape = DEFAULT_PROFILE.min_shape,
+    opt_shape: Shape = DEFAULT_PROFILE.opt_shape,
+    max_shape: Shape = DEFAULT_PROFILE.max_shape,
+    onnx_only: bool = False,
+    timing_cache: Path | None = None,
+    on_step: StepObserver = _no_progress,
+) -> ExportResult:
+    """export_onnx plus the TensorRT additions; without `onnx_only`, also the plan (TensorRT and a GPU).
+
+    A missing TensorRT or GPU is reported before the (slow) ONNX export starts.
+    """
+    profile = ShapeProfile(min_shape, opt_shape, max_shape)
+    if not onnx_only:
+        require_tensorrt_gpu("--engine trt", hint=ONNX_ONLY_HINT)
+    return export_onnx(
+        run_dir,
+        out,
+        model=model,
+        dtype=dtype,
+        opset=opset,
+        dense=dense,
+        last_token_logits=last_token_logits,
+        debug_outputs=debug_outputs,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+        extend=trt_extension(profile, onnx_only, timing_cache, on_step),
+        on_step=on_step,
+    )
