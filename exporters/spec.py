@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.exporters.options import DEFAULT_OPSET, EXPORT_DTYPES, SUPPORTED_OPSETS
+from ftp_deploy.exporters.options import DEFAULT_OPSET, EXPORT_DTYPES, INPUT_NAMES, SUPPORTED_OPSETS
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 
-INPUT_NAMES = ("input_ids", "attention_mask")
 BATCH, SEQUENCE = "batch", "sequence"
 
 

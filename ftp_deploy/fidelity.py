@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCORED_POSITIONS = 64
+from ftp_deploy.scored import SCORED_POSITIONS as SCORED_POSITIONS  # torch-free for the CLI
 
 
 def logits_to_keep(scored: int) -> int:

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.cli import app
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
-from ftp_deploy.schedule import Schedule
+from ftp_deploy.schedule import DEFAULT_S_MAX, Schedule
+from ftp_deploy.training.data import DataConfig
+from ftp_deploy.training.losses import LossWeights
+from ftp_deploy.training.search import SearchConfig
+from ftp_deploy.training.settings import FINETUNE_SEARCH
+from ftp_deploy.training.trainer import TrainConfig
 from tests.conftest import tiny_model
+
+# What `ftp-deploy --help`, each command's --help and a bad option value must not load: they
+# take seconds to import, and the CLI loads them only inside the command that needs them.
+HEAVY_MODULES = ("torch", "transformers", "onnx", "onnxruntime", "polygraphy", "matplotlib", "numpy")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -88,3 +100,66 @@ def test_mismatched_base_model_from_cli(run_dir: Path, tiny_model_dir: Path) -> 
 )
 def test_bad_input_is_one_line(args: list[str], fragment: str) -> None:
     assert_clean_error(cli(*args), 2, fragment)
+
+
+def heavy_modules_after(script: str, *argv: str) -> list[str]:
+    """Runs `script` in a fresh interpreter; the heavy modules loaded by its end."""
+    check = f"{script}\nimport json, sys\nprint(json.dumps(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", check, *argv], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout.splitlines()[-1]))
+
+
+def test_importing_the_cli_loads_no_heavy_module() -> None:
+    assert heavy_modules_after("import ftp_deploy.cli") == []
+
+
+def test_help_and_usage_errors_load_no_heavy_module(tmp_path: Path) -> None:
+    out = str(tmp_path / "never-written")
+    argvs = [
+        ["--help"],
+        *([command, "--help"] for command in ("run", "train", "info", "eval", "export", "verify")),
+        ["train", "--out", out, "--steps", "abc"],
+        ["train", "--out", out, "--sparsity", "1.5"],
+        ["export", str(tmp_path), "--out", out, "--engine", "foo"],
+        ["export", str(tmp_path), "--out", out, "--engine", "trt", "--min-shape", "a"],
+        ["verify", str(tmp_path), "--seq-lens", "a,b"],
+    ]
+    script = (
+        "import json, sys\nfrom ftp_deploy.cli import main\n"
+        "codes = [main(argv) for argv in json.loads(sys.argv[1])]\n"
+        "assert codes == [0] * 7 + [2] * 5, codes"
+    )
+    assert heavy_modules_after(script, json.dumps(argvs)) == []
+    assert not (tmp_path / "never-written").exists()
+
+
+def test_train_help_shows_the_config_defaults() -> None:
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    train, search, losses = TrainConfig(), SearchConfig(), LossWeights()
+    defaults = {
+        "--seq-len": DataConfig().seq_len,
+        "--steps": train.steps,
+        "--batch-size": train.batch_size,
+        "--lr": train.lr,
+        "--checkpoint-every": train.checkpoint_every,
+        "--search-batch": train.search_batch,
+        "--scored": train.scored,
+        "--s-max": DEFAULT_S_MAX,
+        "--ga-population": search.population,
+        "--ga-generations": search.generations,
+        "--ga-mutation-sigma": search.mutation_sigma,
+        "--finetune-generations": FINETUNE_SEARCH.generations,
+        "--guide-weight": losses.guide,
+        "--guide-decay": losses.guide_decay,
+        "--sparsity-weight": losses.sparsity,
+        "--distill-weight": losses.distill,
+    }
+    for option, value in defaults.items():
+        line = next(line for line in result.output.splitlines() if f" {option} " in line)
+        assert f"[default: {value}]" in line, (option, line)
+    assert "[default: smollm2-135m]" in text and "[default: 0.3]" in text and "[required]" in text

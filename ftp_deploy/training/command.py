@@ -1,4 +1,8 @@
-"""The `ftp-deploy train` command; the CLI registers it with `app.command()(train)`."""
+"""The `ftp-deploy train` command; the CLI registers it with `app.command()(train)`.
+
+Only torch-free modules load at import (the defaults come from training/config.py and settings.py);
+the pipeline loads when the command runs, so registering it keeps the CLI quick to start.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ftp_deploy.schedule import DEFAULT_S_MAX
-from ftp_deploy.training.data import DataConfig, default_source
-from ftp_deploy.training.losses import LossWeights
-from ftp_deploy.training.pipeline import run_training
-from ftp_deploy.training.report import REPORT_MD, ROUTINGS
-from ftp_deploy.training.search import SearchConfig
+from ftp_deploy.training.config import DataConfig, LossWeights, SearchConfig, TrainConfig, default_source
 from ftp_deploy.training.settings import FINETUNE_SEARCH, RunSettings
-from ftp_deploy.training.trainer import TrainConfig
 
 _DATA = DataConfig()
 _SEARCH = SearchConfig()
@@ -108,6 +107,9 @@ def train(
             guide=guide_weight, guide_decay=guide_decay, sparsity=sparsity_weight, distill=distill_weight
         ),
     )
+    from ftp_deploy.training.pipeline import run_training
+    from ftp_deploy.training.report import REPORT_MD, ROUTINGS
+
     console = Console()
     state = run_training(settings, out, resume=resume, time_budget=time_budget, console=console)
     table = Table(title=f"held-out blocks, last {scored} predictions")

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from ftp_deploy.errors import ConfigError, DataError, MissingDependencyError
+from ftp_deploy.errors import DataError, MissingDependencyError
+from ftp_deploy.training.config import EMBEDDED_TEXT as EMBEDDED_TEXT
+from ftp_deploy.training.config import SELF_SOURCE, DataConfig
+from ftp_deploy.training.config import default_source as default_source
 
 TEXT_SUFFIXES = (".txt", ".raw", ".utf8")
 JSONL_SUFFIX = ".jsonl"
-SELF_SOURCE = "self"
-# ../shared/data/calibration_text from the project root: the embedded default when present.
-EMBEDDED_TEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "calibration_text"
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,6 @@ HUB_DATASETS = {
 }
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """How text becomes blocks. `self_samples` is the number of blocks `--data self` samples."""
-
-    seq_len: int = 256
-    heldout_fraction: float = 0.1
-    max_heldout: int = 8
-    self_samples: int = 32
-
-    def __post_init__(self) -> None:
-        if self.seq_len < 8:
-            raise ConfigError(f"seq_len must be at least 8, got {self.seq_len}")
-        if not 0 < self.heldout_fraction < 1 or self.max_heldout < 1 or self.self_samples < 2:
-            raise ConfigError("heldout_fraction must be in (0, 1), max_heldout >= 1 and self_samples >= 2")
-
-
 @dataclass
 class TokenData:
     """Blocks [N, seq_len] for training and [M, seq_len] held out, with where they came from."""
@@ -78,10 +62,6 @@ class TokenData:
             "heldout_blocks": int(self.heldout.shape[0]),
             "seq_len": int(self.train.shape[1]),
         }
-
-
-def default_source() -> str:
-    return str(EMBEDDED_TEXT) if EMBEDDED_TEXT.is_dir() else SELF_SOURCE
 
 
 def read_documents(source: str) -> list[str]:

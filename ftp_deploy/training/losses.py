@@ -1,40 +1,14 @@
-"""The router's training losses (FTP_SPEC section 6) and their weights."""
+"""The router's training losses (FTP_SPEC section 6); their weights, `LossWeights`, are in training/config.py."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ftp_deploy.errors import ConfigError
 from ftp_deploy.router import static_scores, token_positions
 from ftp_deploy.routing import forced_keep_mask, routing_scores, select_topk
 from ftp_deploy.schedule import Schedule
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """`L = w_g(step) * guide + sparsity * L_sparsity + distill * L_distill`.
-
-    The guide weight starts at `guide` and falls linearly to 0 at `guide_decay` of the
-    training steps: early on it pulls the router onto the static routing the schedule was
-    searched with; later only the distillation and sparsity terms shape it.
-    """
-
-    guide: float = 1.0
-    guide_decay: float = 0.5
-    sparsity: float = 1.0
-    distill: float = 1.0
-
-    def __post_init__(self) -> None:
-        if min(self.guide, self.sparsity, self.distill) < 0 or not 0 < self.guide_decay <= 1:
-            raise ConfigError("loss weights must be >= 0 and guide_decay in (0, 1]")
-
-    def guide_weight(self, step: int, total_steps: int) -> float:
-        """Weight of the guide loss at `step` (0-based): `guide` at step 0, 0 from the decay end on."""
-        decay_steps = max(1, round(self.guide_decay * total_steps))
-        return self.guide * max(0.0, 1.0 - step / decay_steps)
+from ftp_deploy.training.config import LossWeights as LossWeights  # defined torch-free for the CLI
 
 
 def static_keep(attention_mask: torch.Tensor, schedule: Schedule) -> list[torch.Tensor]:

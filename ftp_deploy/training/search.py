@@ -13,31 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ftp_deploy.errors import ConfigError
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 from ftp_deploy.schedule import DEFAULT_S_MAX, Schedule, check_sparsity
+from ftp_deploy.training.config import SearchConfig
 
 Fitness = Callable[[Schedule], float]
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Settings of one genetic search. Sigmas are in sparsity units (0.05 = 5 points)."""
-
-    population: int = 10
-    generations: int = 6  # populations evaluated, the initial one included
-    tournament: int = 3
-    crossover_rate: float = 0.9  # uniform crossover; otherwise the child copies one parent
-    mutation_rate: float = 0.3  # chance that each gene gets Gaussian noise
-    mutation_sigma: float = 0.02
-    init_sigma: float = 0.03  # spread of the initial population around the start schedule
-    elites: int = 2  # best genomes carried over unchanged
-
-    def __post_init__(self) -> None:
-        if self.population < 2 or self.generations < 1:
-            raise ConfigError("a search needs a population of at least 2 and at least 1 generation")
-        if not 1 <= self.elites < self.population or not 1 <= self.tournament <= self.population:
-            raise ConfigError("elites must be in [1, population) and tournament in [1, population]")
 
 
 @dataclass

@@ -7,10 +7,7 @@ from typing import Any
 
 from ftp_deploy.errors import ConfigError
 from ftp_deploy.schedule import DEFAULT_S_MAX, check_sparsity
-from ftp_deploy.training.data import DataConfig
-from ftp_deploy.training.losses import LossWeights
-from ftp_deploy.training.search import SearchConfig
-from ftp_deploy.training.trainer import TrainConfig
+from ftp_deploy.training.config import DataConfig, LossWeights, SearchConfig, TrainConfig
 
 # The fine-tune search starts at the trained schedule and moves in smaller steps.
 FINETUNE_SEARCH = SearchConfig(population=8, generations=3, mutation_sigma=0.01, init_sigma=0.015)

@@ -15,11 +15,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ftp_deploy.errors import ConfigError
-from ftp_deploy.fidelity import SCORED_POSITIONS, kl_to_dense, log_probs, logits_to_keep, scored_logits
+from ftp_deploy.fidelity import kl_to_dense, log_probs, logits_to_keep, scored_logits
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import FACTOR_NAMES, FactorRouter, RouterSpec
 from ftp_deploy.schedule import Schedule
+from ftp_deploy.training.config import TrainConfig
 from ftp_deploy.training.losses import LossWeights, guide_loss, soft_sparsity, sparsity_loss, static_keep
 
 ROUTER_PREFIX = "router."
@@ -27,27 +27,6 @@ OPTIMIZER_PREFIX = "optimizer."
 BEST_PREFIX = "best."
 ROUTER_SPEC = RouterSpec(kind="learned")
 INIT_SLOPE = 10.0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Router training. `search_batch` blocks form the fixed calibration batch: the searches'
-    fitness and the check, every `eval_every` steps, of which router weights to keep."""
-
-    steps: int = 60
-    batch_size: int = 2
-    lr: float = 5e-3
-    weight_decay: float = 0.0
-    checkpoint_every: int = 10
-    scored: int = SCORED_POSITIONS
-    search_batch: int = 8
-    eval_every: int = 10  # steps between calibration-KL checks; the best router is the one kept
-
-    def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.checkpoint_every, self.scored, self.search_batch, self.eval_every) < 1:
-            raise ConfigError("steps, batch_size, checkpoint_every, scored, search_batch and eval_every must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ConfigError("lr must be > 0 and weight_decay >= 0")
 
 
 @dataclass

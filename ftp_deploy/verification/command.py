@@ -11,9 +11,7 @@ from rich.markdown import Markdown
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ftp_deploy.errors import ParityError, UsageError
-from ftp_deploy.verification.latency import DEFAULT_LATENCY_LENGTHS
-from ftp_deploy.verification.verify import failure_summary
-from ftp_deploy.verification.verify import verify as run_verify
+from ftp_deploy.verification.options import DEFAULT_LATENCY_LENGTHS, MIN_TIMED_RUNS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -39,11 +37,15 @@ def verify(
     report: Annotated[Path | None, typer.Option(help="Report folder (default: ART_DIR-verify beside it)")] = None,
     runtime: Annotated[str, typer.Option(help="onnxrt or trt")] = "onnxrt",
     inputs: Annotated[Path | None, typer.Option(help="Replay feeds saved by an earlier verify (inputs.json)")] = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per length (at least 10)")] = 10,
+    runs: Annotated[int, typer.Option(help=f"Timed runs per length (at least {MIN_TIMED_RUNS})")] = MIN_TIMED_RUNS,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads")] = None,
     model: Annotated[str | None, typer.Option(help="Base model for the reference, if not the export's")] = None,
 ) -> None:
     """Check an exported model against PyTorch (Polygraphy) and time it against the dense baseline."""
+    lengths = _lengths(seq_lens)  # a bad value fails before PyTorch and Polygraphy load
+    from ftp_deploy.verification.verify import failure_summary
+    from ftp_deploy.verification.verify import verify as run_verify
+
     columns = (SpinnerColumn(finished_text="[green]done[/]"), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
@@ -51,7 +53,7 @@ def verify(
             art_dir,
             against=against,
             baseline=baseline,
-            seq_lens=_lengths(seq_lens),
+            seq_lens=lengths,
             batch=batch,
             atol=atol,
             rtol=rtol,

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ftp_deploy.errors import UsageError
+from ftp_deploy.exporters.options import INPUT_NAMES
 
 Feed = OrderedDict[str, np.ndarray]
-INPUT_NAMES = ("input_ids", "attention_mask")
 DEFAULT_PARITY_LENGTHS = (1, 24, 128)
 
 

@@ -12,9 +12,8 @@ import numpy as np
 
 from ftp_deploy.timing import summarize, time_runs
 from ftp_deploy.verification.inputs import Feed
-
-DEFAULT_LATENCY_LENGTHS = (128, 512, 1024, 2048)
-MIN_TIMED_RUNS = 10
+from ftp_deploy.verification.options import DEFAULT_LATENCY_LENGTHS as DEFAULT_LATENCY_LENGTHS
+from ftp_deploy.verification.options import MIN_TIMED_RUNS
 
 
 @dataclass
