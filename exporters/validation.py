@@ -109,11 +109,22 @@ def _compare_hidden(
     want: torch.Tensor,
     valid: torch.Tensor,
 ) -> None:
-    got, want = got.float()[valid], want.float()[valid]
+    got, want = got.float()[valid], want.float()[valid]  # [tokens, hidden]
     diff = (got - want).abs()
     report.hidden_max_abs_diff = max(report.hidden_max_abs_diff or 0.0, float(diff.max()))
-    if not bool((diff <= spec.hidden_atol + spec.hidden_rtol * want.abs()).all()):
+    if not bool((diff <= spec.hidden_atol + spec.hidden_rtol * token_scale(want)).all()):
         report.failures.append(
             f"{name} at length {length}: max |diff| {float(diff.max()):.3g} exceeds "
-            f"{spec.hidden_atol:g} + {spec.hidden_rtol:g} * |expected|"
+            f"{spec.hidden_atol:g} + {spec.hidden_rtol:g} * max |expected| of its token"
         )
+
+
+def token_scale(hidden: torch.Tensor) -> torch.Tensor:
+    """Each token's largest |value| (last axis), the scale its float rounding error follows.
+
+    A block's output is a sum over the residual stream, so its error tracks the whole vector's
+    size, not each element's: SmolLM2's deep blocks carry activations up to 2.4e4, and two exact
+    PyTorch paths (compact vs masked, fp32) differ there by 0.036 on elements near 0, which an
+    element-wise relative tolerance rejects.
+    """
+    return hidden.abs().amax(dim=-1, keepdim=True)

@@ -73,3 +73,28 @@ def test_nan_fails(module: RoutedGraph) -> None:
 def test_missing_outputs_fail(module: RoutedGraph) -> None:
     with pytest.raises(ExportValidationError, match="the graph outputs"):
         validate_export(EagerRunner(module, lambda out: out.pop("hidden_1")), module, SPEC, VOCAB)
+
+
+def _shift_hidden(times_tolerance: float, every_element: bool):
+    """Adds `times_tolerance` * (atol + rtol * the token's max |value|) to hidden_0."""
+
+    def damage(out: OrderedDict[str, np.ndarray]) -> None:
+        hidden = out["hidden_0"]
+        scale = np.abs(hidden).max(-1, keepdims=True)
+        shift = times_tolerance * (SPEC.hidden_atol + SPEC.hidden_rtol * scale)
+        if every_element:
+            hidden += shift
+        else:
+            hidden[..., :1] += shift
+
+    return damage
+
+
+def test_hidden_error_within_each_tokens_scale_passes(module: RoutedGraph) -> None:
+    # Elements near 0 get an error far above rtol * |element|: fp32 rounding follows the token's scale.
+    validate_export(EagerRunner(module, _shift_hidden(0.5, every_element=True)), module, SPEC, VOCAB)
+
+
+def test_hidden_error_beyond_a_tokens_scale_fails(module: RoutedGraph) -> None:
+    with pytest.raises(ExportValidationError, match=r"hidden_0 at length 24: .* max \|expected\| of its token"):
+        validate_export(EagerRunner(module, _shift_hidden(2.0, every_element=False)), module, SPEC, VOCAB)
