@@ -2,7 +2,8 @@
 
 Padded positions are left out (their values are free to differ between runtimes), each
 block's `indices_{l}` becomes a routing-agreement figure, and when the logits fail the
-hidden states at block boundaries name the first block where the error appears.
+hidden states at block boundaries name the first block where the error appears. Hidden
+states are compared in units of each token's largest |value| (the reference's).
 """
 
 from __future__ import annotations
@@ -108,6 +109,30 @@ def _split_results(results: RunResults, feeds: Sequence[Feed]) -> tuple[RunResul
     return numeric, routing
 
 
+def _hidden_per_token_scale(numeric: RunResults, reference: str) -> RunResults:
+    """Hidden states divided by the reference's largest |value| of each token, for both runners.
+
+    Their float error follows the token vector's size, not each element's (see
+    exporters.validation.token_scale), so the tolerances apply to these scaled values.
+    """
+    scaled = RunResults()
+    for runner, iterations in numeric.items():
+        outputs = []
+        for ref, iteration in zip(numeric[reference], iterations, strict=True):
+            outputs.append(
+                {
+                    name: _array(array) / _token_scale(_array(ref[name])) if _HIDDEN.match(name) else array
+                    for name, array in iteration.items()
+                }
+            )
+        scaled.add(outputs, runner_name=runner)
+    return scaled
+
+
+def _token_scale(hidden: np.ndarray) -> np.ndarray:
+    return np.maximum(np.abs(hidden).max(axis=-1, keepdims=True), np.finfo(np.float32).tiny)
+
+
 def _routing_agreement(
     reference: list[dict[str, Any]], candidate: list[dict[str, Any]], feeds: Sequence[Feed]
 ) -> float | None:
@@ -176,6 +201,7 @@ def check_parity(
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
         results = Comparator.run([reference, candidate], data_loader=list(feeds))
         numeric, routing = _split_results(results, feeds)
+        numeric = _hidden_per_token_scale(numeric, reference.name)
         # The verdict is element-wise (each element within atol or rtol); Polygraphy computes
         # quantiles only when they are the checked statistic, so p99 takes a second pass.
         verdict = Comparator.compare_accuracy(

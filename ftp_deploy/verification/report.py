@@ -48,7 +48,8 @@ def _gpu_name() -> str | None:
 
 def parity_markdown(parity: ParityReport, atol: float, rtol: float) -> str:
     lines = [
-        f"Tolerance: atol {atol:g}, rtol {rtol:g} (an element passes if either holds); padded positions excluded.",
+        f"Tolerance: atol {atol:g}, rtol {rtol:g} (an element passes if either holds); padded positions excluded; "
+        "hidden_* in units of each token's largest |value| in the reference.",
         "",
         "| output | passed | "
         + " | ".join(f"{s} abs" for s in STAT_NAMES)
