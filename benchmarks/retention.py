@@ -103,16 +103,19 @@ def main() -> None:
         print_results(results)
         results |= {"ftp": "evaluated" if ftp else "skipped: no --run", "schedule_sparsity": schedule.mean()}
         evaluations.append(results)
-    wall = time.perf_counter() - start
-    print(f"wall time {wall:.0f} s, {args.threads} threads")
-    summary = {
+        # Written after every sparsity, so an interrupted long run keeps what it measured.
+        write_json(args.json, summary(evaluations, args, time.perf_counter() - start))
+    print(f"wall time {time.perf_counter() - start:.0f} s, {args.threads} threads")
+
+
+def summary(evaluations: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> dict[str, Any]:
+    return {
         "retention": {f"{e['schedule_sparsity']:.3f}": e["retention"] for e in evaluations},
         "evaluations": evaluations,
         "runs": [str(r) for r in args.run or []],
         "wall_seconds_total": wall,
         "threads": args.threads,
     }
-    write_json(args.json, summary)
 
 
 if __name__ == "__main__":
