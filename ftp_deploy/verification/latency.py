@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ftp_deploy.timing import summarize, time_runs
+from ftp_deploy.timing import interleaved_times, summarize
 from ftp_deploy.verification.inputs import Feed
 from ftp_deploy.verification.options import DEFAULT_LATENCY_LENGTHS as DEFAULT_LATENCY_LENGTHS
 from ftp_deploy.verification.options import MIN_TIMED_RUNS
@@ -32,12 +32,18 @@ def latency_feed(batch: int, seq_len: int, vocab_size: int, seed: int = 0) -> Fe
     return Feed(input_ids=ids, attention_mask=np.ones_like(ids))
 
 
-def measure(run: Callable[[], object], seq_len: int, batch: int, runs: int, warmup: int = 2) -> Latency:
-    stats = summarize(time_runs(run, max(runs, MIN_TIMED_RUNS), warmup))
+def _latency(times: list[float], seq_len: int, batch: int) -> Latency:
+    stats = summarize(times)
     median = stats["median_s"]
-    return Latency(
-        seq_len, batch, max(runs, MIN_TIMED_RUNS), median * 1e3, stats["p90_s"] * 1e3, batch * seq_len / median
-    )
+    return Latency(seq_len, batch, len(times), median * 1e3, stats["p90_s"] * 1e3, batch * seq_len / median)
+
+
+def measure(
+    runs_by_name: dict[str, Callable[[], object]], seq_len: int, batch: int, runs: int, warmup: int = 2
+) -> dict[str, Latency]:
+    """Each function timed in turn, run by run, so load drift on a shared machine hits all alike."""
+    times = interleaved_times(runs_by_name, max(runs, MIN_TIMED_RUNS), warmup)
+    return {name: _latency(t, seq_len, batch) for name, t in times.items()}
 
 
 def peak_rss_mib() -> float:
@@ -75,15 +81,19 @@ def compare_latency(
     runs: int,
     progress: Callable[[str], None] = lambda _: None,
 ) -> LatencyComparison:
-    """Routed and (optionally) dense timed on the same feeds, one sequence length at a time."""
+    """Routed and (optionally) dense timed on the same feeds, one sequence length at a time,
+    their runs interleaved."""
     routed, dense = [], []
     for feed in feeds:
         batch, seq_len = feed["input_ids"].shape
-        progress(f"timing routed at {seq_len} tokens")
-        routed.append(measure(partial(routed_run, feed), seq_len, batch, runs))
+        runs_by_name: dict[str, Callable[[], object]] = {"routed": partial(routed_run, feed)}
         if dense_run is not None:
-            progress(f"timing dense at {seq_len} tokens")
-            dense.append(measure(partial(dense_run, feed), seq_len, batch, runs))
+            runs_by_name["dense"] = partial(dense_run, feed)
+        progress(f"timing {' and '.join(runs_by_name)} at {seq_len} tokens")
+        measured = measure(runs_by_name, seq_len, batch, runs)
+        routed.append(measured["routed"])
+        if dense_run is not None:
+            dense.append(measured["dense"])
     return LatencyComparison(
         routed=routed,
         dense=dense if dense_run is not None else None,
