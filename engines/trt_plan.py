@@ -7,7 +7,6 @@ built for; TensorRT's own refusal is a log line after a slow read. The manifest 
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import onnx
 from ftp_deploy.engines.trt_env import TrtEnvironment
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import ArtifactError, PlanCompatibilityError
-from ftp_deploy.fileio import atomic_write_json
+from ftp_deploy.fileio import atomic_write_json, read_format_json
 
 PLAN_FILE = "model.plan"
 PLAN_MANIFEST_FILE = "model.plan.json"
@@ -109,14 +108,12 @@ def write_plan_manifest(folder: Path, manifest: PlanManifest) -> None:
 
 def read_plan_manifest(folder: Path) -> PlanManifest:
     path = folder / PLAN_MANIFEST_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ArtifactError(f"{folder} has no {PLAN_MANIFEST_FILE}: the TensorRT plan was not built here") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-        raise ArtifactError(f"{path} is not an ftp-deploy TensorRT plan manifest")
+    data = read_format_json(
+        path,
+        PLAN_FORMAT,
+        "TensorRT plan manifest",
+        missing=f"{folder} has no {PLAN_MANIFEST_FILE}: the TensorRT plan was not built here",
+    )
     if data.get("format_version") != PLAN_FORMAT_VERSION:
         raise ArtifactError(f"{path} has format version {data.get('format_version')!r}, not {PLAN_FORMAT_VERSION}")
     try:

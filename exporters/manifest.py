@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ftp_deploy.errors import ArtifactError
-from ftp_deploy.fileio import atomic_write_json, sha256_file
+from ftp_deploy.fileio import atomic_write_json, read_format_json, sha256_file
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "ftp-deploy/onnx-export"
@@ -23,16 +21,12 @@ def write_manifest(folder: Path, content: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ArtifactError(f"{folder} is not an exported artifact: {MANIFEST_FILE} is missing") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ArtifactError(f"{path} is not an ftp-deploy export manifest")
-    return manifest
+    return read_format_json(
+        folder / MANIFEST_FILE,
+        MANIFEST_FORMAT,
+        "export manifest",
+        missing=f"{folder} is not an exported artifact: {MANIFEST_FILE} is missing",
+    )
 
 
 def manifest_mismatches(folder: Path) -> list[str]:

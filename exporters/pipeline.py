@@ -46,7 +46,7 @@ StepObserver = Callable[[str], AbstractContextManager[object]]
 ArtifactExtension = Callable[[Path, dict[str, Any]], dict[str, Any]]
 
 
-def _no_progress(step: str) -> AbstractContextManager[object]:
+def no_progress(step: str) -> AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
@@ -69,7 +69,7 @@ def export_onnx(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     extend: ArtifactExtension | None = None,
-    on_step: StepObserver = _no_progress,
+    on_step: StepObserver = no_progress,
 ) -> ExportResult:
     """Export the routed model of `run_dir` (or, with `dense`, its base model) into the folder `out`.
 

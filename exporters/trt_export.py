@@ -39,7 +39,7 @@ from ftp_deploy.engines.trt_plan import (
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, Shape, ShapeProfile, format_shape
 from ftp_deploy.exporters.onnx_export import MODEL_FILE
 from ftp_deploy.exporters.options import DEFAULT_OPSET
-from ftp_deploy.exporters.pipeline import ArtifactExtension, ExportResult, StepObserver, _no_progress, export_onnx
+from ftp_deploy.exporters.pipeline import ArtifactExtension, ExportResult, StepObserver, export_onnx, no_progress
 from ftp_deploy.exporters.spec import INPUT_NAMES
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text
 
@@ -145,7 +145,7 @@ def export_trt(
     max_shape: Shape = DEFAULT_PROFILE.max_shape,
     onnx_only: bool = False,
     timing_cache: Path | None = None,
-    on_step: StepObserver = _no_progress,
+    on_step: StepObserver = no_progress,
 ) -> ExportResult:
     """export_onnx plus the TensorRT additions; without `onnx_only`, also the plan (TensorRT and a GPU).
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, ConfigError
-from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, read_format_json, sha256_file
 from ftp_deploy.models import LoadedModel, ModelRef, load_base_model, model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import FACTOR_NAMES, FactorRouter, RouterSpec
@@ -114,14 +113,12 @@ def load_artifact(folder: Path) -> RoutedArtifact:
     config_path = folder / CONFIG_FILE
     if not folder.is_dir():
         raise ArtifactError(f"run folder not found: {folder}")
-    if not config_path.is_file():
-        raise ArtifactError(f"{folder} is not a routed-model folder: {CONFIG_FILE} is missing")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{config_path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ArtifactError(f"{config_path} is not an ftp-deploy routed-model config")
+    config = read_format_json(
+        config_path,
+        FORMAT,
+        "routed-model config",
+        missing=f"{folder} is not a routed-model folder: {CONFIG_FILE} is missing",
+    )
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{config_path} has format version {config.get('format_version')!r}; "

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ftp_deploy.errors import ArtifactError
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -39,3 +41,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_format_json(path: Path, format_name: str, description: str, missing: str) -> dict[str, Any]:
+    """The JSON object at `path` whose "format" is `format_name`; ArtifactError naming what is wrong.
+
+    `missing` is the message for a file that does not exist; `description` names the document
+    in the message for a file of another kind ("... is not an ftp-deploy {description}").
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise ArtifactError(missing) from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise ArtifactError(f"{path} is not an ftp-deploy {description}")
+    return data
