@@ -6,12 +6,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ftp_deploy.timing import interleaved_times, summarize
+import torch
 
-__all__ = ["interleaved_times", "summarize", "write_json"]
+from ftp_deploy.timing import interleaved_times, summarize
+from ftp_deploy.training.config import EMBEDDED_TEXT
+
+WIKITEXT = EMBEDDED_TEXT.parent / "wikitext2" / "wiki.test.raw"
+
+__all__ = ["WIKITEXT", "interleaved_times", "summarize", "wikitext_windows", "write_json"]
 
 
 def write_json(path: Path | None, figures: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+
+
+def wikitext_windows(tokenizer: object, count: int, length: int) -> torch.Tensor:
+    """`count` non-overlapping windows spread evenly over the test text (CRLF read as LF)."""
+    text = WIKITEXT.read_text(encoding="utf-8").replace("\r\n", "\n")
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # type: ignore[operator]
+    windows = ids[: ids.numel() // length * length].view(-1, length)
+    picks = torch.linspace(0, windows.shape[0] - 1, count).round().long()
+    return windows[picks]

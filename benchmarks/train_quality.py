@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_json
+from common import WIKITEXT, wikitext_windows, write_json
 
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity
@@ -37,22 +37,12 @@ from ftp_deploy.training.search import SearchConfig
 from ftp_deploy.training.settings import FINETUNE_SEARCH, RunSettings
 from ftp_deploy.training.trainer import TrainConfig
 
-WIKITEXT = EMBEDDED_TEXT.parent / "wikitext2" / "wiki.test.raw"
 ROWS = (
     ("random_uniform", "(a) random routing, uniform schedule"),
     ("static_uniform", "(b) static router, uniform schedule"),
     ("static_searched", "(c) static router, searched schedule"),
     ("trained", "(d) trained router, searched + fine-tuned schedule"),
 )
-
-
-def wikitext_windows(tokenizer: object, count: int, length: int) -> torch.Tensor:
-    """`count` non-overlapping windows spread evenly over the test text (CRLF read as LF)."""
-    text = WIKITEXT.read_text(encoding="utf-8").replace("\r\n", "\n")
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # type: ignore[operator]
-    windows = ids[: ids.numel() // length * length].view(-1, length)
-    picks = torch.linspace(0, windows.shape[0] - 1, count).round().long()
-    return windows[picks]
 
 
 def main() -> None:

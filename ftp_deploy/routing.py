@@ -71,6 +71,22 @@ def select_threshold(logits: torch.Tensor, attention_mask: torch.Tensor, forced:
     return Selection(indices, keep.gather(1, indices))
 
 
+def reentries(keep: list[torch.Tensor], valid: torch.Tensor) -> tuple[int, int]:
+    """(computed pairs whose token skipped an earlier block, all computed pairs) over valid tokens.
+
+    A re-entering token brings a hidden state that missed the updates of the blocks it
+    skipped; the static router with a non-decreasing schedule never lets a token re-enter.
+    """
+    skipped_before = torch.zeros_like(valid)
+    reentered = computed = 0
+    for block_keep in keep:
+        kept = block_keep & valid
+        reentered += int((kept & skipped_before).sum())
+        computed += int(kept.sum())
+        skipped_before |= valid & ~block_keep
+    return reentered, computed
+
+
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, 1, Q, K] additive attention mask with a finite minimum (no NaN on any row)."""
     zero = torch.zeros((), dtype=dtype, device=allowed.device)

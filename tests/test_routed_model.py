@@ -8,6 +8,7 @@ import torch
 from ftp_deploy.errors import ConfigError
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec, token_positions
+from ftp_deploy.routing import reentries
 from ftp_deploy.schedule import Schedule
 from tests.conftest import random_batch, tiny_model
 
@@ -73,6 +74,25 @@ def test_static_router_keeps_first_and_most_recent() -> None:
         assert int(expected.sum()) == k
         for row in keep:
             assert torch.equal(row, expected), f"block {block}"
+
+
+def test_reentries_count_tokens_computed_after_a_skip() -> None:
+    keep = [torch.tensor([[1, 1, 0, 1, 0]]), torch.tensor([[1, 0, 1, 1, 0]]), torch.tensor([[1, 1, 1, 1, 1]])]
+    valid = torch.tensor([[1, 1, 1, 1, 0]]).bool()
+    # Block 1 recomputes token 2; block 2 recomputes tokens 1 and 2; token 4 is padding.
+    assert reentries([k.bool() for k in keep], valid) == (3, 3 + 3 + 4)
+
+
+def test_static_router_with_a_rising_schedule_never_lets_a_token_reenter() -> None:
+    model = RoutedModel(tiny_model("llama"), Schedule.from_sparsities((0.1, 0.3, 0.3, 0.5)), RouterSpec(kind="static"))
+    ids, mask = random_batch(2, 30, "left")
+    with torch.no_grad():
+        out = model(ids, mask)
+    reentered, computed = reentries(out.keep, mask.bool())
+    assert reentered == 0 and computed > 0
+    falling = RoutedModel(model.base, Schedule.from_sparsities((0.5, 0.1, 0.3, 0.3)), RouterSpec(kind="static"))
+    with torch.no_grad():
+        assert reentries(falling(ids, mask).keep, mask.bool())[0] > 0
 
 
 def test_static_router_with_left_padding_keeps_valid_tokens_first() -> None:
