@@ -7,7 +7,9 @@ A router training run can only move between such routers, so this shows which di
 the factors take the routing. Scored on wikitext-2 test windows (last 64 predictions,
 FTP_SPEC 1b), uniform schedule. "re-entries" counts the (token, block) pairs computed after
 the token skipped an earlier block, as a share of all computed pairs: such a token enters
-the block with a hidden state that missed the updates of the blocks it skipped.
+the block with a hidden state that missed the updates of the blocks it skipped. Last, routers
+that keep the first fraction of the sequence in every block as well (more attention sinks,
+as StreamingLLM keeps), a shape the position factor alone can express.
 
     python benchmarks/router_factors.py --json router_factors.json
 """
@@ -39,6 +41,23 @@ from ftp_deploy.training.trainer import ROUTER_SPEC, new_router
 # GELU is the identity to within 0.2% above 3, so this offset keeps the factor's hidden unit linear.
 LINEAR_OFFSET = 4.0
 FACTOR_WEIGHTS = {"attention_score": (0.05, 0.25, 1.0), "attention_rank": (0.25, 1.0, 4.0)}
+PREFIX_FRACTIONS = (1 / 64, 1 / 16, 1 / 8, 1 / 4)
+# A hidden unit GELU(PREFIX_SLOPE * (fraction - position)) is large inside the prefix and ~0
+# beyond it; PREFIX_BONUS lifts that prefix far above the static priority's [-10, 10] range.
+PREFIX_SLOPE = 5000.0
+PREFIX_BONUS = 100.0
+
+
+def prefix_router(fraction: float) -> FactorRouter:
+    """The static-priority router that also keeps the first `fraction` of the sequence in every block."""
+    router = new_router(seed=0)
+    first, last = cast(nn.Linear, router.net[0]), cast(nn.Linear, router.net[2])
+    with torch.no_grad():
+        first.weight[1].zero_()
+        first.weight[1, FACTOR_NAMES.index("position")] = -PREFIX_SLOPE
+        first.bias[1] = PREFIX_SLOPE * fraction
+        last.weight[0, 1] = PREFIX_BONUS
+    return router
 
 
 def factor_router(factor: str | None, weight: float) -> FactorRouter:
@@ -71,7 +90,9 @@ def main() -> None:
     schedule = Schedule.uniform(args.sparsity, base.config.num_hidden_layers)
     variants: list[tuple[str | None, float]] = [(None, 0.0)]
     variants += [(factor, weight) for factor, weights in FACTOR_WEIGHTS.items() for weight in weights]
-    routed = [RoutedModel(base, schedule, ROUTER_SPEC, router=factor_router(f, w)) for f, w in variants]
+    variants += [("prefix", fraction) for fraction in PREFIX_FRACTIONS]
+    routers = [prefix_router(w) if f == "prefix" else factor_router(f, w) for f, w in variants]
+    routed = [RoutedModel(base, schedule, ROUTER_SPEC, router=router) for router in routers]
     totals = [Fidelity() for _ in variants]
     counts = [[0, 0] for _ in variants]
     started = time.monotonic()
@@ -91,7 +112,12 @@ def main() -> None:
     print(f"{'keep logit':<44} {'KL':>8} {'top-1':>7} {'perplexity':>10} {'re-entries':>10}")
     for (factor, weight), fidelity, (reentered, computed) in zip(variants, totals, counts, strict=True):
         summary = fidelity.summary()
-        label = "10 (position - s) [static priority]" if factor is None else f"10 (position - s) + {weight:g} {factor}"
+        if factor is None:
+            label = "10 (position - s) [static priority]"
+        elif factor == "prefix":
+            label = f"10 (position - s), first {weight:.4g} of tokens kept"
+        else:
+            label = f"10 (position - s) + {weight:g} {factor}"
         share = reentered / computed
         figures = f"{summary['kl']:>8.4f} {summary['top1_agreement']:>6.1%} {summary['perplexity']:>10.2f}"
         print(f"{label:<44} {figures} {share:>9.1%}")
