@@ -48,30 +48,26 @@ PREFIX_SLOPE = 5000.0
 PREFIX_BONUS = 100.0
 
 
-def prefix_router(fraction: float) -> FactorRouter:
-    """The static-priority router that also keeps the first `fraction` of the sequence in every block."""
+def static_plus_unit(factor: str, input_weight: float, bias: float, output_weight: float) -> FactorRouter:
+    """The static-priority router plus `output_weight * GELU(input_weight * factor + bias)` in its keep logit."""
     router = new_router(seed=0)
     first, last = cast(nn.Linear, router.net[0]), cast(nn.Linear, router.net[2])
     with torch.no_grad():
         first.weight[1].zero_()
-        first.weight[1, FACTOR_NAMES.index("position")] = -PREFIX_SLOPE
-        first.bias[1] = PREFIX_SLOPE * fraction
-        last.weight[0, 1] = PREFIX_BONUS
+        first.weight[1, FACTOR_NAMES.index(factor)] = input_weight
+        first.bias[1] = bias
+        last.weight[0, 1] = output_weight
     return router
+
+
+def prefix_router(fraction: float) -> FactorRouter:
+    """The static-priority router that also keeps the first `fraction` of the sequence in every block."""
+    return static_plus_unit("position", -PREFIX_SLOPE, PREFIX_SLOPE * fraction, PREFIX_BONUS)
 
 
 def factor_router(factor: str | None, weight: float) -> FactorRouter:
     """The static-priority router plus `weight * factor` in its keep logit (a constant shift aside)."""
-    router = new_router(seed=0)
-    if factor is None:
-        return router
-    first, last = cast(nn.Linear, router.net[0]), cast(nn.Linear, router.net[2])
-    with torch.no_grad():
-        first.weight[1].zero_()
-        first.weight[1, FACTOR_NAMES.index(factor)] = 1.0
-        first.bias[1] = LINEAR_OFFSET
-        last.weight[0, 1] = weight
-    return router
+    return new_router(seed=0) if factor is None else static_plus_unit(factor, 1.0, LINEAR_OFFSET, weight)
 
 
 def main() -> None:
