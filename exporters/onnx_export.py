@@ -7,6 +7,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -15,9 +16,21 @@ from torch import nn
 
 from ftp_deploy.errors import ExportError
 from ftp_deploy.exporters.onnx_ops import TRANSLATIONS
-from ftp_deploy.exporters.spec import ExportSpec
+from ftp_deploy.exporters.pieces import (
+    BLOCK_HIDDEN,
+    BLOCK_INDICES,
+    BLOCK_SPARSITY,
+    SENTINEL_SPARSITY_NUM,
+    DenseBlock,
+    Epilogue,
+    Prologue,
+    RoutedBlock,
+)
+from ftp_deploy.exporters.spec import BATCH, SEQUENCE, ExportSpec, hidden_name, indices_name
+from ftp_deploy.exporters.stitch import GraphAssembler, LayerRewrite, WeightResolver, check_sentinel_confined
 from ftp_deploy.plugins.token_compaction.contract import DOMAIN
 from ftp_deploy.plugins.token_compaction.onnx_functions import DOMAIN_OPSET, local_functions
+from ftp_deploy.routed_model import RoutedModel
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -37,26 +50,12 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_onnx_file(module: nn.Module, spec: ExportSpec, example: tuple[torch.Tensor, ...], folder: Path) -> Path:
-    """Write `folder/model.onnx` (+ `model.onnx.data`, referenced by relative path) and check it."""
-    try:
-        with _quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(
-                module,
-                example,
-                dynamo=True,
-                input_names=list(spec.input_names),
-                output_names=list(spec.output_names),
-                dynamic_shapes=spec.torch_dynamic_shapes(),
-                opset_version=spec.opset,
-                custom_translation_table=TRANSLATIONS,
-                verbose=False,
-            )
-    except Exception as err:  # torch.onnx raises many types; all mean the same to the user
-        raise ExportError(f"torch.onnx.export failed: {_summary(err)}") from err
-    if program is None:  # only the TorchScript path returns None
-        raise ExportError("torch.onnx.export returned no program")
-    model = program.model
+def export_onnx_file(routed: RoutedModel, spec: ExportSpec, vocab_size: int, folder: Path) -> Path:
+    """Write `folder/model.onnx` (+ `model.onnx.data`, referenced by relative path) and check it.
+
+    `routed` has been prepared by `export_module` (ONNX-emitting ops, eager attention, dtype).
+    """
+    model = stitched_model(routed, spec, vocab_size)
     name_output_axes(model, spec)
     if not spec.dense:
         add_compaction_functions(model, spec.opset)
@@ -67,6 +66,160 @@ def export_onnx_file(module: nn.Module, spec: ExportSpec, example: tuple[torch.T
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise ExportError(f"the exported graph fails onnx.checker: {_summary(err)}") from err
     return path
+
+
+def stitched_model(routed: RoutedModel, spec: ExportSpec, vocab_size: int) -> ir.Model:
+    """Trace prologue, one block and epilogue once each, then stitch the block in for every layer."""
+    input_ids, attention_mask = spec.example_inputs(vocab_size)
+    dense = spec.dense
+    prologue = Prologue(routed, dense, learned=routed.router is not None and not dense)
+    with torch.no_grad():
+        facts = dict(zip(prologue.output_names, prologue(input_ids, attention_mask), strict=True))
+    pieces = _PieceTracer(spec.opset)
+    prologue_graph = pieces.trace(prologue, {"input_ids": input_ids, "attention_mask": attention_mask})
+    block_module: RoutedBlock | DenseBlock = (
+        DenseBlock(routed.layers[0]) if dense else RoutedBlock(routed, routed.layers[0])
+    )
+    # The example sparsity is a placeholder: each layer's own value is bound when stitching.
+    known = {**facts, "attention_mask": attention_mask, BLOCK_SPARSITY: torch.tensor(0.0)}
+    block_example = {name: known[name] for name in block_module.io.inputs}
+    block_graph = pieces.trace(block_module, block_example, output_names=block_module.io.outputs)
+    epilogue = Epilogue(routed, spec.last_token_logits)
+    epilogue_graph = pieces.trace(epilogue, {BLOCK_HIDDEN: facts[BLOCK_HIDDEN]}, output_names=("logits",))
+    if not dense:
+        check_sentinel_confined(block_graph, SENTINEL_SPARSITY_NUM)
+    return _stitch(routed, spec, prologue, prologue_graph, block_module, block_graph, epilogue, epilogue_graph)
+
+
+def _stitch(
+    routed: RoutedModel,
+    spec: ExportSpec,
+    prologue: Prologue,
+    prologue_graph: ir.Model,
+    block: RoutedBlock | DenseBlock,
+    block_graph: ir.Model,
+    epilogue: Epilogue,
+    epilogue_graph: ir.Model,
+) -> ir.Model:
+    names = _WeightNames(routed)
+    assembler = GraphAssembler()
+    inputs = [
+        ir.Value(name=name, shape=ir.Shape([BATCH, SEQUENCE]), type=ir.TensorType(ir.DataType.INT64))
+        for name in spec.input_names
+    ]
+    bound = dict(zip(spec.input_names, inputs, strict=True))
+    state = assembler.instantiate(prologue_graph, bound, names.resolver(prologue, "prologue/"), "prologue/")
+    debug: list[tuple[ir.Value, ir.Value]] = []
+    for index, layer in enumerate(routed.layers):
+        block_inputs = {**state, **bound}
+        rewrite = None
+        if isinstance(block, RoutedBlock):
+            rewrite = LayerRewrite(index, SENTINEL_SPARSITY_NUM, spec.thousandths[index])
+            if block.learned:
+                sparsity = torch.tensor(routed.schedule.sparsities[index], dtype=torch.float32)
+                block_inputs[BLOCK_SPARSITY] = assembler.initializer(
+                    f"model.layers.{index}.required_sparsity", sparsity
+                )
+        prefix = f"layers.{index}/"
+        outputs = assembler.instantiate(
+            block_graph, block_inputs, names.layer_resolver(block, layer, prefix), prefix, rewrite
+        )
+        state = {**state, **outputs}
+        if spec.debug_outputs:
+            debug.append((outputs[BLOCK_INDICES], outputs[BLOCK_HIDDEN]))
+    logits = assembler.instantiate(
+        epilogue_graph, {BLOCK_HIDDEN: state[BLOCK_HIDDEN]}, names.resolver(epilogue, "epilogue/"), "epilogue/"
+    )["logits"]
+    outputs = [logits]
+    logits.name = "logits"
+    for index, (indices, hidden) in enumerate(debug):
+        indices.name, hidden.name = indices_name(index), hidden_name(index)
+    outputs += [indices for indices, _ in debug] + [hidden for _, hidden in debug]
+    return assembler.model(inputs, outputs, template=block_graph)
+
+
+class _PieceTracer:
+    """torch.onnx.export of one small module, unoptimized so initializers keep their parameter names."""
+
+    def __init__(self, opset: int) -> None:
+        self.opset = opset
+
+    def trace(
+        self, module: nn.Module, example: dict[str, torch.Tensor], output_names: tuple[str, ...] | None = None
+    ) -> ir.Model:
+        names = list(example)
+        batch, sequence = torch.export.Dim(BATCH), torch.export.Dim(SEQUENCE)
+        dynamic = tuple(_dynamic_axes(tensor, batch, sequence) for tensor in example.values())
+        try:
+            with _quiet_exporter(), torch.no_grad():
+                program = torch.onnx.export(
+                    module,
+                    tuple(example.values()),
+                    dynamo=True,
+                    input_names=names,
+                    output_names=list(output_names or getattr(module, "output_names", ())),
+                    dynamic_shapes=dynamic,
+                    opset_version=self.opset,
+                    custom_translation_table=TRANSLATIONS,
+                    optimize=False,
+                    verbose=False,
+                )
+        except Exception as err:  # torch.onnx raises many types; all mean the same to the user
+            raise ExportError(f"torch.onnx.export failed on {type(module).__name__}: {_summary(err)}") from err
+        if program is None:  # only the TorchScript path returns None
+            raise ExportError("torch.onnx.export returned no program")
+        return program.model
+
+
+def _dynamic_axes(tensor: torch.Tensor, batch: torch.export.Dim, sequence: torch.export.Dim) -> dict[int, Any] | None:
+    """Batch and sequence axes of a piece's input: [B, T, ...], or the dense mask [B, 1, T, T]."""
+    if tensor.dim() == 0:
+        return None
+    if tensor.dim() == 4:
+        return {0: batch, 2: sequence, 3: sequence}
+    return {0: batch, 1: sequence}
+
+
+class _WeightNames:
+    """Initializers named as the PyTorch model names its parameters, so a tied weight is stored once."""
+
+    def __init__(self, routed: RoutedModel) -> None:
+        named = [*routed.named_parameters(remove_duplicate=True), *routed.named_buffers(remove_duplicate=True)]
+        self.by_tensor = {id(tensor): name.removeprefix("base.") for name, tensor in named}
+
+    def resolver(self, module: nn.Module, prefix: str) -> WeightResolver:
+        def resolve(name: str, traced: ir.TensorProtocol | None) -> tuple[str, torch.Tensor | ir.TensorProtocol]:
+            tensor = _module_tensor(module, name)
+            if tensor is not None and id(tensor) in self.by_tensor:
+                return self.by_tensor[id(tensor)], tensor
+            if traced is None:
+                raise ExportError(f"the traced {type(module).__name__} has an initializer {name!r} with no value")
+            return f"{prefix}{name}", traced  # a constant of the trace itself
+
+        return resolve
+
+    def layer_resolver(self, block: nn.Module, layer: nn.Module, prefix: str) -> WeightResolver:
+        """The traced block's weights (of layer 0) swapped for `layer`'s; other tensors shared."""
+        shared = self.resolver(block, "block/")
+
+        def resolve(name: str, traced: ir.TensorProtocol | None) -> tuple[str, torch.Tensor | ir.TensorProtocol]:
+            if name.startswith("layer."):
+                tensor = _module_tensor(layer, name.removeprefix("layer."))
+                if tensor is None or id(tensor) not in self.by_tensor:
+                    raise ExportError(f"stitching {prefix}: the layer has no tensor {name!r}")
+                return self.by_tensor[id(tensor)], tensor
+            return shared(name, traced)
+
+        return resolve
+
+
+def _module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    for getter in (module.get_parameter, module.get_buffer):
+        try:
+            return getter(name)
+        except AttributeError:
+            continue
+    return None
 
 
 def name_output_axes(model: ir.Model, spec: ExportSpec) -> None:

@@ -94,10 +94,11 @@ def export_onnx(
     with staged_folder(out) as folder:
         with on_step(f"load the base model ({model_ref})"):
             loaded = load_base_model(model_ref, trust_remote_code=trust_remote_code)
-            module = export_module(artifact.build(loaded.model), spec)
+            routed = artifact.build(loaded.model)
+            module = export_module(routed, spec)
         vocab_size = int(loaded.model.config.vocab_size)
         with on_step(f"export {'the dense' if dense else 'the routed'} graph ({dtype}, opset {opset})"):
-            path = export_onnx_file(module, spec, spec.example_inputs(vocab_size), folder)
+            path = export_onnx_file(routed, spec, vocab_size, folder)
         with on_step("validate against PyTorch"):
             checked: Path | bytes = path
             if dtype != "fp32":

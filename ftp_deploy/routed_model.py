@@ -18,6 +18,7 @@ from torch import nn
 
 from ftp_deploy.attention_factor import attention_received
 from ftp_deploy.errors import ConfigError
+from ftp_deploy.plugins.token_compaction.contract import kept_count
 from ftp_deploy.plugins.token_compaction.reference import gather_rows, token_compact, token_scatter
 from ftp_deploy.router import (
     ROUTER_KINDS,
@@ -64,15 +65,47 @@ class RoutedOutput:
 
 
 @dataclass
-class _Tokens:
+class BlockStep:
+    """What one block hands on: the hidden states, its selection, the updated attention-score factor."""
+
+    hidden: torch.Tensor
+    selection: Selection
+    attention_score: torch.Tensor
+    raw: torch.Tensor | None
+
+
+@dataclass
+class TokenFacts:
     """Per-sequence facts every block needs, computed once per forward."""
 
+    attention_mask: torch.Tensor
     valid: torch.Tensor
     positions: torch.Tensor
     forced: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
     padded: bool
+
+
+def token_facts(
+    rotary_emb: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, always_mask: bool
+) -> TokenFacts:
+    """Positions (among valid tokens), forced keeps and rotary tables of a batch.
+
+    `always_mask` gives compact blocks the explicit padding-aware mask even when nothing is
+    padded, so no branch depends on the mask's values (what a graph for every input needs).
+    """
+    positions = token_positions(attention_mask)
+    cos, sin = rotary_emb(hidden, positions)
+    return TokenFacts(
+        attention_mask=attention_mask,
+        valid=attention_mask.bool(),
+        positions=positions,
+        forced=forced_keep_mask(attention_mask),
+        cos=cos,
+        sin=sin,
+        padded=always_mask or not bool(attention_mask.bool().all()),
+    )
 
 
 class RoutedModel(nn.Module):
@@ -129,51 +162,75 @@ class RoutedModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         backbone = self.base.model
         hidden = backbone.embed_tokens(input_ids)
-        tokens = self._tokens(hidden, attention_mask, always_mask)
-        needs_factors = self.router is not None
+        tokens = self.token_facts(hidden, attention_mask, always_mask)
         attention_score = torch.ones_like(tokens.positions, dtype=torch.float32)
         out = RoutedOutput(logits=hidden)
         for block, layer in enumerate(self.layers):
-            raw = self._raw_scores(block, tokens, attention_score)
-            if raw is not None and self.router is not None:
-                out.router_logits.append(raw)
-            scores = routing_scores(
-                raw if raw is not None else static_scores(tokens.positions), attention_mask, tokens.forced
+            step = self.run_block(
+                layer,
+                block,
+                self.schedule.thousandths[block],
+                self.schedule.sparsities[block],
+                hidden,
+                attention_score,
+                tokens,
+                mode=mode,
+                gate_gradient=gate_gradient,
             )
-            if mode == "compact":
-                hidden, selection, compact_in = self._compact_block(layer, block, hidden, scores, raw, tokens)
-            else:
-                hidden, selection, compact_in = self._masked_block(
-                    layer, block, hidden, scores, raw, tokens, gate_gradient
-                )
-            out.keep.append(selection.keep_mask(hidden.shape[1]))
-            out.indices.append(selection.indices)
+            hidden, attention_score = step.hidden, step.attention_score
+            if step.raw is not None and self.router is not None:
+                out.router_logits.append(step.raw)
+            out.keep.append(step.selection.keep_mask(hidden.shape[1]))
+            out.indices.append(step.selection.indices)
             if return_block_outputs:
                 out.block_outputs.append(hidden)
-            if needs_factors:
-                attention_score = self._update_attention_score(layer, attention_score, compact_in, selection, tokens)
         hidden = backbone.norm(hidden)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         out.logits = self.base.lm_head(hidden)
         return out
 
-    def _tokens(self, hidden: torch.Tensor, attention_mask: torch.Tensor, always_mask: bool) -> _Tokens:
-        positions = token_positions(attention_mask)
-        cos, sin = self.base.model.rotary_emb(hidden, positions)
-        return _Tokens(
-            valid=attention_mask.bool(),
-            positions=positions,
-            forced=forced_keep_mask(attention_mask),
-            cos=cos,
-            sin=sin,
-            padded=always_mask or not bool(attention_mask.bool().all()),
-        )
+    def run_block(
+        self,
+        layer: Any,
+        block: int,
+        sparsity_num: int,
+        sparsity: float | torch.Tensor,
+        hidden: torch.Tensor,
+        attention_score: torch.Tensor,
+        tokens: TokenFacts,
+        mode: str = "compact",
+        gate_gradient: bool = False,
+    ) -> BlockStep:
+        """One routed decoder block: scores, selection, the block on its kept tokens, the factor update.
 
-    def _raw_scores(self, block: int, tokens: _Tokens, attention_score: torch.Tensor) -> torch.Tensor | None:
+        `sparsity_num` (thousandths) sets the kept count and `sparsity` is the router's
+        required-sparsity factor; the exporter traces one block with them as parameters and
+        instantiates the graph for every layer. `block` seeds the random router only.
+        """
+        raw = self._raw_scores(block, tokens, attention_score, sparsity)
+        scores = routing_scores(
+            raw if raw is not None else static_scores(tokens.positions), tokens.attention_mask, tokens.forced
+        )
+        if mode == "compact":
+            hidden, selection, compact_in = self._compact_block(layer, sparsity_num, hidden, scores, raw, tokens)
+        else:
+            hidden, selection, compact_in = self._masked_block(
+                layer, sparsity_num, hidden, scores, raw, tokens, gate_gradient
+            )
+        if self.router is not None:
+            attention_score = self._update_attention_score(layer, attention_score, compact_in, selection, tokens)
+        return BlockStep(hidden, selection, attention_score, raw)
+
+    def token_facts(self, hidden: torch.Tensor, attention_mask: torch.Tensor, always_mask: bool) -> TokenFacts:
+        return token_facts(self.base.model.rotary_emb, hidden, attention_mask, always_mask)
+
+    def _raw_scores(
+        self, block: int, tokens: TokenFacts, attention_score: torch.Tensor, sparsity: float | torch.Tensor
+    ) -> torch.Tensor | None:
         """Router logits (learned), random scores, or None for the static priority."""
         if self.router is not None:
-            factors = router_factors(tokens.positions, tokens.valid, attention_score, self.schedule.sparsities[block])
+            factors = router_factors(tokens.positions, tokens.valid, attention_score, sparsity)
             return self.router(factors)
         if self.router_spec.kind == "random":
             return random_scores(tokens.positions.shape, self.router_spec.seed, block, tokens.positions.device)
@@ -182,17 +239,17 @@ class RoutedModel(nn.Module):
     def _compact_block(
         self,
         layer: Any,
-        block: int,
+        sparsity_num: int,
         hidden: torch.Tensor,
         scores: torch.Tensor,
         raw: torch.Tensor | None,
-        tokens: _Tokens,
+        tokens: TokenFacts,
     ) -> tuple[torch.Tensor, Selection, torch.Tensor]:
         if self.routing_mode == "threshold" and raw is not None:
             selection = select_threshold(raw, tokens.valid.long(), tokens.forced)
             compact = gather_rows(hidden, selection.indices)
         else:
-            compact, indices = self.ops.compact(hidden, scores, self.schedule.thousandths[block])
+            compact, indices = self.ops.compact(hidden, scores, sparsity_num)
             selection = Selection(indices)
         index = selection.indices
         cos, sin = (gather_rows(t.expand(index.shape[0], -1, -1), index) for t in (tokens.cos, tokens.sin))
@@ -209,17 +266,17 @@ class RoutedModel(nn.Module):
     def _masked_block(
         self,
         layer: Any,
-        block: int,
+        sparsity_num: int,
         hidden: torch.Tensor,
         scores: torch.Tensor,
         raw: torch.Tensor | None,
-        tokens: _Tokens,
+        tokens: TokenFacts,
         gate_gradient: bool,
     ) -> tuple[torch.Tensor, Selection, torch.Tensor]:
         if self.routing_mode == "threshold" and raw is not None:
             selection = select_threshold(raw, tokens.valid.long(), tokens.forced)
         else:
-            selection = select_topk(scores, self.schedule.kept(block, scores.shape[1]))
+            selection = select_topk(scores, kept_count(scores.shape[1], sparsity_num))
         keep = selection.keep_mask(hidden.shape[1])
         compact_in = gather_rows(hidden.detach(), selection.indices)
         key_valid = keep & tokens.valid
@@ -233,7 +290,7 @@ class RoutedModel(nn.Module):
         return hidden + gate.unsqueeze(-1) * (updated - hidden), selection, compact_in
 
     @staticmethod
-    def _slot_valid(selection: Selection, tokens: _Tokens) -> torch.Tensor:
+    def _slot_valid(selection: Selection, tokens: TokenFacts) -> torch.Tensor:
         valid = torch.gather(tokens.valid, 1, selection.indices)
         return valid if selection.filled is None else valid & selection.filled
 
@@ -243,7 +300,7 @@ class RoutedModel(nn.Module):
         attention_score: torch.Tensor,
         compact_in: torch.Tensor,
         selection: Selection,
-        tokens: _Tokens,
+        tokens: TokenFacts,
     ) -> torch.Tensor:
         index = selection.indices
         cos, sin = (gather_rows(t.expand(index.shape[0], -1, -1), index) for t in (tokens.cos, tokens.sin))

@@ -66,16 +66,16 @@ def router_factors(
     positions: torch.Tensor,
     valid: torch.Tensor,
     attention_score: torch.Tensor,
-    sparsity: float,
+    sparsity: float | torch.Tensor,
 ) -> torch.Tensor:
-    """The [B, T, 4] factor tensor for one block."""
+    """The [B, T, 4] factor tensor for one block; `sparsity` may be a 0-d tensor (an exported block's input)."""
     valid_count = valid.sum(1)
     return torch.stack(
         [
             position_factor(positions, valid_count),
             attention_score,
             rank_factor(attention_score, valid),
-            torch.full_like(attention_score, sparsity),
+            torch.zeros_like(attention_score) + sparsity,
         ],
         dim=-1,
     )

@@ -136,7 +136,7 @@ def test_weights_beyond_fp16_are_refused(run_export, tmp_path: Path) -> None:
 
 
 def test_a_failed_export_leaves_no_folder(run_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def half_written(module, spec, example, folder: Path) -> Path:
+    def half_written(routed, spec, vocab_size, folder: Path) -> Path:
         (folder / "model.onnx").write_bytes(b"half")
         raise ExportError("torch.onnx.export failed: simulated")
 

@@ -1,0 +1,139 @@
+"""The three small modules an export traces once each: prologue, one decoder block, epilogue.
+
+Tracing the whole model makes torch.export carry ever deeper shape expressions through 30
+blocks (minutes of sympy work); one block traced once and instantiated per layer
+(`exporters/stitch.py`) costs the same for any depth. Each piece runs the routed model's own
+code (`RoutedModel.run_block`, `token_facts`), so the stitched graph computes exactly what the
+eager model does, and export validation compares the two.
+
+A block's per-layer parameters are its weights (initializers, swapped per layer), its
+required-sparsity factor (a graph input here, a constant per layer) and its kept-count
+numerator (TokenCompact's attribute and the shape arithmetic that derives K from T; traced
+with a sentinel value that the stitcher replaces).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ftp_deploy.routed_model import RoutedModel, TokenFacts, token_facts
+from ftp_deploy.routing import additive_mask, compact_allowed
+
+# The kept-count numerator a block is traced with: K = 16 - 16*619//1000 = 7 at the example
+# length, so K is neither 0, 1 nor T (torch.export would specialize it), and the number appears
+# in no model dimension, so the stitcher can find every place it went.
+SENTINEL_SPARSITY_NUM = 619
+
+PROLOGUE_OUTPUTS = ("hidden", "positions", "forced", "cos", "sin")
+DENSE_MASK = "mask"
+BLOCK_HIDDEN, BLOCK_SCORE, BLOCK_SPARSITY, BLOCK_INDICES = "hidden", "attention_score", "required_sparsity", "indices"
+
+
+@dataclass(frozen=True)
+class BlockIO:
+    """The names a block graph's inputs and outputs have (what the stitcher wires per layer)."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+class Prologue(nn.Module):
+    """(input_ids, attention_mask) -> embeddings and the per-token facts every block reads."""
+
+    def __init__(self, routed: RoutedModel, dense: bool, learned: bool) -> None:
+        super().__init__()
+        self.embed_tokens = routed.base.model.embed_tokens
+        self.rotary_emb = routed.base.model.rotary_emb
+        self.dense = dense
+        self.learned = learned
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        if self.dense:
+            return (*PROLOGUE_OUTPUTS, DENSE_MASK)
+        return (*PROLOGUE_OUTPUTS, BLOCK_SCORE) if self.learned else PROLOGUE_OUTPUTS
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hidden = self.embed_tokens(input_ids)
+        facts = token_facts(self.rotary_emb, hidden, attention_mask, always_mask=True)
+        outputs = (hidden, facts.positions, facts.forced, facts.cos, facts.sin)
+        if self.dense:
+            # The dense model's mask is the same for every layer: built once, as HF's model does.
+            return (*outputs, additive_mask(compact_allowed(facts.positions, facts.valid), hidden.dtype))
+        if self.learned:  # uniform before the first block (FTP_SPEC section 3)
+            return (*outputs, torch.ones_like(facts.positions, dtype=torch.float32))
+        return outputs
+
+
+class RoutedBlock(nn.Module):
+    """One routed decoder block in compact mode, the layer's weights and the router its parameters."""
+
+    def __init__(self, routed: RoutedModel, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        # The router is registered so its weights become initializers shared by every layer.
+        self.router = routed.router
+        self._routed = [routed]  # a list: not a submodule, so the other layers' weights stay out
+
+    @property
+    def learned(self) -> bool:
+        return self.router is not None
+
+    @property
+    def io(self) -> BlockIO:
+        inputs = (BLOCK_HIDDEN, "attention_mask", *PROLOGUE_OUTPUTS[1:])
+        if self.learned:
+            return BlockIO((*inputs, BLOCK_SCORE, BLOCK_SPARSITY), (BLOCK_HIDDEN, BLOCK_INDICES, BLOCK_SCORE))
+        return BlockIO(inputs, (BLOCK_HIDDEN, BLOCK_INDICES))
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        forced: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention_score: torch.Tensor | None = None,
+        required_sparsity: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        tokens = TokenFacts(attention_mask, attention_mask.bool(), positions, forced, cos, sin, padded=True)
+        if attention_score is None or required_sparsity is None:  # the static router reads neither
+            attention_score, required_sparsity = torch.ones_like(positions, dtype=torch.float32), torch.zeros(())
+        step = self._routed[0].run_block(
+            self.layer, 0, SENTINEL_SPARSITY_NUM, required_sparsity, hidden, attention_score, tokens
+        )
+        if self.learned:
+            return step.hidden, step.selection.indices, step.attention_score
+        return step.hidden, step.selection.indices
+
+
+class DenseBlock(nn.Module):
+    """One unrouted decoder block on all tokens, with the prologue's mask."""
+
+    io = BlockIO((BLOCK_HIDDEN, DENSE_MASK, "cos", "sin"), (BLOCK_HIDDEN,))
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self.layer(hidden, attention_mask=mask, position_embeddings=(cos, sin))
+
+
+class Epilogue(nn.Module):
+    """Final norm and LM head, on the last position only when `last_token_logits`."""
+
+    def __init__(self, routed: RoutedModel, last_token_logits: bool) -> None:
+        super().__init__()
+        self.norm = routed.base.model.norm
+        self.lm_head = routed.base.lm_head
+        self.last_token_logits = last_token_logits
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.last_token_logits:
+            hidden = hidden[:, -1:]
+        return self.lm_head(self.norm(hidden))
