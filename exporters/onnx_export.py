@@ -76,7 +76,9 @@ def stitched_model(routed: RoutedModel, spec: ExportSpec, vocab_size: int) -> ir
     with torch.no_grad():
         facts = dict(zip(prologue.output_names, prologue(input_ids, attention_mask), strict=True))
     pieces = _PieceTracer(spec.opset)
-    prologue_graph = pieces.trace(prologue, {"input_ids": input_ids, "attention_mask": attention_mask})
+    prologue_graph = pieces.trace(
+        prologue, {"input_ids": input_ids, "attention_mask": attention_mask}, prologue.output_names
+    )
     block_module: RoutedBlock | DenseBlock = (
         DenseBlock(routed.layers[0]) if dense else RoutedBlock(routed, routed.layers[0])
     )
@@ -144,9 +146,7 @@ class _PieceTracer:
     def __init__(self, opset: int) -> None:
         self.opset = opset
 
-    def trace(
-        self, module: nn.Module, example: dict[str, torch.Tensor], output_names: tuple[str, ...] | None = None
-    ) -> ir.Model:
+    def trace(self, module: nn.Module, example: dict[str, torch.Tensor], output_names: tuple[str, ...]) -> ir.Model:
         names = list(example)
         batch, sequence = torch.export.Dim(BATCH), torch.export.Dim(SEQUENCE)
         dynamic = tuple(_dynamic_axes(tensor, batch, sequence) for tensor in example.values())
@@ -157,7 +157,7 @@ class _PieceTracer:
                     tuple(example.values()),
                     dynamo=True,
                     input_names=names,
-                    output_names=list(output_names or getattr(module, "output_names", ())),
+                    output_names=list(output_names),
                     dynamic_shapes=dynamic,
                     opset_version=self.opset,
                     custom_translation_table=TRANSLATIONS,

@@ -61,7 +61,7 @@ class GraphAssembler:
         if name not in self.initializers:
             value = tensor if isinstance(tensor, ir.TensorProtocol) else TorchTensor(tensor.detach(), name=name)
             self.initializers[name] = ir.Value(
-                name=name, shape=ir.Shape(value.shape), type=ir.TensorType(value.dtype), const_value=value
+                name=name, shape=ir.Shape(list(value.shape.numpy())), type=ir.TensorType(value.dtype), const_value=value
             )
         return self.initializers[name]
 
@@ -79,9 +79,10 @@ class GraphAssembler:
         self.functions.update(piece.functions)
         mapping: dict[ir.Value, ir.Value] = {}
         for value in graph.inputs:
-            if value.name not in inputs:
+            bound = inputs.get(value.name or "")
+            if bound is None:
                 raise ExportError(f"stitching {prefix}: nothing is bound to the piece's input {value.name!r}")
-            mapping[value] = inputs[value.name]
+            mapping[value] = bound
         for name, value in graph.initializers.items():
             whole_name, tensor = weights(name, value.const_value)
             mapping[value] = self.initializer(whole_name, tensor)
