@@ -11,6 +11,7 @@ from typing import Any
 
 import onnx
 import onnx_ir as ir
+import onnxscript.optimizer
 import torch
 from torch import nn
 
@@ -21,6 +22,7 @@ from ftp_deploy.exporters.pieces import (
     BLOCK_INDICES,
     BLOCK_SPARSITY,
     SENTINEL_SPARSITY_NUM,
+    BlockIO,
     DenseBlock,
     Epilogue,
     Prologue,
@@ -126,9 +128,9 @@ def _stitch(
         outputs = assembler.instantiate(
             block_graph, block_inputs, names.layer_resolver(block, layer, prefix), prefix, rewrite
         )
-        state = {**state, **outputs}
+        state = {**state, **BlockIO.carried(outputs)}
         if spec.debug_outputs:
-            debug.append((outputs[BLOCK_INDICES], outputs[BLOCK_HIDDEN]))
+            debug.append((outputs[BLOCK_INDICES], state[BLOCK_HIDDEN]))
     logits = assembler.instantiate(
         epilogue_graph, {BLOCK_HIDDEN: state[BLOCK_HIDDEN]}, names.resolver(epilogue, "epilogue/"), "epilogue/"
     )["logits"]
@@ -141,7 +143,7 @@ def _stitch(
 
 
 class _PieceTracer:
-    """torch.onnx.export of one small module, unoptimized so initializers keep their parameter names."""
+    """torch.onnx.export of one small module, its weights turned into inputs, then optimized."""
 
     def __init__(self, opset: int) -> None:
         self.opset = opset
@@ -168,7 +170,24 @@ class _PieceTracer:
             raise ExportError(f"torch.onnx.export failed on {type(module).__name__}: {_summary(err)}") from err
         if program is None:  # only the TorchScript path returns None
             raise ExportError("torch.onnx.export returned no program")
-        return program.model
+        model = program.model
+        _weights_to_inputs(model, module)
+        # Folding one small piece takes a second; folding the stitched graph takes minutes.
+        onnxscript.optimizer.optimize(model)
+        return model
+
+
+def _weights_to_inputs(model: ir.Model, module: nn.Module) -> None:
+    """The module's parameters and buffers become inputs of the piece's graph.
+
+    The optimizer then folds only what is the same for every layer (it cannot fold a layer-0
+    weight into a constant), and the stitcher binds each copy's inputs to its layer's weights.
+    """
+    graph = model.graph
+    for name in [name for name in graph.initializers if _module_tensor(module, name) is not None]:
+        value = graph.initializers.pop(name)
+        value.const_value = None
+        graph.inputs.append(value)
 
 
 def _dynamic_axes(tensor: torch.Tensor, batch: torch.export.Dim, sequence: torch.export.Dim) -> dict[int, Any] | None:
@@ -193,7 +212,7 @@ class _WeightNames:
             if tensor is not None and id(tensor) in self.by_tensor:
                 return self.by_tensor[id(tensor)], tensor
             if traced is None:
-                raise ExportError(f"the traced {type(module).__name__} has an initializer {name!r} with no value")
+                raise ExportError(f"stitching {prefix}: nothing is bound to the piece's input {name!r}")
             return f"{prefix}{name}", traced  # a constant of the trace itself
 
         return resolve

@@ -15,6 +15,7 @@ with a sentinel value that the stitcher replaces).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -26,10 +27,14 @@ from ftp_deploy.routing import additive_mask, compact_allowed
 # length, so K is neither 0, 1 nor T (torch.export would specialize it), and the number appears
 # in no model dimension, so the stitcher can find every place it went.
 SENTINEL_SPARSITY_NUM = 619
+T = TypeVar("T")
 
 PROLOGUE_OUTPUTS = ("hidden", "positions", "forced", "cos", "sin")
 DENSE_MASK = "mask"
 BLOCK_HIDDEN, BLOCK_SCORE, BLOCK_SPARSITY, BLOCK_INDICES = "hidden", "attention_score", "required_sparsity", "indices"
+# A block output that the next block reads as its input `name` is called `name` + NEXT: a graph's
+# input and output cannot share a name.
+NEXT = "_next"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,11 @@ class BlockIO:
 
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+
+    @staticmethod
+    def carried(outputs: dict[str, T]) -> dict[str, T]:
+        """The outputs the next block reads, under the names of its inputs."""
+        return {name.removesuffix(NEXT): value for name, value in outputs.items() if name.endswith(NEXT)}
 
 
 class Prologue(nn.Module):
@@ -86,8 +96,9 @@ class RoutedBlock(nn.Module):
     def io(self) -> BlockIO:
         inputs = (BLOCK_HIDDEN, "attention_mask", *PROLOGUE_OUTPUTS[1:])
         if self.learned:
-            return BlockIO((*inputs, BLOCK_SCORE, BLOCK_SPARSITY), (BLOCK_HIDDEN, BLOCK_INDICES, BLOCK_SCORE))
-        return BlockIO(inputs, (BLOCK_HIDDEN, BLOCK_INDICES))
+            outputs = (BLOCK_HIDDEN + NEXT, BLOCK_INDICES, BLOCK_SCORE + NEXT)
+            return BlockIO((*inputs, BLOCK_SCORE, BLOCK_SPARSITY), outputs)
+        return BlockIO(inputs, (BLOCK_HIDDEN + NEXT, BLOCK_INDICES))
 
     def forward(
         self,
@@ -114,7 +125,7 @@ class RoutedBlock(nn.Module):
 class DenseBlock(nn.Module):
     """One unrouted decoder block on all tokens, with the prologue's mask."""
 
-    io = BlockIO((BLOCK_HIDDEN, DENSE_MASK, "cos", "sin"), (BLOCK_HIDDEN,))
+    io = BlockIO((BLOCK_HIDDEN, DENSE_MASK, "cos", "sin"), (BLOCK_HIDDEN + NEXT,))
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()

@@ -37,9 +37,11 @@ class LayerRewrite:
         if site == "attribute":
             node.attributes["sparsity_num"] = ir.AttrInt64("sparsity_num", self.sparsity_num)
         elif site == "constant":
-            array = node.attributes["value"].as_tensor().numpy()
-            node.attributes["value"] = ir.AttrTensor("value", ir.tensor(np.full_like(array, self.sparsity_num)))
+            node.attributes["value"] = ir.AttrTensor("value", self.replaced(node.attributes["value"].as_tensor()))
         return int(site is not None)
+
+    def replaced(self, tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+        return ir.tensor(np.full_like(tensor.numpy(), self.sparsity_num))
 
     def dim_name(self, name: str) -> str:
         return name.replace(f"{self.sentinel}*", f"{self.sparsity_num}*")
@@ -79,14 +81,16 @@ class GraphAssembler:
         self.functions.update(piece.functions)
         mapping: dict[ir.Value, ir.Value] = {}
         for value in graph.inputs:
-            bound = inputs.get(value.name or "")
-            if bound is None:
-                raise ExportError(f"stitching {prefix}: nothing is bound to the piece's input {value.name!r}")
-            mapping[value] = bound
-        for name, value in graph.initializers.items():
-            whole_name, tensor = weights(name, value.const_value)
-            mapping[value] = self.initializer(whole_name, tensor)
+            name = value.name or ""
+            mapping[value] = inputs[name] if name in inputs else self.initializer(*weights(name, None))
         changed = 0
+        for name, value in graph.initializers.items():
+            constant = value.const_value
+            if rewrite is not None and constant is not None and is_sentinel(constant, rewrite.sentinel):
+                mapping[value] = self.initializer(f"{prefix}{name}", rewrite.replaced(constant))
+                changed += 1
+            else:
+                mapping[value] = self.initializer(*weights(name, constant))
         for node in graph:
             copy = self._copy_node(node, mapping, prefix)
             if rewrite is not None:
@@ -158,11 +162,17 @@ def sentinel_site(node: ir.Node, sentinel: int) -> str | None:
     if node.domain == DOMAIN and node.op_type == COMPACT_OP:
         return "attribute"
     value = node.attributes.get("value") if node.op_type == "Constant" and node.domain == "" else None
-    if value is not None and value.type == ir.AttributeType.TENSOR:
-        array = value.as_tensor().numpy()
-        if array.size == 1 and array.dtype.kind == "i" and int(array.reshape(())) == sentinel:
-            return "constant"
+    if value is not None and value.type == ir.AttributeType.TENSOR and is_sentinel(value.as_tensor(), sentinel):
+        return "constant"
     return None
+
+
+def is_sentinel(tensor: ir.TensorProtocol, sentinel: int) -> bool:
+    """A one-element integer tensor holding the sentinel (a Constant's value or a lifted initializer)."""
+    if tensor.size != 1:
+        return False
+    array = tensor.numpy()
+    return array.dtype.kind in "iu" and int(array.reshape(())) == sentinel
 
 
 def check_sentinel_confined(block: ir.Model, sentinel: int) -> None:
@@ -180,5 +190,7 @@ def check_sentinel_confined(block: ir.Model, sentinel: int) -> None:
                 raise ExportError(f"the traced block carries its sparsity in {node.op_type}.{attribute.name}")
     for name, value in block.graph.initializers.items():
         tensor = value.const_value
-        if tensor is not None and tensor.size <= 8 and sentinel in tensor.numpy().ravel().tolist():
+        if tensor is None or is_sentinel(tensor, sentinel):
+            continue
+        if tensor.size <= 8 and sentinel in tensor.numpy().ravel().tolist():
             raise ExportError(f"the traced block carries its sparsity in the initializer {name}")
