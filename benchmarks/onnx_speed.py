@@ -30,8 +30,7 @@ from common import interleaved_times, summarize, write_json
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionOptionsLoader
-from ftp_deploy.exporters.manifest import manifest_mismatches, read_manifest
-from ftp_deploy.exporters.onnx_export import MODEL_FILE
+from ftp_deploy.export_format import MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.flops import flop_ratio
 from ftp_deploy.models import load_base_model

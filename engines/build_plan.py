@@ -27,7 +27,7 @@ from ftp_deploy.engines.trt_env import require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import BUILD_MODULE, PLAN_FILE, PLAN_MANIFEST_FILE, PlanManifest, tensorrt_section
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import ArtifactError, FtpDeployError
-from ftp_deploy.exporters.manifest import manifest_mismatches, read_manifest, write_manifest
+from ftp_deploy.export_format import manifest_mismatches, read_manifest, write_manifest
 
 
 def build_artifact_plan(art_dir: Path, timing_cache: Path | None = None) -> PlanManifest:

@@ -29,7 +29,7 @@ from ftp_deploy.engines.trt_plan import (
 )
 from ftp_deploy.engines.trt_profile import ShapeProfile, format_shape
 from ftp_deploy.errors import EngineBuildError, OnnxParseError
-from ftp_deploy.exporters.onnx_export import MODEL_FILE
+from ftp_deploy.export_format import MODEL_FILE
 from ftp_deploy.fileio import atomic_write_bytes, sha256_file
 from ftp_deploy.plugins.token_compaction.trt_plugin import register_trt_plugins
 

@@ -14,13 +14,11 @@ import torch
 from torch import nn
 
 from ftp_deploy.errors import ExportError
+from ftp_deploy.export_format import DATA_FILE, MODEL_FILE
 from ftp_deploy.exporters.onnx_ops import TRANSLATIONS
 from ftp_deploy.exporters.spec import ExportSpec
 from ftp_deploy.plugins.token_compaction.contract import DOMAIN
 from ftp_deploy.plugins.token_compaction.onnx_functions import DOMAIN_OPSET, local_functions
-
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from ftp_deploy.artifacts import CONFIG_FILE, RoutedArtifact, load_artifact
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx
 from ftp_deploy.errors import ExportError, UnsupportedExportError
 from ftp_deploy.exporters.graphs import cast_weights, export_module
-from ftp_deploy.exporters.manifest import write_manifest
+from ftp_deploy.export_format import CPU_NATIVE_DTYPES, write_manifest
 from ftp_deploy.exporters.onnx_export import export_onnx_file
 from ftp_deploy.exporters.options import DEFAULT_OPSET
 from ftp_deploy.exporters.output_folder import check_output_folder, staged_folder
@@ -37,8 +37,6 @@ from ftp_deploy.plugins.token_compaction.contract import (
     SPARSITY_DEN,
 )
 
-# What ONNX Runtime's CPU provider has kernels for; a bf16 file runs here only widened to fp32.
-CPU_NATIVE_DTYPES = ("fp32", "fp16")
 SMOKE_SHAPE = (1, 8)  # batch 1: the export example had 2, so this also exercises the dynamic batch
 
 StepObserver = Callable[[str], AbstractContextManager[object]]

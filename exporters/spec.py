@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.exporters.options import DEFAULT_OPSET, EXPORT_DTYPES, INPUT_NAMES, SUPPORTED_OPSETS
+from ftp_deploy.export_format import EXPORT_DTYPES, INPUT_NAMES
+from ftp_deploy.exporters.options import DEFAULT_OPSET, SUPPORTED_OPSETS
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 
 BATCH, SEQUENCE = "batch", "sequence"

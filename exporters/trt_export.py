@@ -37,10 +37,9 @@ from ftp_deploy.engines.trt_plan import (
     tensorrt_section,
 )
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, Shape, ShapeProfile, format_shape
-from ftp_deploy.exporters.onnx_export import MODEL_FILE
+from ftp_deploy.export_format import INPUT_NAMES, MODEL_FILE
 from ftp_deploy.exporters.options import DEFAULT_OPSET
 from ftp_deploy.exporters.pipeline import ArtifactExtension, ExportResult, StepObserver, export_onnx, no_progress
-from ftp_deploy.exporters.spec import INPUT_NAMES
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text
 
 TRTEXEC_INPUTS = {name: f"trtexec_{name}.bin" for name in INPUT_NAMES}

@@ -14,7 +14,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape, parse_shape
 from ftp_deploy.errors import UsageError
-from ftp_deploy.exporters.options import DEFAULT_OPSET, ENGINES, EXPORT_DTYPES, SUPPORTED_OPSETS
+from ftp_deploy.export_format import EXPORT_DTYPES
+from ftp_deploy.exporters.options import DEFAULT_OPSET, ENGINES, SUPPORTED_OPSETS
 
 console = Console()
 err_console = Console(stderr=True)

@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
-from ftp_deploy.exporters.manifest import MANIFEST_FILE, manifest_mismatches, read_manifest
-from ftp_deploy.exporters.onnx_export import DATA_FILE, MODEL_FILE
+from ftp_deploy.export_format import DATA_FILE, MANIFEST_FILE, MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.exporters.options import SUPPORTED_OPSETS
 from ftp_deploy.exporters.pipeline import ExportResult, export_onnx
 from ftp_deploy.exporters.spec import sample_inputs

@@ -54,8 +54,7 @@ from ftp_deploy.errors import (
     ShapeOutOfProfileError,
     UsageError,
 )
-from ftp_deploy.exporters.manifest import MANIFEST_FILE, manifest_mismatches, read_manifest
-from ftp_deploy.exporters.onnx_export import DATA_FILE, MODEL_FILE
+from ftp_deploy.export_format import DATA_FILE, MANIFEST_FILE, MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.exporters.trt_export import TRTEXEC_INPUTS
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.verification.verify import verify
@@ -498,7 +497,7 @@ def test_tiny_model_engine_matches_onnxruntime_and_pytorch(onnx_only: OnnxOnlyEx
 def test_export_with_tensorrt_writes_the_plan_into_the_artifact(onnx_only: OnnxOnlyExport, tmp_path: Path) -> None:
     """The in-export build path (export_onnx's extension), on a copy of the export rather than a second export."""
     tensorrt_with_gpu()
-    from ftp_deploy.exporters.manifest import write_manifest
+    from ftp_deploy.export_format import write_manifest
     from ftp_deploy.exporters.trt_export import trt_extension
 
     art = tmp_path / "art"

@@ -20,7 +20,7 @@ from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionO
 from ftp_deploy.engines.trt_env import require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import PLAN_FILE, rebuild_command
 from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, UsageError
-from ftp_deploy.exporters.manifest import manifest_mismatches, read_manifest
+from ftp_deploy.export_format import CPU_NATIVE_DTYPES, manifest_mismatches, read_manifest
 from ftp_deploy.exporters.widen import widened_to_fp32
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.flops import flop_ratio
@@ -35,7 +35,6 @@ from ftp_deploy.verification.report import environment, write_report
 from ftp_deploy.verification.runners import RoutedTorchRunner
 
 RUNTIMES = ("onnxrt", "trt")
-CPU_NATIVE_DTYPES = ("fp32", "fp16")
 HELD_OUT_TEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext2" / "wiki.test.raw"
 
 

@@ -1,4 +1,7 @@
-"""manifest.json of an artifact folder: what was exported from what, and the sha256 of every file."""
+"""The exported-artifact format, below both exporters/ and engines/: file and input names, manifest.json.
+
+manifest.json says what was exported from what, and holds the sha256 of every file.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,16 @@ from typing import Any
 
 from ftp_deploy.fileio import atomic_write_json, read_format_json, sha256_file
 
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "ftp-deploy/onnx-export"
 MANIFEST_VERSION = 1
+# The graph inputs, both [batch, sequence] int64; the TensorRT optimization profile names them too.
+INPUT_NAMES = ("input_ids", "attention_mask")
+EXPORT_DTYPES = ("fp32", "fp16", "bf16")
+# What ONNX Runtime's CPU provider has kernels for; a bf16 file runs there only widened to fp32.
+CPU_NATIVE_DTYPES = ("fp32", "fp16")
 
 
 def write_manifest(folder: Path, content: dict[str, Any]) -> dict[str, Any]:
