@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ftp_deploy.errors import FtpDeployError
 from ftp_deploy.evaluation.command import evaluate
-from ftp_deploy.export_command import export
+from ftp_deploy.exporters.command import export
 from ftp_deploy.training.command import train
 from ftp_deploy.verification.command import verify
 
