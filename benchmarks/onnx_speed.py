@@ -129,10 +129,10 @@ def _check_reusable(exports: dict[str, Path], schedule: Schedule) -> None:
     for graph, folder in exports.items():
         problems = manifest_mismatches(folder)
         manifest = read_manifest(folder)
-        if manifest["schedule"]["sparsity_thousandths"] != list(schedule.thousandths):
-            problems.append(f"schedule {manifest['schedule']['sparsity_thousandths']}")
-        if manifest["graph"] != graph or not manifest["last_token_logits"]:
-            problems.append(f"a {manifest['graph']} graph with last_token_logits={manifest['last_token_logits']}")
+        if manifest.sparsity_thousandths != schedule.thousandths:
+            problems.append(f"schedule {list(manifest.sparsity_thousandths)}")
+        if manifest.graph != graph or not manifest.last_token_logits:
+            problems.append(f"a {manifest.graph} graph with last_token_logits={manifest.last_token_logits}")
         if problems:
             raise SystemExit(f"cannot reuse {folder}: {'; '.join(problems)}")
 
