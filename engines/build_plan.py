@@ -44,7 +44,7 @@ def build_artifact_plan(art_dir: Path, timing_cache: Path | None = None) -> Plan
         raise ArtifactError(
             f"{art_dir} was exported for ONNX Runtime; export it with ftp-deploy export --engine trt --onnx-only"
         )
-    profile = ShapeProfile.from_json(manifest.tensorrt["profile"])
+    profile = ShapeProfile.from_json(manifest.tensorrt.profile)
     plan = write_plan(art_dir, profile, manifest.dtype, timing_cache)
     section = tensorrt_section(profile, manifest.dtype, plan.plugins, plan)
     write_manifest(art_dir, replace(manifest, engine="trt", tensorrt=section))

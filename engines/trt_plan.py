@@ -18,6 +18,7 @@ import onnx
 from ftp_deploy.engines.trt_env import TrtEnvironment
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import ArtifactError, PlanCompatibilityError
+from ftp_deploy.export_format import TensorRtSection
 from ftp_deploy.fileio import atomic_write_json, read_versioned_json
 
 PLAN_FILE = "model.plan"
@@ -157,15 +158,14 @@ def check_plan_compatible(manifest: PlanManifest, environment: TrtEnvironment, f
 
 def tensorrt_section(
     profile: ShapeProfile, dtype: str, plugins: Sequence[PluginId], plan: PlanManifest | None
-) -> dict[str, Any]:
+) -> TensorRtSection:
     """The manifest.json part that says how the artifact becomes, or became, a TensorRT engine."""
-    return {
-        "profile": profile.to_json(),
-        "dtype": dtype,
-        "strongly_typed": True,  # precision comes from the ONNX file's types, not builder flags
-        "plugins": [p.to_json() for p in plugins],
-        "build_script": BUILD_SCRIPT,
-        "plan_file": PLAN_FILE if plan is not None else None,
-        "plan_manifest": PLAN_MANIFEST_FILE if plan is not None else None,
-        "built_for": plan.environment.to_json() if plan is not None else None,
-    }
+    return TensorRtSection(
+        profile=profile.to_json(),
+        dtype=dtype,
+        plugins=[p.to_json() for p in plugins],
+        build_script=BUILD_SCRIPT,
+        plan_file=PLAN_FILE if plan is not None else None,
+        plan_manifest=PLAN_MANIFEST_FILE if plan is not None else None,
+        built_for=plan.environment.to_json() if plan is not None else None,
+    )

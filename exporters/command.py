@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -11,7 +11,7 @@ from ftp_deploy.cli_options import ModelOverrideOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape, parse_shape
 from ftp_deploy.errors import UsageError
-from ftp_deploy.export_format import EXPORT_DTYPES
+from ftp_deploy.export_format import EXPORT_DTYPES, TensorRtSection
 from ftp_deploy.exporters.options import DEFAULT_OPSET, ENGINES, SUPPORTED_OPSETS, ExportOptions
 
 
@@ -92,11 +92,11 @@ def export(
         _print_engine_commands(result.out, manifest.tensorrt)
 
 
-def _print_engine_commands(out: Path, section: dict[str, Any]) -> None:
+def _print_engine_commands(out: Path, section: TensorRtSection) -> None:
     from ftp_deploy.exporters.trt_export import engine_commands
 
-    build, benchmark = engine_commands(ShapeProfile.from_json(section["profile"]), out.resolve()).shell()
-    if section["plan_file"] is None:
+    build, benchmark = engine_commands(ShapeProfile.from_json(section.profile), out.resolve()).shell()
+    if section.plan_file is None or section.built_for is None:
         console.print(
             "build the TensorRT engine on the target machine (NVIDIA GPU, TensorRT >= 10.9, "
             "pip install 'ftp-deploy[trt]'; trtexec cannot build it: its plugins are Python plugins):",
@@ -104,8 +104,8 @@ def _print_engine_commands(out: Path, section: dict[str, Any]) -> None:
         )
         console.print(f"  {build}", markup=False, highlight=False, soft_wrap=True)
     else:
-        built = section["built_for"]
-        console.print(f"built {out / section['plan_file']} for {built['gpu']} (TensorRT {built['tensorrt']})")
+        built = section.built_for
+        console.print(f"built {out / section.plan_file} for {built['gpu']} (TensorRT {built['tensorrt']})")
     console.print("time the engine with trtexec:", markup=False)
     console.print(f"  {benchmark}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"({out / section['build_script']} runs both)", markup=False, highlight=False)
+    console.print(f"({out / section.build_script} runs both)", markup=False, highlight=False)

@@ -70,11 +70,36 @@ class ValidationRecord:
 
 
 @dataclass(frozen=True)
+class TensorRtSection:
+    """How the artifact becomes, or became, a TensorRT engine (engines/trt_plan.tensorrt_section).
+
+    `profile` and `built_for` hold ShapeProfile's and TrtEnvironment's JSON, which engines/ reads;
+    the plan fields are None until a plan is built.
+    """
+
+    profile: dict[str, Any]
+    dtype: str
+    plugins: list[dict[str, str]]
+    build_script: str
+    plan_file: str | None = None
+    plan_manifest: str | None = None
+    built_for: dict[str, Any] | None = None
+    strongly_typed: bool = True  # precision comes from the ONNX file's types, not builder flags
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TensorRtSection:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class ExportManifest:
     """manifest.json, typed. `files` (name -> sha256) is filled in by `write_manifest`.
 
-    `inputs` and `outputs` map each graph tensor to its named dynamic axes; `tensorrt` is the
-    section engines/trt_plan.tensorrt_section writes for --engine trt.
+    `inputs` and `outputs` map each graph tensor to its named dynamic axes; `tensorrt` is there
+    for --engine trt.
     """
 
     engine: str
@@ -97,7 +122,7 @@ class ExportManifest:
     smoke_inference: dict[str, Any]
     versions: dict[str, str]
     model_file: str = MODEL_FILE
-    tensorrt: dict[str, Any] | None = None
+    tensorrt: TensorRtSection | None = None
     files: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -125,7 +150,7 @@ class ExportManifest:
             "versions": self.versions,
         }
         if self.tensorrt is not None:
-            data["tensorrt"] = self.tensorrt
+            data["tensorrt"] = self.tensorrt.to_json()
         data["files"] = self.files
         return data
 
@@ -155,7 +180,7 @@ class ExportManifest:
             smoke_inference=dict(data["smoke_inference"]),
             versions=dict(data["versions"]),
             model_file=str(data.get("model_file", MODEL_FILE)),
-            tensorrt=data.get("tensorrt"),
+            tensorrt=TensorRtSection.from_json(data["tensorrt"]) if data.get("tensorrt") is not None else None,
             files={str(name): str(digest) for name, digest in data.get("files", {}).items()},
         )
 

@@ -17,6 +17,7 @@ from ftp_deploy.export_format import (
     ExportedArtifact,
     ExportManifest,
     SourceRun,
+    TensorRtSection,
     ValidationRecord,
     manifest_mismatches,
     read_manifest,
@@ -55,7 +56,8 @@ def test_manifest_round_trips_through_json() -> None:
     data = json.loads(json.dumps(manifest.to_json()))
     assert ExportManifest.from_json(data) == manifest
     assert data["format_version"] == MANIFEST_VERSION and "tensorrt" not in data
-    with_trt = sample_manifest(engine="trt", tensorrt={"profile": {"min": [1, 1]}})
+    section = TensorRtSection({"min": [1, 1]}, "fp32", [{"namespace": "ftp"}], "build_engine.sh")
+    with_trt = sample_manifest(engine="trt", tensorrt=section)
     assert ExportManifest.from_json(json.loads(json.dumps(with_trt.to_json()))) == with_trt
 
 

@@ -323,7 +323,7 @@ def test_onnx_only_artifact_is_complete_and_hash_consistent(onnx_only: OnnxOnlyE
 def test_onnx_only_manifest_has_the_tensorrt_section(onnx_only: OnnxOnlyExport) -> None:
     manifest = read_manifest(onnx_only.out)
     assert manifest.engine == "trt" and manifest.dtype == "fp32"
-    assert manifest.tensorrt == {
+    assert manifest.tensorrt is not None and manifest.tensorrt.to_json() == {
         "profile": {"inputs": ["input_ids", "attention_mask"], "min": [1, 1], "opt": [2, 64], "max": [4, 256]},
         "dtype": "fp32",
         "strongly_typed": True,
@@ -428,8 +428,8 @@ def test_target_build_updates_the_artifact_in_place(
     build_artifact_plan(art)
     assert manifest_mismatches(art) == []
     manifest, exported = read_manifest(art), read_manifest(onnx_only.out)
-    assert manifest.tensorrt is not None and manifest.tensorrt["plan_file"] == PLAN_FILE
-    assert manifest.tensorrt["built_for"] == H100.to_json() and manifest.tensorrt["profile"] == PROFILE.to_json()
+    assert manifest.tensorrt is not None and manifest.tensorrt.plan_file == PLAN_FILE
+    assert manifest.tensorrt.built_for == H100.to_json() and manifest.tensorrt.profile == PROFILE.to_json()
     assert manifest.validation == exported.validation
     assert set(manifest.files) == set(exported.files) | {PLAN_FILE, PLAN_MANIFEST_FILE}
     (art / MODEL_FILE).write_bytes(b"tampered")
@@ -479,7 +479,7 @@ def test_tiny_model_engine_matches_onnxruntime_and_pytorch(onnx_only: OnnxOnlyEx
     art = tmp_path / "art"
     shutil.copytree(onnx_only.out, art)
     plan = build_artifact_plan(art, tmp_path / "timing.cache")
-    assert manifest_mismatches(art) == [] and read_manifest(art).tensorrt["plan_file"] == PLAN_FILE
+    assert manifest_mismatches(art) == [] and read_manifest(art).tensorrt.plan_file == PLAN_FILE
     assert plan.plugin_implementation == "aot" and plan.onnx_sha256 == sha256_file(art / MODEL_FILE)
     ids, mask = (t.numpy() for t in sample_inputs(3, 100, VOCAB, seed=3))
     trt_runner_ = trt_runner.TrtPlanRunner(trt_runner.EngineFromPlan(art))
@@ -508,4 +508,5 @@ def test_export_with_tensorrt_writes_the_plan_into_the_artifact(onnx_only: OnnxO
     manifest = write_manifest(art, extend(art, read_manifest(art)))
     assert {PLAN_FILE, PLAN_MANIFEST_FILE} <= {p.name for p in art.iterdir()}
     assert manifest.tensorrt is not None and manifest_mismatches(art) == []
-    assert manifest.tensorrt["built_for"]["gpu"] == torch.cuda.get_device_name()
+    assert manifest.tensorrt.built_for is not None
+    assert manifest.tensorrt.built_for["gpu"] == torch.cuda.get_device_name()
