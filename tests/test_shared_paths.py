@@ -1,5 +1,6 @@
-"""One data root (with its environment override), one path from a run folder to a RoutedModel,
-and the one progress contract (nothing shown by default; rich only in the command layer)."""
+"""What every command shares: one data root (with its environment override), one path from a run
+folder to a RoutedModel, the one progress contract (nothing shown by default; rich only in the
+command layer), the model options declared once, and verify's summary for a non-terminal."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 from ftp_deploy import data_root
 from ftp_deploy.artifacts import RoutedArtifact, load_artifact, load_routed, save_artifact
+from ftp_deploy.cli import app
 from ftp_deploy.console import RichProgress
 from ftp_deploy.errors import BaseModelMismatchError
 from ftp_deploy.evaluation.tasks import task_files
@@ -20,6 +23,9 @@ from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.config import SELF_SOURCE, default_source
+from ftp_deploy.verification.latency import Latency, LatencyComparison
+from ftp_deploy.verification.parity import OutputParity, ParityReport, Tolerance
+from ftp_deploy.verification.report import summary_lines
 from tests.conftest import tiny_model
 
 
@@ -84,3 +90,35 @@ def test_rich_progress_counts_each_phase() -> None:
         progress.note("a note")
     text = out.getvalue()
     assert "scoring" in text and "4/4" in text and "one step" in text and "a note" in text
+
+
+@pytest.mark.parametrize("command", ["run", "train", "eval", "export", "verify"])
+def test_every_command_that_loads_a_model_takes_the_model_options(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "--model" in result.output and "--trust-remote-code" in result.output
+
+
+def _parity(logits_max: float, routing: float | None) -> ParityReport:
+    stats = {"max": logits_max, "mean": logits_max / 2, "median": logits_max / 4, "p99": logits_max}
+    passed = logits_max <= 1e-3
+    outputs = [OutputParity("logits", passed, stats, stats), OutputParity("hidden_7", passed, stats, stats)]
+    return ParityReport(Tolerance(1e-3, 1e-3), outputs, 0.995, routing, None if passed else "model.layers.7")
+
+
+def test_summary_lines_fit_a_narrow_log_and_name_each_failure() -> None:
+    latency = LatencyComparison(
+        routed=[Latency(512, 1, 10, 100.0, 110.0, 5120.0)],
+        dense=[Latency(512, 1, 10, 150.0, 160.0, 3413.0)],
+        ideal_speedup={512: 1.6},
+        peak_rss_mib=900.0,
+    )
+    lines = summary_lines(_parity(2e-5, 1.0), latency)
+    assert lines[0] == "verdict: PASS" and "routing agreement: 100.000%" in lines
+    assert "512 tokens: 100.0 ms routed, 1.50x dense" in lines and max(map(len, lines)) <= 80
+    failed = summary_lines(_parity(0.5, 0.99), None)
+    assert failed[0] == "verdict: FAIL"
+    assert [line for line in failed if line.startswith("failed: ")] == [
+        "failed: logits: max |diff| 0.5, beyond atol 0.001 and rtol 0.001",
+        "failed: routing decisions agree on 99.0000% of (token, block) pairs, below 99.9%",
+    ]
