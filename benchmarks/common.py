@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from ftp_deploy.data_root import data_file
 from ftp_deploy.timing import interleaved_times, summarize
-from ftp_deploy.training.config import EMBEDDED_TEXT
 
-WIKITEXT = EMBEDDED_TEXT.parent / "wikitext2" / "wiki.test.raw"
+WIKITEXT = data_file("wikitext2/wiki.test.raw")
 
 __all__ = ["WIKITEXT", "interleaved_times", "summarize", "wikitext_windows", "write_json"]
 

@@ -29,6 +29,7 @@ from common import write_json
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.models import load_base_model
+from ftp_deploy.progress import Advance
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
@@ -36,17 +37,24 @@ from ftp_deploy.schedule import Schedule
 TARGET_SECONDS = 60.0
 
 
-class StepClock:
-    """An export's `on_step` observer that records each step's wall time."""
+class PhaseClock:
+    """A Progress (ftp_deploy.progress) that records each phase's wall time instead of drawing it."""
 
     def __init__(self) -> None:
-        self.steps: dict[str, float] = {}
+        self.phases: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, step: str) -> Iterator[None]:
+    def phase(self, description: str, total: int | None = None, completed: int = 0) -> Iterator[Advance]:
         start = time.perf_counter()
-        yield
-        self.steps[step] = time.perf_counter() - start
+        yield _ignore_advance
+        self.phases[description] = time.perf_counter() - start
+
+    def note(self, text: str) -> None:
+        """Notes are not timed."""
+
+
+def _ignore_advance(steps: int = 1, status: str = "") -> None:
+    """Export phases are single steps."""
 
 
 def main() -> None:
@@ -82,7 +90,7 @@ def main() -> None:
         "exports": {},
     }
     for graph in ("routed", "dense"):
-        clock = StepClock()
+        clock = PhaseClock()
         start = time.perf_counter()
         export_onnx(
             work / "run",
@@ -91,12 +99,12 @@ def main() -> None:
             dense=graph == "dense",
             last_token_logits=True,
             overwrite=True,
-            on_step=clock,
+            progress=clock,
         )
         total = time.perf_counter() - start
-        figures["exports"][graph] = {"seconds": total, "steps": clock.steps, "meets_target": total <= TARGET_SECONDS}
+        figures["exports"][graph] = {"seconds": total, "steps": clock.phases, "meets_target": total <= TARGET_SECONDS}
         print(f"{graph}: {total:.1f} s")
-        for step, seconds in clock.steps.items():
+        for step, seconds in clock.phases.items():
             print(f"    {seconds:6.1f} s  {step}")
     write_json(args.json, figures)
 

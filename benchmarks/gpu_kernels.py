@@ -124,7 +124,7 @@ def run_check(case: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def cuda_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
-    """Median milliseconds of `fn` on the current stream, by CUDA events around each run (not run here)."""
+    """Median milliseconds of `fn` on the current stream, by CUDA events around each run."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -142,7 +142,7 @@ def cuda_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
 def build_layer(max_len: int) -> tuple[Any, Any]:
     """A LLaMA-2-7B decoder layer with random bf16 weights on the GPU, and its rotary embedding.
 
-    Not run here (no GPU); the same transformers calls ran on the CPU with a tiny config.
+    Needs a GPU; the same transformers calls work on the CPU with a tiny config.
     """
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
@@ -170,7 +170,7 @@ def run_layer(layer: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Te
 
 @torch.inference_mode()
 def time_layer(layer: Any, rotary: Any, seq_len: int, num: int, warmup: int, runs: int) -> dict[str, Any]:
-    """Dense layer vs compact -> layer on K -> scatter, and each part alone (not run here: needs CUDA)."""
+    """Dense layer vs compact -> layer on K -> scatter, and each part alone (needs CUDA)."""
     from ftp_deploy.plugins.token_compaction.launch import token_compact_triton, token_scatter_triton
     from ftp_deploy.plugins.token_compaction.reference import token_compact, token_scatter
 
@@ -205,7 +205,7 @@ def time_layer(layer: Any, rotary: Any, seq_len: int, num: int, warmup: int, run
 
 @torch.inference_mode()
 def sweep_configs(seq_len: int, num: int, warmup: int, runs: int) -> list[dict[str, Any]]:
-    """Compact and scatter times for a few launch configurations, bf16, D = 4096, batch 1 (not run here)."""
+    """Compact and scatter times for a few launch configurations, bf16, D = 4096, batch 1."""
     from ftp_deploy.plugins.token_compaction.geometry import LaunchConfig
     from ftp_deploy.plugins.token_compaction.launch import token_compact_triton, token_scatter_triton
 
@@ -230,7 +230,7 @@ def sweep_configs(seq_len: int, num: int, warmup: int, runs: int) -> list[dict[s
 
 
 def environment() -> dict[str, str]:
-    """Versions and GPU name (not run here: needs CUDA)."""
+    """Versions and GPU name (needs CUDA)."""
     import transformers
     import triton
 

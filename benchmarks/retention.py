@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_json
 
+from ftp_deploy.console import RichProgress
+from ftp_deploy.data_root import data_root
 from ftp_deploy.evaluation.methods import BASELINES, DENSE
 from ftp_deploy.evaluation.pipeline import evaluate_model, load_tasks, load_trained_run, weights_sha256
 from ftp_deploy.evaluation.report import markdown_table
 from ftp_deploy.evaluation.runner import EvalSettings
 from ftp_deploy.evaluation.shortgpt import calibration_file
-from ftp_deploy.evaluation.tasks import default_data_dir, short_name
+from ftp_deploy.evaluation.tasks import short_name
 from ftp_deploy.fidelity import SCORED_POSITIONS
 from ftp_deploy.models import LoadedModel, load_base_model
 from ftp_deploy.routed_model import RoutedModel
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=20, help="wikitext2 windows")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--scored-tokens", type=int, default=SCORED_POSITIONS)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--data-dir", type=Path, default=data_root())
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -96,7 +96,7 @@ def main() -> None:
             if weights_sha256(loaded.model) != evaluations[0]["model"]["weights_sha256"]:
                 sys.exit("every --run must use the same base model (dense is scored once)")
             measured = {DENSE: evaluations[0]["methods"][DENSE]}
-        with Progress(console=Console(stderr=True), transient=True) as progress:
+        with RichProgress(transient=True) as progress:
             results = evaluate_model(
                 loaded, tasks, list(BASELINES), schedule, source, settings, progress, calibration, ftp, measured
             )

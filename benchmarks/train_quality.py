@@ -25,12 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WIKITEXT, wikitext_windows, write_json
 
 from ftp_deploy.artifacts import load_artifact
+from ftp_deploy.data_root import data_file
 from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.training.data import EMBEDDED_TEXT, DataConfig
+from ftp_deploy.training.config import CALIBRATION_TEXT
+from ftp_deploy.training.data import DataConfig
 from ftp_deploy.training.pipeline import run_training
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.search import SearchConfig
@@ -49,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--sparsity", type=float, default=0.3)
-    parser.add_argument("--data", default=str(EMBEDDED_TEXT))
+    parser.add_argument("--data", default=str(data_file(CALIBRATION_TEXT)))
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)

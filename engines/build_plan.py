@@ -12,14 +12,14 @@ The folder is updated in place, each file atomically: model.plan, model.plan.jso
 manifest.json with the new files' hashes; if interrupted, manifest.json still describes the old
 files, `ftp-deploy verify` reports the difference and running this again repairs it.
 
-Only the refusal without TensorRT or a GPU could be run where this was written; the build needs
-both.
+The build needs TensorRT and a GPU; without them it refuses before reading the folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ftp_deploy.engines.trt_builder import PURPOSE, write_plan
@@ -27,7 +27,7 @@ from ftp_deploy.engines.trt_env import require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import BUILD_MODULE, PLAN_FILE, PLAN_MANIFEST_FILE, PlanManifest, tensorrt_section
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import ArtifactError, FtpDeployError
-from ftp_deploy.exporters.manifest import manifest_mismatches, read_manifest, write_manifest
+from ftp_deploy.export_format import manifest_mismatches, read_manifest, write_manifest
 
 
 def build_artifact_plan(art_dir: Path, timing_cache: Path | None = None) -> PlanManifest:
@@ -40,17 +40,14 @@ def build_artifact_plan(art_dir: Path, timing_cache: Path | None = None) -> Plan
     problems = [p for p in manifest_mismatches(art_dir) if not p.startswith(rebuilt)]
     if problems:
         raise ArtifactError(f"{art_dir} does not match its manifest: {'; '.join(problems)}")
-    section = manifest.get("tensorrt")
-    if section is None:
+    if manifest.tensorrt is None:
         raise ArtifactError(
             f"{art_dir} was exported for ONNX Runtime; export it with ftp-deploy export --engine trt --onnx-only"
         )
-    profile = ShapeProfile.from_json(section["profile"])
-    plan = write_plan(art_dir, profile, manifest["dtype"], timing_cache)
-    content = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "files")}
-    content["engine"] = "trt"
-    content["tensorrt"] = tensorrt_section(profile, manifest["dtype"], plan.plugins, plan)
-    write_manifest(art_dir, content)
+    profile = ShapeProfile.from_json(manifest.tensorrt.profile)
+    plan = write_plan(art_dir, profile, manifest.dtype, timing_cache)
+    section = tensorrt_section(profile, manifest.dtype, plan.plugins, plan)
+    write_manifest(art_dir, replace(manifest, engine="trt", tensorrt=section))
     return plan
 
 

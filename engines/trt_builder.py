@@ -9,9 +9,8 @@ parsing, so the parser turns each `ftp` node carrying `plugin_namespace` into th
 inlining its ONNX function body, and their AOT kernels are preferred, so the plan runs without Python.
 
 Written against the documented TensorRT 10.6+/11 Python API (Builder, OnnxParser,
-IBuilderConfig, optimization profiles, timing cache); none of it could be run where it was
-written: TensorRT cannot be installed there and there is no GPU. What ran there: the fail-fast
-check for TensorRT and a GPU, and everything in trt_profile.py and trt_plan.py.
+IBuilderConfig, optimization profiles, timing cache); building needs TensorRT and a GPU. The
+fail-fast check for both, and everything in trt_profile.py and trt_plan.py, need neither.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from ftp_deploy.engines.trt_plan import (
 )
 from ftp_deploy.engines.trt_profile import ShapeProfile, format_shape
 from ftp_deploy.errors import EngineBuildError, OnnxParseError
-from ftp_deploy.exporters.onnx_export import MODEL_FILE
+from ftp_deploy.export_format import MODEL_FILE
 from ftp_deploy.fileio import atomic_write_bytes, sha256_file
 from ftp_deploy.plugins.token_compaction.trt_plugin import register_trt_plugins
 
@@ -40,7 +39,7 @@ def build_plan(model: Path, profile: ShapeProfile, timing_cache: Path | None = N
     """(the serialized plan, "aot" or "jit": which plugin implementation it holds).
 
     `timing_cache` is read if it exists and rewritten (atomically) after a successful build, so
-    later builds on this machine skip the kernel timings already made. Not run here.
+    later builds on this machine skip the kernel timings already made. Needs TensorRT and a GPU.
     """
     trt = require_tensorrt_gpu(PURPOSE)
     register_trt_plugins()  # before the parser looks the plugins up
@@ -71,7 +70,7 @@ def build_plan(model: Path, profile: ShapeProfile, timing_cache: Path | None = N
 def write_plan(folder: Path, profile: ShapeProfile, dtype: str, timing_cache: Path | None = None) -> PlanManifest:
     """Build `folder`/model.onnx into `folder`/model.plan and describe it in model.plan.json.
 
-    The default timing cache is the user's, one per TensorRT version and GPU. Not run here.
+    The default timing cache is the user's, one per TensorRT version and GPU. Needs TensorRT and a GPU.
     """
     trt = require_tensorrt_gpu(PURPOSE)
     environment = current_environment(trt)

@@ -101,7 +101,7 @@ def error_logger(trt: Any) -> Any:
     """A `trt.ILogger` that keeps every error message (`.errors`) and drops the rest.
 
     Builder, parser and runtime failures return None or False; the reason is only in the log.
-    Not run here: needs TensorRT.
+    Needs TensorRT.
     """
 
     class ErrorLogger(trt.ILogger):

@@ -18,7 +18,8 @@ import onnx
 from ftp_deploy.engines.trt_env import TrtEnvironment
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import ArtifactError, PlanCompatibilityError
-from ftp_deploy.fileio import atomic_write_json, read_format_json
+from ftp_deploy.export_format import TensorRtSection
+from ftp_deploy.fileio import atomic_write_json, read_versioned_json
 
 PLAN_FILE = "model.plan"
 PLAN_MANIFEST_FILE = "model.plan.json"
@@ -107,23 +108,27 @@ def write_plan_manifest(folder: Path, manifest: PlanManifest) -> None:
 
 
 def read_plan_manifest(folder: Path) -> PlanManifest:
-    path = folder / PLAN_MANIFEST_FILE
-    data = read_format_json(
-        path,
+    return read_versioned_json(
+        folder / PLAN_MANIFEST_FILE,
         PLAN_FORMAT,
+        PLAN_FORMAT_VERSION,
         "TensorRT plan manifest",
         missing=f"{folder} has no {PLAN_MANIFEST_FILE}: the TensorRT plan was not built here",
+        parse=PlanManifest.from_json,
     )
-    if data.get("format_version") != PLAN_FORMAT_VERSION:
-        raise ArtifactError(f"{path} has format version {data.get('format_version')!r}, not {PLAN_FORMAT_VERSION}")
-    try:
-        return PlanManifest.from_json(data)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ArtifactError(f"{path} is incomplete or malformed ({type(err).__name__}: {err})") from err
 
 
 def rebuild_command(folder: Path | str) -> list[str]:
     return ["python3", "-m", BUILD_MODULE, str(folder)]
+
+
+def require_plan(folder: Path) -> None:
+    """An ArtifactError, saying how to build it, where an artifact folder has no TensorRT plan."""
+    if not (folder / PLAN_FILE).is_file():
+        raise ArtifactError(
+            f"{folder} has no TensorRT plan ({PLAN_FILE}): run ftp-deploy export --engine trt on this "
+            f"machine, or build it from this artifact with {shlex.join(rebuild_command(folder))}"
+        )
 
 
 def check_plan_compatible(manifest: PlanManifest, environment: TrtEnvironment, folder: Path | None = None) -> None:
@@ -153,15 +158,14 @@ def check_plan_compatible(manifest: PlanManifest, environment: TrtEnvironment, f
 
 def tensorrt_section(
     profile: ShapeProfile, dtype: str, plugins: Sequence[PluginId], plan: PlanManifest | None
-) -> dict[str, Any]:
+) -> TensorRtSection:
     """The manifest.json part that says how the artifact becomes, or became, a TensorRT engine."""
-    return {
-        "profile": profile.to_json(),
-        "dtype": dtype,
-        "strongly_typed": True,  # precision comes from the ONNX file's types, not builder flags
-        "plugins": [p.to_json() for p in plugins],
-        "build_script": BUILD_SCRIPT,
-        "plan_file": PLAN_FILE if plan is not None else None,
-        "plan_manifest": PLAN_MANIFEST_FILE if plan is not None else None,
-        "built_for": plan.environment.to_json() if plan is not None else None,
-    }
+    return TensorRtSection(
+        profile=profile.to_json(),
+        dtype=dtype,
+        plugins=[p.to_json() for p in plugins],
+        build_script=BUILD_SCRIPT,
+        plan_file=PLAN_FILE if plan is not None else None,
+        plan_manifest=PLAN_MANIFEST_FILE if plan is not None else None,
+        built_for=plan.environment.to_json() if plan is not None else None,
+    )

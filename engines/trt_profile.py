@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftp_deploy.errors import ShapeOutOfProfileError, UsageError
-from ftp_deploy.exporters.options import INPUT_NAMES
+from ftp_deploy.export_format import INPUT_NAMES
 
 Shape = tuple[int, int]  # (batch, sequence)
 AXES = ("batch", "sequence")

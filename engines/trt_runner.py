@@ -9,10 +9,9 @@ GPU, compute capability) and the plan against its sha256; each input shape is ch
 optimization profile before it is set. Device buffers are torch CUDA tensors, run with
 set_tensor_address + execute_async_v3 on a torch stream.
 
-Written against the documented TensorRT 10.6+/11 Python API; none of the code that touches
-TensorRT or CUDA could be run where it was written (no TensorRT, no GPU). The checks it calls
-first (trt_plan.check_plan_compatible, trt_profile.check_shapes_in_profile) are pure Python and
-tested there.
+Written against the documented TensorRT 10.6+/11 Python API; the code that touches TensorRT or
+CUDA needs both. The checks it calls first (trt_plan.check_plan_compatible,
+trt_profile.check_shapes_in_profile) are pure Python.
 """
 
 from __future__ import annotations
@@ -98,7 +97,7 @@ def missing_plugins(trt: Any, plugins: Sequence[PluginId]) -> list[PluginId]:
 class TrtPlanRunner(BaseRunner):
     """Runs a plan on the current CUDA device; outputs come back as numpy arrays (bf16 as fp32).
 
-    Not run here: needs TensorRT and a GPU.
+    Needs TensorRT and a GPU.
     """
 
     def __init__(self, plan: Callable[[], LoadedPlan], name: str | None = None) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ftp_deploy.errors import ExportError
+from ftp_deploy.export_format import DATA_FILE, MODEL_FILE
 from ftp_deploy.exporters.onnx_ops import TRANSLATIONS
 from ftp_deploy.exporters.pieces import (
     BLOCK_HIDDEN,
@@ -33,9 +34,6 @@ from ftp_deploy.exporters.stitch import GraphAssembler, LayerRewrite, WeightReso
 from ftp_deploy.plugins.token_compaction.contract import DOMAIN
 from ftp_deploy.plugins.token_compaction.onnx_functions import DOMAIN_OPSET, local_functions
 from ftp_deploy.routed_model import RoutedModel
-
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
 
 
 @contextlib.contextmanager

@@ -1,10 +1,25 @@
-"""The export options' choices, importable without torch (the command line lists them in --help)."""
+"""The export options and their choices, importable without torch (the command line lists them in --help)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 ENGINES = ("onnx", "trt")
-EXPORT_DTYPES = ("fp32", "fp16", "bf16")
 # torch.onnx's dynamo exporter translates to opset 18 and converts upwards; these are the
 # versions exported routed models were checked and run with (tests/test_onnx_export.py).
 SUPPORTED_OPSETS = (18, 19, 20, 21, 22, 23)
 DEFAULT_OPSET = 18
-# The graph inputs, both [batch, sequence]; the TensorRT optimization profile names them too.
-INPUT_NAMES = ("input_ids", "attention_mask")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What one export makes, as `ftp-deploy export` takes it (the same names as its options)."""
+
+    model: str | None = None  # the base model, if not the one the run names (checked to match)
+    dtype: str = "fp32"
+    opset: int = DEFAULT_OPSET
+    dense: bool = False
+    last_token_logits: bool = False
+    debug_outputs: bool = False
+    overwrite: bool = False
+    trust_remote_code: bool = False

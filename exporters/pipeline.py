@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +13,24 @@ import onnxruntime
 import torch
 
 import ftp_deploy
-from ftp_deploy.artifacts import CONFIG_FILE, RoutedArtifact, load_artifact
+from ftp_deploy.artifacts import CONFIG_FILE, RoutedArtifact, load_artifact, load_routed
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx
+from ftp_deploy.engines.widen import widened_to_fp32
 from ftp_deploy.errors import ExportError, UnsupportedExportError
+from ftp_deploy.export_format import (
+    BaseModelRecord,
+    ExportManifest,
+    SourceRun,
+    ValidationRecord,
+    write_manifest,
+)
 from ftp_deploy.exporters.graphs import cast_weights, export_module
-from ftp_deploy.exporters.manifest import write_manifest
 from ftp_deploy.exporters.onnx_export import export_onnx_file
-from ftp_deploy.exporters.options import DEFAULT_OPSET
+from ftp_deploy.exporters.options import ExportOptions
 from ftp_deploy.exporters.output_folder import check_output_folder, staged_folder
 from ftp_deploy.exporters.spec import ExportSpec, sample_inputs
-from ftp_deploy.exporters.validation import ValidationReport, validate_export
-from ftp_deploy.exporters.widen import widened_to_fp32
+from ftp_deploy.exporters.validation import validate_export
 from ftp_deploy.fileio import sha256_file
-from ftp_deploy.models import load_base_model
 from ftp_deploy.plugins.token_compaction.contract import (
     COMPACT_OP,
     DOMAIN,
@@ -36,86 +39,79 @@ from ftp_deploy.plugins.token_compaction.contract import (
     SCATTER_OP,
     SPARSITY_DEN,
 )
+from ftp_deploy.progress import NO_PROGRESS, Progress
 
 SMOKE_SHAPE = (1, 8)  # batch 1: the export example had 2, so this also exercises the dynamic batch
 
-StepObserver = Callable[[str], AbstractContextManager[object]]
-# Adds files to the staged artifact folder before the manifest hashes it; returns manifest entries.
-ArtifactExtension = Callable[[Path, dict[str, Any]], dict[str, Any]]
-
-
-def no_progress(step: str) -> AbstractContextManager[object]:
-    return contextlib.nullcontext()
+# Adds files to the staged artifact folder before the manifest hashes it; returns the manifest to write.
+ArtifactExtension = Callable[[Path, ExportManifest], ExportManifest]
 
 
 @dataclass
 class ExportResult:
     out: Path
-    manifest: dict[str, Any]
+    manifest: ExportManifest
 
 
 def export_onnx(
     run_dir: Path,
     out: Path,
+    options: ExportOptions | None = None,
     *,
-    model: str | None = None,
-    dtype: str = "fp32",
-    opset: int = DEFAULT_OPSET,
-    dense: bool = False,
-    last_token_logits: bool = False,
-    debug_outputs: bool = False,
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
     extend: ArtifactExtension | None = None,
-    on_step: StepObserver = no_progress,
+    progress: Progress = NO_PROGRESS,
+    **fields: Any,
 ) -> ExportResult:
     """Export the routed model of `run_dir` (or, with `dense`, its base model) into the folder `out`.
 
+    `options` (default ExportOptions()) with any of its `fields` given by name replaced, so
+    `export_onnx(run, out, dense=True)` reads as the command line does.
     Bad input raises before anything is written; a failure later leaves no folder behind: the
     artifact is built in a hidden folder beside `out` and renamed to `out` once complete.
     `extend` adds to that folder (a TensorRT plan, say) and to the manifest, before the manifest
     hashes every file.
     """
-    check_output_folder(out, overwrite)
+    opts = replace(options or ExportOptions(), **fields)
+    check_output_folder(out, opts.overwrite)
     artifact = load_artifact(run_dir)
     spec = ExportSpec(
         artifact.schedule.thousandths,
-        dtype=dtype,
-        opset=opset,
-        dense=dense,
-        last_token_logits=last_token_logits,
-        debug_outputs=debug_outputs,
+        dtype=opts.dtype,
+        opset=opts.opset,
+        dense=opts.dense,
+        last_token_logits=opts.last_token_logits,
+        debug_outputs=opts.debug_outputs,
     )
-    if not dense:
+    if not opts.dense:
         check_exportable(artifact)
-    model_ref = model or artifact.base.ref
+    model_ref = opts.model or artifact.base.ref
     with staged_folder(out) as folder:
-        with on_step(f"load the base model ({model_ref})"):
-            loaded = load_base_model(model_ref, trust_remote_code=trust_remote_code)
-            routed = artifact.build(loaded.model)
+        with progress.phase(f"load the base model ({model_ref})"):
+            routed, loaded, _ = load_routed(artifact, model_ref, trust_remote_code=opts.trust_remote_code)
             module = export_module(routed, spec)
         vocab_size = int(loaded.model.config.vocab_size)
-        with on_step(f"export {'the dense' if dense else 'the routed'} graph ({dtype}, opset {opset})"):
+        graph = "the dense" if opts.dense else "the routed"
+        with progress.phase(f"export {graph} graph ({opts.dtype}, opset {opts.opset})"):
             path = export_onnx_file(routed, spec, vocab_size, folder)
-        with on_step("validate against PyTorch, smoke inference in ONNX Runtime"):
+        with progress.phase("validate against PyTorch, smoke inference in ONNX Runtime"):
             checked: Path | bytes = path
-            if dtype != "fp32":
+            if opts.dtype != "fp32":
                 checked = widened_to_fp32(path).SerializeToString()
                 cast_weights(module, "fp32")  # the same rounded weights, computing in fp32 like the copy
-            with OrtRunner(SessionFromOnnx(checked)) as runner:
-                report = validate_export(runner, module, spec, vocab_size, widened=dtype != "fp32")
-                # The validated session is the file itself, except for fp16, which ONNX Runtime's CPU
-                # provider runs natively: that file gets a session of its own.
-                if dtype != "fp16":
-                    smoke = smoke_inference(runner, spec, vocab_size, widened=dtype != "fp32")
-            if dtype == "fp16":
-                with OrtRunner(SessionFromOnnx(path)) as native:
-                    smoke = smoke_inference(native, spec, vocab_size, widened=False)
-        content = _manifest_content(run_dir, artifact, spec, report, smoke, model_ref)
+            # One session serves validation and the smoke run: Polygraphy's Comparator activates and
+            # deactivates its runner, the session outlives that. ONNX Runtime's CPU provider runs an
+            # fp16 file natively, so that file gets a session of its own.
+            session = SessionFromOnnx(checked)()
+            validation = validate_export(
+                OrtRunner(lambda: session), module, spec, vocab_size, widened=opts.dtype != "fp32"
+            )
+            smoke_session = SessionFromOnnx(path)() if opts.dtype == "fp16" else session
+            smoke = {**smoke_inference(smoke_session, spec, vocab_size), "widened_to_fp32": opts.dtype == "bf16"}
+        manifest = _manifest(run_dir, artifact, spec, validation, smoke, model_ref)
         if extend is not None:
-            content.update(extend(folder, content))
-        with on_step("write the manifest"):
-            manifest = write_manifest(folder, content)
+            manifest = extend(folder, manifest)
+        with progress.phase("write the manifest"):
+            manifest = write_manifest(folder, manifest)
     return ExportResult(out, manifest)
 
 
@@ -129,11 +125,12 @@ def check_exportable(artifact: RoutedArtifact) -> None:
         )
 
 
-def smoke_inference(runner: OrtRunner, spec: ExportSpec, vocab_size: int, widened: bool) -> dict[str, Any]:
+def smoke_inference(session: onnxruntime.InferenceSession, spec: ExportSpec, vocab_size: int) -> dict[str, Any]:
     """One batch-1 run on ONNX Runtime's CPU provider: declared outputs, right shapes, finite."""
     input_ids, attention_mask = sample_inputs(*SMOKE_SHAPE, vocab_size, seed=7)
-    outputs = runner.infer({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
-    seconds = runner.last_inference_time()
+    with OrtRunner(lambda: session) as runner:
+        outputs = runner.infer({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+        seconds = runner.last_inference_time()
     logits = outputs.get("logits")
     expected_shape = (SMOKE_SHAPE[0], 1 if spec.last_token_logits else SMOKE_SHAPE[1], vocab_size)
     if list(outputs) != list(spec.output_names):
@@ -142,51 +139,47 @@ def smoke_inference(runner: OrtRunner, spec: ExportSpec, vocab_size: int, widene
         raise ExportError(f"smoke inference: logits have shape {getattr(logits, 'shape', None)}, not {expected_shape}")
     if not bool(np.isfinite(logits.astype(np.float32)).all()):
         raise ExportError("smoke inference: the logits are not all finite")
-    return {
-        "provider": "CPUExecutionProvider",
-        "input_shape": list(SMOKE_SHAPE),
-        "seconds": seconds,
-        "widened_to_fp32": widened,
-    }
+    return {"provider": "CPUExecutionProvider", "input_shape": list(SMOKE_SHAPE), "seconds": seconds}
 
 
-def _manifest_content(
+def _manifest(
     run_dir: Path,
     artifact: RoutedArtifact,
     spec: ExportSpec,
-    report: ValidationReport,
+    validation: ValidationRecord,
     smoke: dict[str, Any],
     model_ref: str,
-) -> dict[str, Any]:
-    return {
-        "engine": "onnx",
-        "graph": "dense" if spec.dense else "routed",
-        "model_file": "model.onnx",
-        "source_run": {
-            "path": str(run_dir.resolve()),
-            "config_sha256": sha256_file(run_dir / CONFIG_FILE),  # it names the router file's sha256
-        },
-        "base_model": {**artifact.base.to_json(), "loaded_from": model_ref},
-        "schedule": {"sparsity_thousandths": list(spec.thousandths), "sparsity_den": SPARSITY_DEN},
-        "router": artifact.router_spec.to_json(),
-        "routing_mode": artifact.routing_mode,
-        "op_contract": {
+) -> ExportManifest:
+    axes = spec.to_json()
+    return ExportManifest(
+        engine="onnx",
+        graph="dense" if spec.dense else "routed",
+        # The run's config names the router file's sha256, so its hash pins the router too.
+        source_run=SourceRun(str(run_dir.resolve()), sha256_file(run_dir / CONFIG_FILE)),
+        base_model=BaseModelRecord(**artifact.base.to_json(), loaded_from=model_ref),
+        sparsity_thousandths=spec.thousandths,
+        sparsity_den=SPARSITY_DEN,
+        router=artifact.router_spec.to_json(),
+        routing_mode=artifact.routing_mode,
+        op_contract={
             "domain": DOMAIN,
             "ops": [COMPACT_OP, SCATTER_OP],
             "plugin_namespace": PLUGIN_NAMESPACE,
             "plugin_version": OP_VERSION,
         },
-        "dtype": spec.dtype,
-        "opset": spec.opset,
-        "last_token_logits": spec.last_token_logits,
-        "debug_outputs": spec.debug_outputs,
-        **spec.to_json(),
-        "validation": report.to_json(),
-        "smoke_inference": smoke,
-        "versions": {
+        dtype=spec.dtype,
+        opset=spec.opset,
+        last_token_logits=spec.last_token_logits,
+        debug_outputs=spec.debug_outputs,
+        inputs=axes["inputs"],
+        outputs=axes["outputs"],
+        tolerance=axes["tolerance"],
+        validation=validation,
+        smoke_inference=smoke,
+        versions={
             "ftp_deploy": ftp_deploy.__version__,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
         },
-    }
+    )

@@ -2,28 +2,23 @@
 
 The same `ExportSpec` names the graph's inputs and outputs and their dynamic axes for
 torch.onnx.export, writes them into the manifest, and tells validation which outputs to compare
-and within what tolerance.
+and within what tolerance (verify's, for fp32).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.exporters.options import DEFAULT_OPSET, EXPORT_DTYPES, INPUT_NAMES, SUPPORTED_OPSETS
+from ftp_deploy.export_format import EXPORT_DTYPES, INPUT_NAMES, hidden_name, indices_name
+from ftp_deploy.exporters.options import DEFAULT_OPSET, SUPPORTED_OPSETS
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
+from ftp_deploy.verification.parity import Tolerance
 
 BATCH, SEQUENCE = "batch", "sequence"
-
-
-def indices_name(block: int) -> str:
-    return f"indices_{block}"
-
-
-def hidden_name(block: int) -> str:
-    return f"hidden_{block}"
 
 
 def kept_axis_name(sparsity_num: int) -> str:
@@ -36,7 +31,7 @@ class ExportSpec:
     """One export: the routed graph (per-block sparsity in thousandths) or the dense baseline.
 
     `hidden_{l}` (debug outputs) is the hidden state leaving block l, `indices_{l}` the positions
-    block l kept. Tolerances are fp32's; other dtypes are validated through an fp32 copy.
+    block l kept. Validation compares in fp32 (other dtypes through an fp32 copy), so within fp32's tolerance.
     """
 
     thousandths: tuple[int, ...]
@@ -45,10 +40,6 @@ class ExportSpec:
     dense: bool = False
     last_token_logits: bool = False
     debug_outputs: bool = False
-    logits_atol: float = 1e-3
-    hidden_atol: float = 1e-3
-    hidden_rtol: float = 1e-3
-    min_routing_agreement: float = 0.999
     validation_batch: int = 2
     # Kept counts below and above the router's default attention window (32 queries).
     validation_lengths: tuple[int, ...] = (24, 61)
@@ -65,6 +56,10 @@ class ExportSpec:
             )
         if self.dense and self.debug_outputs:
             raise UnsupportedExportError("--debug-outputs exposes routing decisions; the dense model has none")
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance.for_dtype("fp32")
 
     @property
     def num_layers(self) -> int:
@@ -104,17 +99,12 @@ class ExportSpec:
             for i, length in enumerate(self.validation_lengths)
         ]
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         axes = {name: {str(axis): label for axis, label in named.items()} for name, named in self.dynamic_axes.items()}
         return {
             "inputs": {name: axes[name] for name in self.input_names},
             "outputs": {name: axes[name] for name in self.output_names},
-            "tolerance": {
-                "logits_atol": self.logits_atol,
-                "hidden_atol": self.hidden_atol,
-                "hidden_rtol": self.hidden_rtol,
-                "min_routing_agreement": self.min_routing_agreement,
-            },
+            "tolerance": asdict(self.tolerance),
         }
 
 

@@ -20,7 +20,7 @@ plugins' AOT kernels (TensorRT >= 10.9), so trtexec can load and time it (--load
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,12 @@ from ftp_deploy.engines.trt_plan import (
     rebuild_command,
     tensorrt_section,
 )
-from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, Shape, ShapeProfile, format_shape
-from ftp_deploy.exporters.onnx_export import MODEL_FILE
-from ftp_deploy.exporters.options import DEFAULT_OPSET
-from ftp_deploy.exporters.pipeline import ArtifactExtension, ExportResult, StepObserver, export_onnx, no_progress
-from ftp_deploy.exporters.spec import INPUT_NAMES
+from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape
+from ftp_deploy.export_format import INPUT_NAMES, MODEL_FILE, ExportManifest
+from ftp_deploy.exporters.options import ExportOptions
+from ftp_deploy.exporters.pipeline import ArtifactExtension, ExportResult, export_onnx
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text
+from ftp_deploy.progress import NO_PROGRESS, Progress
 
 TRTEXEC_INPUTS = {name: f"trtexec_{name}.bin" for name in INPUT_NAMES}
 # Below the vocabulary of any model: trtexec's own random int64 inputs (-128..127) are not token ids.
@@ -110,61 +110,48 @@ def _write_trtexec_inputs(folder: Path, profile: ShapeProfile) -> None:
 
 
 def trt_extension(
-    profile: ShapeProfile, onnx_only: bool, timing_cache: Path | None, on_step: StepObserver
+    profile: ShapeProfile, onnx_only: bool, timing_cache: Path | None, progress: Progress
 ) -> ArtifactExtension:
     """What export_onnx adds to the staged folder for TensorRT (and, unless `onnx_only`, builds)."""
 
-    def extend(folder: Path, content: dict[str, Any]) -> dict[str, Any]:
-        dtype = str(content["dtype"])
+    def extend(folder: Path, manifest: ExportManifest) -> ExportManifest:
         plan: PlanManifest | None = None
         if not onnx_only:
-            with on_step(f"build the TensorRT engine ({profile.range_text()})"):
-                plan = write_plan(folder, profile, dtype, timing_cache)
+            with progress.phase(f"build the TensorRT engine ({profile.range_text()})"):
+                plan = write_plan(folder, profile, manifest.dtype, timing_cache)
         _write_trtexec_inputs(folder, profile)
-        atomic_write_text(folder / BUILD_SCRIPT, build_script(profile, dtype))
+        atomic_write_text(folder / BUILD_SCRIPT, build_script(profile, manifest.dtype))
         plugins = plan.plugins if plan is not None else tuple(onnx_plugin_ids(folder / MODEL_FILE))
-        return {"engine": "trt", "tensorrt": tensorrt_section(profile, dtype, plugins, plan)}
+        return replace(manifest, engine="trt", tensorrt=tensorrt_section(profile, manifest.dtype, plugins, plan))
 
     return extend
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    """What --engine trt adds to the export options: the optimization profile, and whether to build here."""
+
+    profile: ShapeProfile = DEFAULT_PROFILE
+    onnx_only: bool = False
+    timing_cache: Path | None = None
 
 
 def export_trt(
     run_dir: Path,
     out: Path,
+    options: ExportOptions | None = None,
+    trt: TrtOptions | None = None,
     *,
-    model: str | None = None,
-    dtype: str = "fp32",
-    opset: int = DEFAULT_OPSET,
-    dense: bool = False,
-    last_token_logits: bool = False,
-    debug_outputs: bool = False,
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
-    min_shape: Shape = DEFAULT_PROFILE.min_shape,
-    opt_shape: Shape = DEFAULT_PROFILE.opt_shape,
-    max_shape: Shape = DEFAULT_PROFILE.max_shape,
-    onnx_only: bool = False,
-    timing_cache: Path | None = None,
-    on_step: StepObserver = no_progress,
+    progress: Progress = NO_PROGRESS,
+    **fields: Any,
 ) -> ExportResult:
-    """export_onnx plus the TensorRT additions; without `onnx_only`, also the plan (TensorRT and a GPU).
+    """export_onnx plus the TensorRT additions; without `trt.onnx_only`, also the plan (TensorRT and a GPU).
 
-    A missing TensorRT or GPU is reported before the (slow) ONNX export starts.
+    `fields` replace those of `options` by name, as in export_onnx. A missing TensorRT or GPU is
+    reported before the (slow) ONNX export starts.
     """
-    profile = ShapeProfile(min_shape, opt_shape, max_shape)
-    if not onnx_only:
+    trt = trt or TrtOptions()
+    if not trt.onnx_only:
         require_tensorrt_gpu("--engine trt", hint=ONNX_ONLY_HINT)
-    return export_onnx(
-        run_dir,
-        out,
-        model=model,
-        dtype=dtype,
-        opset=opset,
-        dense=dense,
-        last_token_logits=last_token_logits,
-        debug_outputs=debug_outputs,
-        overwrite=overwrite,
-        trust_remote_code=trust_remote_code,
-        extend=trt_extension(profile, onnx_only, timing_cache, on_step),
-        on_step=on_step,
-    )
+    extension = trt_extension(trt.profile, trt.onnx_only, trt.timing_cache, progress)
+    return export_onnx(run_dir, out, options, extend=extension, progress=progress, **fields)

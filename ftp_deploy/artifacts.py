@@ -166,12 +166,15 @@ def _load_router_state(folder: Path, expected_hash: str | None, hidden: int) -> 
 
 
 def load_routed(
-    run_dir: Path,
+    run: Path | RoutedArtifact,
     model: str | None = None,
     dtype: str = "fp32",
     trust_remote_code: bool = False,
 ) -> tuple[RoutedModel, LoadedModel, RoutedArtifact]:
-    """Load a saved router and the base model it names (or `model`, checked to match)."""
-    artifact = load_artifact(run_dir)
+    """A run folder (or its loaded artifact) over the base model it names (or `model`, checked to match).
+
+    The one path from a run folder to a RoutedModel: run, eval, export and verify all load through it.
+    """
+    artifact = run if isinstance(run, RoutedArtifact) else load_artifact(run)
     loaded = load_base_model(model or artifact.base.ref, dtype=dtype, trust_remote_code=trust_remote_code)
     return artifact.build(loaded.model), loaded, artifact

@@ -8,13 +8,14 @@ from typing import Annotated
 
 import click
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ftp_deploy.cli_options import ModelOption, TrustOption
+from ftp_deploy.console import console, err_console
 from ftp_deploy.errors import FtpDeployError
 from ftp_deploy.evaluation.command import evaluate
-from ftp_deploy.export_command import export
+from ftp_deploy.exporters.command import export
 from ftp_deploy.training.command import train
 from ftp_deploy.verification.command import verify
 
@@ -25,16 +26,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 DEFAULT_PROMPT = (
     "Water boils at 100 degrees Celsius at sea level. At higher altitudes the air pressure is lower, "
     "so water boils at a lower temperature. In the same way, a pressure cooker raises the pressure, "
     "so the water inside boils at"
 )
-ModelOption = Annotated[str, typer.Option(help="smollm2-135m (embedded), a .gguf file, a local HF folder or a hub id")]
-TrustOption = Annotated[bool, typer.Option(help="Allow the model's own Python code from the hub (off by default)")]
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ftp_deploy.artifacts import load_artifact
+from ftp_deploy.artifacts import load_routed
 from ftp_deploy.generation import greedy_generate
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
@@ -34,13 +34,12 @@ def compare_dense_routed(
     trust_remote_code: bool = False,
 ) -> list[DemoRow]:
     check_sparsity(sparsity)
-    artifact = load_artifact(router_dir) if router_dir is not None else None
-    loaded = load_base_model(model, trust_remote_code=trust_remote_code)
-    num_layers = len(loaded.model.model.layers)
-    if artifact is not None:
-        routed = artifact.build(loaded.model)
+    if router_dir is not None:
+        routed, loaded, artifact = load_routed(router_dir, model, trust_remote_code=trust_remote_code)
         label = f"routed ({router_dir}, mean sparsity {artifact.schedule.mean():.2f})"
     else:
+        loaded = load_base_model(model, trust_remote_code=trust_remote_code)
+        num_layers = len(loaded.model.model.layers)
         routed = RoutedModel(loaded.model, Schedule.uniform(sparsity, num_layers), RouterSpec(kind="static"))
         label = f"routed (static router, sparsity {sparsity:g})"
     prompt_ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids

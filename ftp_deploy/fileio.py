@@ -6,10 +6,13 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ftp_deploy.errors import ArtifactError
+
+T = TypeVar("T")
 
 
 def sha256_file(path: Path) -> str:
@@ -41,6 +44,24 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_versioned_json(
+    path: Path, format_name: str, version: int, description: str, missing: str, parse: Callable[[dict[str, Any]], T]
+) -> T:
+    """`parse` of the document at `path` (see read_format_json) if it has format version `version`.
+
+    Another version, or a field `parse` finds missing or malformed, is an ArtifactError naming `path`.
+    """
+    data = read_format_json(path, format_name, description, missing)
+    if data.get("format_version") != version:
+        raise ArtifactError(
+            f"{path} has format version {data.get('format_version')!r}; this ftp-deploy reads version {version}"
+        )
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{path} is incomplete or malformed ({type(err).__name__}: {err})") from err
 
 
 def read_format_json(path: Path, format_name: str, description: str, missing: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.progress import Progress
 
 from ftp_deploy.errors import ConfigError
 from ftp_deploy.evaluation.baselines import build_methods
@@ -17,6 +16,7 @@ from ftp_deploy.evaluation.runner import EvalSettings, PreparedTask, evaluate_me
 from ftp_deploy.evaluation.scoring import Scorer
 from ftp_deploy.evaluation.shortgpt import LayerSkipModel, block_influence, lowest_influence, removal_count
 from ftp_deploy.evaluation.tasks import load_task
+from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
@@ -52,7 +52,7 @@ def calibration() -> torch.Tensor:
 def test_every_baseline_at_sparsity_zero_is_dense(tasks: list[PreparedTask]) -> None:
     base = tiny_model()
     methods = build_methods(list(BASELINES), base, Schedule.uniform(0.0, 4), SETTINGS.seq_len, "uniform", calibration())
-    results = evaluate_methods(methods, tasks, SETTINGS, Progress(disable=True))
+    results = evaluate_methods(methods, tasks, SETTINGS, NO_PROGRESS)
     mc, ppl = (p.task.name for p in tasks)
     dense = results["dense"]["tasks"]
     assert results["shortgpt"]["removed_layers"] == []
@@ -115,7 +115,7 @@ def test_routed_baselines_skip_what_the_schedule_says(tasks: list[PreparedTask])
     assert by_name["static"].setup["schedule_thousandths"] == [200, 400, 600, 800]
     assert by_name["random"].setup["schedule_thousandths"] == [500] * 4
     assert by_name["shortgpt"].setup["schedule_sparsity"] == 0.5
-    results = evaluate_methods(methods, tasks[1:], SETTINGS, Progress(disable=True))
+    results = evaluate_methods(methods, tasks[1:], SETTINGS, NO_PROGRESS)
     # Perplexity windows are 32 tokens: block l keeps 32 - (32 * n_l) // 1000.
     assert results["static"]["measured"]["token_sparsity"] == pytest.approx((6 + 12 + 19 + 25) / 128)
     assert results["shortgpt"]["measured"] == {"token_sparsity": 0.5, "flop_ratio": 0.5}

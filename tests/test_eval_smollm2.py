@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from rich.progress import Progress
 
 from ftp_deploy.evaluation.baselines import build_methods
 from ftp_deploy.evaluation.metrics import chance_accuracy
 from ftp_deploy.evaluation.runner import EvalSettings, evaluate_methods, prepare
 from ftp_deploy.evaluation.tasks import ChoiceTask, load_task
+from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.schedule import Schedule
 from tests.conftest import SHARED_DATA
 
@@ -26,7 +26,7 @@ def test_dense_scores_are_reproducible(smollm2) -> None:  # type: ignore[no-unty
     runs = []
     for _ in range(2):
         (dense,) = build_methods(["dense"], smollm2.model, Schedule.uniform(0.0, layers), settings.seq_len, "uniform")
-        runs.append(evaluate_methods([dense], prepared, settings, Progress(disable=True))["dense"]["tasks"])
+        runs.append(evaluate_methods([dense], prepared, settings, NO_PROGRESS)["dense"]["tasks"])
     assert runs[0] == runs[1]
     for task in tasks:
         assert isinstance(task, ChoiceTask)

@@ -11,8 +11,8 @@ import torch
 from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ExportError, MissingDependencyError, OutputFolderError
+from ftp_deploy.export_format import MANIFEST_FILE, manifest_mismatches, write_manifest
 from ftp_deploy.exporters import pipeline, trt_export
-from ftp_deploy.exporters.manifest import MANIFEST_FILE, manifest_mismatches, write_manifest
 from ftp_deploy.exporters.output_folder import check_output_folder, staged_folder
 from ftp_deploy.exporters.trt_export import export_trt
 from ftp_deploy.models import model_ref_for
@@ -20,6 +20,7 @@ from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from tests.conftest import tiny_model, tiny_tokenizer
+from tests.test_export_format import sample_manifest
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ def test_staged_folder_replaces_an_earlier_export_whole(tmp_path: Path) -> None:
     out = tmp_path / "art"
     with staged_folder(out) as folder:
         (folder / "model.onnx").write_bytes(b"first")
-        write_manifest(folder, {})
+        write_manifest(folder, sample_manifest())
     check_output_folder(out, overwrite=True)
     with pytest.raises(OutputFolderError, match="not empty"):
         check_output_folder(out, overwrite=False)
@@ -160,7 +161,7 @@ def test_staged_folder_replaces_an_earlier_export_whole(tmp_path: Path) -> None:
     assert (out / "model.onnx").read_bytes() == b"first"
     with staged_folder(out) as folder:
         (folder / "model.onnx").write_bytes(b"second")
-        write_manifest(folder, {})
+        write_manifest(folder, sample_manifest())
     assert (out / "model.onnx").read_bytes() == b"second" and manifest_mismatches(out) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
     (out / "model.onnx").write_bytes(b"tampered")

@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
-from ftp_deploy.exporters.manifest import MANIFEST_FILE, manifest_mismatches, read_manifest
-from ftp_deploy.exporters.onnx_export import DATA_FILE, MODEL_FILE
+from ftp_deploy.export_format import DATA_FILE, MANIFEST_FILE, MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.exporters.options import SUPPORTED_OPSETS
 from ftp_deploy.exporters.pipeline import ExportResult, export_onnx
 from ftp_deploy.exporters.spec import sample_inputs
@@ -76,12 +75,12 @@ def test_artifact_folder_holds_the_files_the_manifest_hashes(small_export: tuple
     assert sorted(p.name for p in result.out.iterdir()) == sorted([MODEL_FILE, DATA_FILE, MANIFEST_FILE])
     assert manifest_mismatches(result.out) == []
     manifest = read_manifest(result.out)
-    assert manifest["schedule"]["sparsity_thousandths"] == [300, 0]
-    assert manifest["op_contract"] == {
+    assert manifest.sparsity_thousandths == (300, 0)
+    assert manifest.op_contract == {
         "domain": "ftp", "ops": ["TokenCompact", "TokenScatter"], "plugin_namespace": "ftp", "plugin_version": "1",
     }  # fmt: skip
-    assert manifest["outputs"]["indices_0"] == {"0": "batch", "1": "sequence - (sequence * 300) // 1000"}
-    assert manifest["validation"]["routing_agreement"] == 1.0
+    assert manifest.outputs["indices_0"] == {"0": "batch", "1": "sequence - (sequence * 300) // 1000"}
+    assert manifest.validation.routing_agreement == 1.0
     assert not any(p.name.startswith(".") for p in result.out.parent.iterdir())  # no staging left over
 
 
@@ -98,7 +97,7 @@ def test_graph_axes_are_the_manifest_axes(small_export: tuple[RoutedModel, Expor
         for value in values:
             dims = value.type.tensor_type.shape.dim
             named = {str(axis): dim.dim_param for axis, dim in enumerate(dims) if dim.dim_param}
-            assert named == result.manifest[key][value.name]
+            assert named == result.manifest.to_json()[key][value.name]
     assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim][1:] == [1, VOCAB]
 
 
@@ -159,8 +158,8 @@ def test_half_precision_exports_pass_the_checker(dtype: str, opset: int, tmp_pat
     expected_type = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}[dtype]
     assert model.graph.output[0].type.tensor_type.elem_type == expected_type
     assert {o.domain: o.version for o in model.opset_import}[""] == opset
-    assert result.manifest["validation"]["widened_to_fp32"] is True
-    assert result.manifest["smoke_inference"]["widened_to_fp32"] is (dtype == "bf16")
+    assert result.manifest.validation.widened_to_fp32 is True
+    assert result.manifest.smoke_inference["widened_to_fp32"] is (dtype == "bf16")
     assert_fp32_islands_and_finite_constants(path, tmp_path / "inferred.onnx")
 
 
@@ -186,7 +185,7 @@ def test_dense_export_matches_the_base_model(tmp_path: Path) -> None:
     result = export_onnx(tmp_path / "run", tmp_path / "dense", dense=True, last_token_logits=True)
     path = tmp_path / "dense" / MODEL_FILE
     assert not [node for node in onnx.load(path, load_external_data=False).graph.node if node.domain == DOMAIN]
-    assert result.manifest["graph"] == "dense" and manifest_mismatches(tmp_path / "dense") == []
+    assert result.manifest.graph == "dense" and manifest_mismatches(tmp_path / "dense") == []
     input_ids, attention_mask = sample_inputs(2, 33, VOCAB, seed=3)
     with torch.no_grad():
         expected = routed.base(input_ids, attention_mask=attention_mask, position_ids=token_positions(attention_mask))
@@ -203,4 +202,4 @@ def test_every_supported_opset_exports_and_runs(opset: int, tmp_path: Path) -> N
     model = onnx.load(tmp_path / "artifact" / MODEL_FILE, load_external_data=False)
     assert {o.domain: o.version for o in model.opset_import}[""] == opset
     assert {f.opset_import[0].version for f in model.functions} == {opset}
-    assert result.manifest["opset"] == opset
+    assert result.manifest.opset == opset

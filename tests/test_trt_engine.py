@@ -54,8 +54,7 @@ from ftp_deploy.errors import (
     ShapeOutOfProfileError,
     UsageError,
 )
-from ftp_deploy.exporters.manifest import MANIFEST_FILE, manifest_mismatches, read_manifest
-from ftp_deploy.exporters.onnx_export import DATA_FILE, MODEL_FILE
+from ftp_deploy.export_format import DATA_FILE, MANIFEST_FILE, MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.exporters.trt_export import TRTEXEC_INPUTS
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.verification.verify import verify
@@ -317,14 +316,14 @@ def test_onnx_only_artifact_is_complete_and_hash_consistent(onnx_only: OnnxOnlyE
     files = {MODEL_FILE, DATA_FILE, MANIFEST_FILE, BUILD_SCRIPT, *TRTEXEC_INPUTS.values()}
     assert {p.name for p in onnx_only.out.iterdir()} == files  # no plan: TensorRT is not asked
     assert manifest_mismatches(onnx_only.out) == []
-    assert set(read_manifest(onnx_only.out)["files"]) == files - {MANIFEST_FILE}
+    assert set(read_manifest(onnx_only.out).files) == files - {MANIFEST_FILE}
     assert not any(p.name.startswith(".") for p in onnx_only.out.parent.iterdir())  # no staging left over
 
 
 def test_onnx_only_manifest_has_the_tensorrt_section(onnx_only: OnnxOnlyExport) -> None:
     manifest = read_manifest(onnx_only.out)
-    assert manifest["engine"] == "trt" and manifest["dtype"] == "fp32"
-    assert manifest["tensorrt"] == {
+    assert manifest.engine == "trt" and manifest.dtype == "fp32"
+    assert manifest.tensorrt is not None and manifest.tensorrt.to_json() == {
         "profile": {"inputs": ["input_ids", "attention_mask"], "min": [1, 1], "opt": [2, 64], "max": [4, 256]},
         "dtype": "fp32",
         "strongly_typed": True,
@@ -429,9 +428,10 @@ def test_target_build_updates_the_artifact_in_place(
     build_artifact_plan(art)
     assert manifest_mismatches(art) == []
     manifest, exported = read_manifest(art), read_manifest(onnx_only.out)
-    assert manifest["tensorrt"]["plan_file"] == PLAN_FILE and manifest["tensorrt"]["built_for"] == H100.to_json()
-    assert manifest["tensorrt"]["profile"] == PROFILE.to_json() and manifest["validation"] == exported["validation"]
-    assert set(manifest["files"]) == set(exported["files"]) | {PLAN_FILE, PLAN_MANIFEST_FILE}
+    assert manifest.tensorrt is not None and manifest.tensorrt.plan_file == PLAN_FILE
+    assert manifest.tensorrt.built_for == H100.to_json() and manifest.tensorrt.profile == PROFILE.to_json()
+    assert manifest.validation == exported.validation
+    assert set(manifest.files) == set(exported.files) | {PLAN_FILE, PLAN_MANIFEST_FILE}
     (art / MODEL_FILE).write_bytes(b"tampered")
     with pytest.raises(ArtifactError, match=r"model\.onnx does not match its sha256"):
         build_artifact_plan(art)
@@ -479,7 +479,7 @@ def test_tiny_model_engine_matches_onnxruntime_and_pytorch(onnx_only: OnnxOnlyEx
     art = tmp_path / "art"
     shutil.copytree(onnx_only.out, art)
     plan = build_artifact_plan(art, tmp_path / "timing.cache")
-    assert manifest_mismatches(art) == [] and read_manifest(art)["tensorrt"]["plan_file"] == PLAN_FILE
+    assert manifest_mismatches(art) == [] and read_manifest(art).tensorrt.plan_file == PLAN_FILE
     assert plan.plugin_implementation == "aot" and plan.onnx_sha256 == sha256_file(art / MODEL_FILE)
     ids, mask = (t.numpy() for t in sample_inputs(3, 100, VOCAB, seed=3))
     trt_runner_ = trt_runner.TrtPlanRunner(trt_runner.EngineFromPlan(art))
@@ -498,14 +498,15 @@ def test_tiny_model_engine_matches_onnxruntime_and_pytorch(onnx_only: OnnxOnlyEx
 def test_export_with_tensorrt_writes_the_plan_into_the_artifact(onnx_only: OnnxOnlyExport, tmp_path: Path) -> None:
     """The in-export build path (export_onnx's extension), on a copy of the export rather than a second export."""
     tensorrt_with_gpu()
-    from ftp_deploy.exporters.manifest import write_manifest
+    from ftp_deploy.export_format import write_manifest
     from ftp_deploy.exporters.trt_export import trt_extension
+    from ftp_deploy.progress import NO_PROGRESS
 
     art = tmp_path / "art"
     shutil.copytree(onnx_only.out, art)
-    content = {k: v for k, v in read_manifest(art).items() if k not in ("format", "format_version", "files")}
-    extend = trt_extension(PROFILE, False, tmp_path / "timing.cache", lambda step: contextlib.nullcontext())
-    content.update(extend(art, content))
-    write_manifest(art, content)
+    extend = trt_extension(PROFILE, False, tmp_path / "timing.cache", NO_PROGRESS)
+    manifest = write_manifest(art, extend(art, read_manifest(art)))
     assert {PLAN_FILE, PLAN_MANIFEST_FILE} <= {p.name for p in art.iterdir()}
-    assert manifest_mismatches(art) == [] and content["tensorrt"]["built_for"]["gpu"] == torch.cuda.get_device_name()
+    assert manifest.tensorrt is not None and manifest_mismatches(art) == []
+    assert manifest.tensorrt.built_for is not None
+    assert manifest.tensorrt.built_for["gpu"] == torch.cuda.get_device_name()

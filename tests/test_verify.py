@@ -62,7 +62,10 @@ def test_correct_export_passes_with_full_routing_agreement(exported, capsys, tmp
     assert report["parity"]["routing_agreement"] == 1.0
     assert report["parity"]["top1_agreement"] == 1.0
     assert {f["seq_len"] for f in report["parity"]["feeds"]} >= {1}
-    assert "PASS" in out and "Routing agreement" in out
+    # Piped (not a terminal): the figures that decide, one short line each, and where the tables are.
+    assert "verdict: PASS" in out and "routing agreement: 100.000%" in out and "x dense" in out
+    assert f"tables: {tmp_path / 'report.md'}" in out and "| output |" not in out
+    assert max(len(line) for line in out.splitlines() if not line.startswith(("tables:", "report:"))) <= 80
 
 
 def test_report_files_agree_with_each_other(exported, capsys, tmp_path: Path) -> None:

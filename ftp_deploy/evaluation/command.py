@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ftp_deploy.cli_options import ModelOverrideOption, TrustOption
+from ftp_deploy.console import RichProgress, console
+from ftp_deploy.data_root import DATA_ENV
 from ftp_deploy.evaluation.methods import DEFAULT_BASELINES
 from ftp_deploy.evaluation.tasks import DEFAULT_TASKS, GENERIC_TASKS, NAMED_TASKS
 
@@ -27,8 +28,11 @@ def evaluate(
     ] = DEFAULT_BASELINES,
     limit: Annotated[int | None, typer.Option(help="A fixed, seeded subset of N items (windows for ppl)")] = None,
     report: Annotated[Path | None, typer.Option(help="Folder for the report files (default RUN_DIR/eval)")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Folder of the task files (default ../shared/data)")] = None,
-    model: Annotated[str | None, typer.Option(help="Base model, if not the one the run names")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help=f"Folder of the task files (default ${DATA_ENV}, else ../shared/data)")
+    ] = None,
+    model: ModelOverrideOption = None,
+    trust_remote_code: TrustOption = False,
     seq_len: Annotated[int, typer.Option(help="Perplexity window length in tokens")] = 512,
     scored_tokens: Annotated[
         int | None, typer.Option(help="Scored positions at the end of each window (default: FTP_SPEC 1b's)")
@@ -38,8 +42,7 @@ def evaluate(
     from ftp_deploy.evaluation.pipeline import run_eval
     from ftp_deploy.evaluation.report import table_rows
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    with RichProgress() as progress:
         results, written = run_eval(
             run_dir=run_dir,
             tasks=tasks,
@@ -50,6 +53,7 @@ def evaluate(
             model=model,
             seq_len=seq_len,
             scored_tokens=scored_tokens,
+            trust_remote_code=trust_remote_code,
             progress=progress,
         )
     header, rows = table_rows(results)
@@ -58,6 +62,5 @@ def evaluate(
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
         table.add_row(*row)
-    console = Console()
     console.print(table)
     console.print("wrote " + ", ".join(str(path) for path in written))

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import Progress
 
-from ftp_deploy.artifacts import ROUTER_FILE, RoutedArtifact, load_artifact
+from ftp_deploy.artifacts import ROUTER_FILE, RoutedArtifact, load_artifact, load_routed
+from ftp_deploy.data_root import data_root
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.evaluation.baselines import build_methods
 from ftp_deploy.evaluation.methods import DEFAULT_BASELINES, DENSE, parse_baselines
@@ -27,13 +27,13 @@ from ftp_deploy.evaluation.tasks import (
     SUBSET_SEED,
     Task,
     check_limit,
-    default_data_dir,
     load_task,
     parse_task_names,
 )
 from ftp_deploy.fidelity import SCORED_POSITIONS
 from ftp_deploy.fileio import sha256_file
-from ftp_deploy.models import LoadedModel, load_base_model
+from ftp_deploy.models import LoadedModel
+from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.schedule import Schedule
 
@@ -107,7 +107,9 @@ def evaluate_model(
     }
 
 
-def load_trained_run(run_dir: Path, model: str | None) -> tuple[LoadedModel, RoutedModel, RoutedArtifact]:
+def load_trained_run(
+    run_dir: Path, model: str | None, trust_remote_code: bool = False
+) -> tuple[LoadedModel, RoutedModel, RoutedArtifact]:
     """The base model and the trained routed model of a run folder; a run without a trained router is refused."""
     artifact = load_artifact(run_dir)
     if not artifact.has_trained_router:
@@ -115,8 +117,8 @@ def load_trained_run(run_dir: Path, model: str | None) -> tuple[LoadedModel, Rou
             f"{run_dir} holds no trained router (router kind {artifact.router_spec.kind!r}); "
             "train one with `ftp-deploy train` first"
         )
-    loaded = load_base_model(model or artifact.base.ref)
-    return loaded, artifact.build(loaded.model), artifact
+    routed, loaded, _ = load_routed(artifact, model, trust_remote_code=trust_remote_code)
+    return loaded, routed, artifact
 
 
 def run_eval(
@@ -129,7 +131,8 @@ def run_eval(
     model: str | None = None,
     seq_len: int = 512,
     scored_tokens: int | None = None,
-    progress: Progress | None = None,
+    trust_remote_code: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Evaluate a trained run against the baselines; write the report to `report` (default RUN_DIR/eval).
 
@@ -138,10 +141,10 @@ def run_eval(
     settings = EvalSettings(seq_len, SCORED_POSITIONS if scored_tokens is None else scored_tokens)
     settings.check()
     baseline_names = parse_baselines(baselines)
-    data_dir = data_dir or default_data_dir()
+    data_dir = data_dir or data_root()
     task_list = load_tasks(tasks, data_dir, limit)
     calibration = calibration_file(data_dir) if "shortgpt" in baseline_names else None
-    loaded, routed, artifact = load_trained_run(run_dir, model)
+    loaded, routed, artifact = load_trained_run(run_dir, model, trust_remote_code)
     results = evaluate_model(
         loaded,
         task_list,
@@ -149,7 +152,7 @@ def run_eval(
         artifact.schedule,
         "searched",
         settings,
-        progress or Progress(disable=True),
+        progress,
         calibration,
         routed,
     )

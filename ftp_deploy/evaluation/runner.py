@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
-
-from rich.progress import Progress
 
 from ftp_deploy.errors import ConfigError
 from ftp_deploy.evaluation.baselines import Method
@@ -15,6 +12,7 @@ from ftp_deploy.evaluation.scoring import DEFAULT_BATCH_TOKENS, Request, Scorer,
 from ftp_deploy.evaluation.tally import Tally
 from ftp_deploy.evaluation.tasks import ChoiceTask, TargetTask, Task, TextTask, file_hashes, short_name, subset
 from ftp_deploy.fidelity import SCORED_POSITIONS
+from ftp_deploy.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -92,9 +90,11 @@ def evaluate_methods(
     for method in methods:
         tallies, per_task = [], {}
         for prepared in tasks:
-            bar = progress.add_task(f"{method.name} · {short_name(prepared.task.name)}", total=prepared.size)
-            scorer = Scorer(method.model, Tally(), settings.batch_tokens, partial(progress.advance, bar))
-            per_task[prepared.task.name] = score_task(scorer, prepared, settings) | {"measured": scorer.tally.to_json()}
+            description = f"{method.name} · {short_name(prepared.task.name)}"
+            with progress.phase(description, total=prepared.size) as advance:
+                scorer = Scorer(method.model, Tally(), settings.batch_tokens, advance)
+                metrics = score_task(scorer, prepared, settings)
+            per_task[prepared.task.name] = metrics | {"measured": scorer.tally.to_json()}
             tallies.append(scorer.tally)
         results[method.name] = {**method.setup, "measured": Tally.combined(tallies).to_json(), "tasks": per_task}
     return results

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from ftp_deploy.data_root import DATA_ENV
 from ftp_deploy.errors import DataError
 from ftp_deploy.evaluation import loaders
 from ftp_deploy.evaluation.loaders import ChoiceItem, TargetItem
@@ -114,12 +115,6 @@ def short_name(name: str) -> str:
     return f"{prefix}:{Path(path).name}" if colon else name
 
 
-def default_data_dir() -> Path | None:
-    """../shared/data next to the repository root, where the development data lives, if present."""
-    candidate = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    return candidate if candidate.is_dir() else None
-
-
 def task_files(name: str, data_dir: Path | None) -> tuple[Path, ...]:
     """The files a task reads; each must exist."""
     files: tuple[Path, ...]
@@ -127,7 +122,7 @@ def task_files(name: str, data_dir: Path | None) -> tuple[Path, ...]:
         files = (Path(name.partition(":")[2]).expanduser(),)
     else:
         if data_dir is None:
-            raise DataError(f"task {name} needs --data-dir (no ../shared/data next to the repository)")
+            raise DataError(f"task {name} needs --data-dir or {DATA_ENV} (no ../shared/data next to the repository)")
         if not data_dir.is_dir():
             raise DataError(f"data folder not found: {data_dir}")
         files = tuple(data_dir / relative for relative in NAMED_TASKS[name][0])

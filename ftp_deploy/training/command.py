@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ftp_deploy.cli_options import ModelOption, TrustOption
+from ftp_deploy.console import RichProgress, console
+from ftp_deploy.data_root import DATA_ENV
 from ftp_deploy.schedule import DEFAULT_S_MAX
 from ftp_deploy.training.config import DataConfig, LossWeights, SearchConfig, TrainConfig, default_source
 from ftp_deploy.training.settings import FINETUNE_SEARCH, RunSettings
@@ -26,15 +28,13 @@ LOSS = "Loss weights"
 
 
 def train(
-    model: Annotated[str, typer.Option(help="smollm2-135m (embedded), a .gguf file, a local HF folder or a hub id")] = (
-        "smollm2-135m"
-    ),
+    model: ModelOption = "smollm2-135m",
     data: Annotated[
         str | None,
         typer.Option(
             help="A .txt/.raw/.utf8/.jsonl file or a folder of them; wikitext2, c4 or alpaca (needs the \\[data] "
-            "extra and a network); or `self` to sample from the model. Default: ../shared/data/calibration_text "
-            "when present, else self"
+            "extra and a network); or `self` to sample from the model. Default: calibration_text under "
+            f"${DATA_ENV} (else ../shared/data) when present, else self"
         ),
     ] = None,
     sparsity: Annotated[float, typer.Option(help="Target FLOP-weighted mean token sparsity")] = 0.3,
@@ -78,6 +78,7 @@ def train(
     distill_weight: Annotated[
         float, typer.Option(help="Weight of the distillation KL", rich_help_panel=LOSS)
     ] = _LOSSES.distill,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Search the sparsity schedule, train the router, fine-tune the schedule; write the run folder."""
     settings = RunSettings(
@@ -110,8 +111,15 @@ def train(
     from ftp_deploy.training.pipeline import run_training
     from ftp_deploy.training.report import REPORT_MD, ROUTINGS
 
-    console = Console()
-    state = run_training(settings, out, resume=resume, time_budget=time_budget, console=console)
+    with RichProgress() as progress:
+        state = run_training(
+            settings,
+            out,
+            resume=resume,
+            time_budget=time_budget,
+            progress=progress,
+            trust_remote_code=trust_remote_code,
+        )
     table = Table(title=f"held-out blocks, last {scored} predictions")
     for column in ("routing", "KL to dense", "top-1 agreement", "perplexity"):
         table.add_column(column)

@@ -7,19 +7,19 @@ that use them (data, search, trainer, losses) import them from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from ftp_deploy.data_root import data_file
 from ftp_deploy.errors import ConfigError
 from ftp_deploy.scored import SCORED_POSITIONS
 
 SELF_SOURCE = "self"
-# ../shared/data/calibration_text from the project root: the embedded default when present.
-EMBEDDED_TEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "calibration_text"
+CALIBRATION_TEXT = "calibration_text"  # under the data root
 
 
 def default_source() -> str:
-    """The `--data` default: the embedded calibration text when present, else the model's own samples."""
-    return str(EMBEDDED_TEXT) if EMBEDDED_TEXT.is_dir() else SELF_SOURCE
+    """The `--data` default: calibration_text under the data root when present, else the model's own samples."""
+    text = data_file(CALIBRATION_TEXT)
+    return str(text) if text.is_dir() else SELF_SOURCE
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from ftp_deploy.errors import DataError, MissingDependencyError
-from ftp_deploy.training.config import EMBEDDED_TEXT as EMBEDDED_TEXT
 from ftp_deploy.training.config import SELF_SOURCE, DataConfig
 from ftp_deploy.training.config import default_source as default_source
 

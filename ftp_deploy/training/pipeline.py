@@ -14,18 +14,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from ftp_deploy import __version__
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ArtifactError, ConfigError, DataError
 from ftp_deploy.flops import dense_block_weights
 from ftp_deploy.models import LoadedModel, load_base_model
+from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import FactorRouter, RouterSpec
 from ftp_deploy.schedule import Schedule
+from ftp_deploy.training.budget import TimeBudget
 from ftp_deploy.training.data import TokenData, load_token_data
-from ftp_deploy.training.display import TimeBudget, phase_progress
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.report import write_report
 from ftp_deploy.training.runfolder import RunFolder, storage
@@ -44,8 +43,9 @@ def run_training(
     out: Path,
     resume: bool = False,
     time_budget: float | None = None,
-    console: Console | None = None,
+    progress: Progress = NO_PROGRESS,
     on_step: StepHook | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Train a router into `out` and return the run state; `time_budget` is in minutes.
 
@@ -53,16 +53,15 @@ def run_training(
     been checked. `on_step` sees every training step's metrics (tests use it to stop a run).
     """
     budget = TimeBudget(time_budget)
-    console = console or Console(quiet=True)
     folder = RunFolder(out)
     state = _resumed_state(folder, settings) if resume else _new_run(folder)
     if state.get("finished"):
-        console.print(f"{out} already holds a finished run; nothing to do")
+        progress.note(f"{out} already holds a finished run; nothing to do")
         return state
-    with console.status(f"loading {settings.model}"):
-        loaded = load_base_model(settings.model)
+    with progress.phase(f"load {settings.model}"):
+        loaded = load_base_model(settings.model, trust_remote_code=trust_remote_code)
     _check_model(state, loaded, out)
-    with console.status(f"reading {settings.data}"):
+    with progress.phase(f"read {settings.data}"):
         data = load_token_data(
             settings.data,
             loaded.tokenizer,
@@ -76,7 +75,7 @@ def run_training(
     state.update(settings=settings.to_json(), model=loaded.ref.to_json(), data=data.describe())
     state.setdefault("phases", {})
     folder.write_state(state)
-    run = _Run(settings, folder, state, loaded, data, budget, console, on_step)
+    run = _Run(settings, folder, state, loaded, data, budget, progress, on_step)
     run.finish(run.train_and_tune())
     return state
 
@@ -127,7 +126,7 @@ class _Run:
         loaded: LoadedModel,
         data: TokenData,
         budget: TimeBudget,
-        console: Console,
+        progress: Progress,
         on_step: StepHook | None,
     ) -> None:
         self.settings = settings
@@ -138,7 +137,7 @@ class _Run:
         self.ref = loaded.ref
         self.data = data
         self.budget = budget
-        self.console = console
+        self.progress = progress
         self.on_step = on_step
         seq_len = settings.data_config.seq_len
         weights = dense_block_weights(self.base.config, seq_len)
@@ -177,11 +176,11 @@ class _Run:
             return SearchResult.from_json(self.phases[phase], self.settings.s_max)
         self.folder.keep_metrics(lambda r: r["phase"] != phase)
         began = time.monotonic()
-        with phase_progress(self.console, title, config.generations) as advance:
+        with self.progress.phase(title, config.generations) as advance:
 
             def record(generation: Generation) -> None:
                 self.folder.append_metrics({"phase": phase, **asdict(generation)})
-                advance(f"best KL {generation.best:.4f}")
+                advance(status=f"best KL {generation.best:.4f}")
 
             result = genetic_search(
                 fitness,
@@ -226,14 +225,14 @@ class _Run:
         settings = self.settings.train
         self.folder.keep_metrics(lambda r: r["phase"] != "train" or r["step"] < trainer.step)
         began, seconds_before = time.monotonic(), phase["seconds"]
-        with phase_progress(self.console, "router training", settings.steps, completed=trainer.step) as advance:
+        with self.progress.phase("router training", settings.steps, completed=trainer.step) as advance:
             while trainer.step < settings.steps and not self.budget.over("train"):
                 metrics = trainer.train_step()
                 self.folder.append_metrics(metrics.to_json())
                 if trainer.step % settings.eval_every == 0:
                     phase["validation"].append([trainer.step, trainer.validate(self.calibration.kl)])
                 advance(
-                    f"loss {metrics.loss:.4f}  KL {metrics.distill:.4f}  guide w {metrics.guide_weight:.2f}  "
+                    status=f"loss {metrics.loss:.4f}  KL {metrics.distill:.4f}  guide w {metrics.guide_weight:.2f}  "
                     f"sparsity {metrics.hard_sparsity:.3f} (soft {metrics.soft_sparsity:.3f})  "
                     f"calibration KL {phase['validation'][-1][1]:.4f} (best {trainer.best_kl:.4f})"
                 )
@@ -260,7 +259,7 @@ class _Run:
     def finish(self, outcome: tuple[SearchResult, FactorRouter, SearchResult]) -> None:
         searched, router, tuned = outcome
         routed = RoutedModel(self.base, tuned.best, ROUTER_SPEC, router=router)
-        with self.console.status("scoring the held-out blocks"):
+        with self.progress.phase("score the held-out blocks"):
             heldout = DenseReference(self.base, self.data.heldout, self.settings.train.scored)
             self.state["heldout"] = {
                 "static_uniform": heldout.fidelity(RoutedModel(self.base, self.uniform, STATIC)).summary(),

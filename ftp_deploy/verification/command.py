@@ -6,15 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markdown import Markdown
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from ftp_deploy.cli_options import ModelOverrideOption, TrustOption
+from ftp_deploy.console import RichProgress, console
 from ftp_deploy.errors import ParityError, UsageError
 from ftp_deploy.verification.options import DEFAULT_LATENCY_LENGTHS, MIN_TIMED_RUNS
-
-console = Console()
-err_console = Console(stderr=True)
 
 
 def _lengths(text: str) -> list[int]:
@@ -39,16 +36,16 @@ def verify(
     inputs: Annotated[Path | None, typer.Option(help="Replay feeds saved by an earlier verify (inputs.json)")] = None,
     runs: Annotated[int, typer.Option(help=f"Timed runs per length (at least {MIN_TIMED_RUNS})")] = MIN_TIMED_RUNS,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads")] = None,
-    model: Annotated[str | None, typer.Option(help="Base model for the reference, if not the export's")] = None,
+    model: ModelOverrideOption = None,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Check an exported model against PyTorch (Polygraphy) and time it against the dense baseline."""
     lengths = _lengths(seq_lens)  # a bad value fails before PyTorch and Polygraphy load
+    from ftp_deploy.verification.report import summary_lines
     from ftp_deploy.verification.verify import failure_summary
     from ftp_deploy.verification.verify import verify as run_verify
 
-    columns = (SpinnerColumn(finished_text="[green]done[/]"), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("starting", total=None)
+    with RichProgress(transient=True) as progress:
         result = run_verify(
             art_dir,
             against=against,
@@ -63,9 +60,17 @@ def verify(
             runs=runs,
             threads=threads,
             model=model,
-            progress=lambda text: progress.update(task, description=text),
+            trust_remote_code=trust_remote_code,
+            progress=progress,
         )
-    console.print(Markdown((result.report_dir / "report.md").read_text(encoding="utf-8")))
-    console.print(f"report: {result.report_dir}")
+    report_md = result.report_dir / "report.md"
+    if console.is_terminal:
+        console.print(Markdown(report_md.read_text(encoding="utf-8")))
+    else:
+        # Piped, rich cuts the tables at 80 columns: the figures that decide, and where the tables are.
+        for line in summary_lines(result.parity, result.latency):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(f"tables: {report_md}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"report: {result.report_dir}", markup=False, highlight=False, soft_wrap=True)
     if not result.parity.passed:
         raise ParityError(failure_summary(result.parity))

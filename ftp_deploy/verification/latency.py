@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.timing import interleaved_times, summarize
 from ftp_deploy.verification.inputs import Feed
 from ftp_deploy.verification.options import DEFAULT_LATENCY_LENGTHS as DEFAULT_LATENCY_LENGTHS
@@ -79,7 +80,7 @@ def compare_latency(
     feeds: Sequence[Feed],
     ideal_speedup: Callable[[int], float],
     runs: int,
-    progress: Callable[[str], None] = lambda _: None,
+    progress: Progress = NO_PROGRESS,
 ) -> LatencyComparison:
     """Routed and (optionally) dense timed on the same feeds, one sequence length at a time,
     their runs interleaved."""
@@ -89,8 +90,8 @@ def compare_latency(
         runs_by_name: dict[str, Callable[[], object]] = {"routed": partial(routed_run, feed)}
         if dense_run is not None:
             runs_by_name["dense"] = partial(dense_run, feed)
-        progress(f"timing {' and '.join(runs_by_name)} at {seq_len} tokens")
-        measured = measure(runs_by_name, seq_len, batch, runs)
+        with progress.phase(f"time {' and '.join(runs_by_name)} at {seq_len} tokens"):
+            measured = measure(runs_by_name, seq_len, batch, runs)
         routed.append(measured["routed"])
         if dense_run is not None:
             dense.append(measured["dense"])

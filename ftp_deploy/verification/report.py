@@ -71,6 +71,25 @@ def parity_markdown(parity: ParityReport, atol: float, rtol: float) -> str:
     return "\n".join(lines)
 
 
+def summary_lines(parity: ParityReport, latency: LatencyComparison | None) -> list[str]:
+    """The verdict and the figures behind it, each line short enough for any terminal or log."""
+    logits = parity.max_abs_diff("logits")
+    lines = [f"verdict: {'PASS' if parity.passed else 'FAIL'}"]
+    if logits is not None:
+        tol = parity.tolerance
+        lines.append(f"logits max |diff|: {logits:.3g} (atol {tol.atol:g}, rtol {tol.rtol:g})")
+    lines.append(f"top-1 next-token agreement: {parity.top1_agreement:.2%}")
+    if parity.routing_agreement is not None:
+        lines.append(f"routing agreement: {parity.routing_agreement:.3%}")
+    lines += [f"failed: {failure}" for failure in parity.failures()]
+    if latency is not None:
+        speedup = latency.speedup()
+        for routed in latency.routed:
+            vs_dense = f", {speedup[routed.seq_len]:.2f}x dense" if routed.seq_len in speedup else ""
+            lines.append(f"{routed.seq_len} tokens: {routed.median_ms:.1f} ms routed{vs_dense}")
+    return lines
+
+
 def latency_markdown(latency: LatencyComparison) -> str:
     speedup = latency.speedup()
     lines = [

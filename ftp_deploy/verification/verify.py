@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-import onnx
 import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.logger import G_LOGGER
 
-from ftp_deploy.artifacts import CONFIG_FILE, load_artifact
+from ftp_deploy.artifacts import CONFIG_FILE, load_artifact, load_routed
+from ftp_deploy.data_root import data_file
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionOptionsLoader
 from ftp_deploy.engines.trt_env import require_tensorrt_gpu
-from ftp_deploy.engines.trt_plan import PLAN_FILE, rebuild_command
+from ftp_deploy.engines.trt_plan import require_plan
+from ftp_deploy.engines.widen import cpu_runnable
 from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, UsageError
-from ftp_deploy.exporters.manifest import manifest_mismatches, read_manifest
-from ftp_deploy.exporters.widen import widened_to_fp32
+from ftp_deploy.export_format import ExportedArtifact
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.flops import flop_ratio
-from ftp_deploy.models import LoadedModel, load_base_model
+from ftp_deploy.models import LoadedModel
+from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
@@ -35,8 +34,7 @@ from ftp_deploy.verification.report import environment, write_report
 from ftp_deploy.verification.runners import RoutedTorchRunner
 
 RUNTIMES = ("onnxrt", "trt")
-CPU_NATIVE_DTYPES = ("fp32", "fp16")
-HELD_OUT_TEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext2" / "wiki.test.raw"
+HELD_OUT_TEXT = "wikitext2/wiki.test.raw"  # under the data root
 
 
 @dataclass
@@ -46,65 +44,26 @@ class VerifyResult:
     report_dir: Path
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """An exported folder whose files match its manifest."""
-
-    folder: Path
-    manifest: dict[str, Any]
-
-    @classmethod
-    def open(cls, folder: Path) -> Artifact:
-        if not folder.is_dir():
-            raise ArtifactError(f"artifact folder not found: {folder}")
-        manifest = read_manifest(folder)
-        problems = manifest_mismatches(folder)
-        if problems:
-            raise ArtifactError(f"{folder} does not match its manifest: {'; '.join(problems)}")
-        artifact = cls(folder, manifest)
-        try:
-            onnx.load(artifact.model_path, load_external_data=False)
-        except Exception as err:  # protobuf's DecodeError and OSError alike: the file is not an ONNX model
-            raise ArtifactError(f"{artifact.model_path} does not load as an ONNX model: {err}") from err
-        return artifact
-
-    @property
-    def model_path(self) -> Path:
-        return self.folder / str(self.manifest.get("model_file", "model.onnx"))
-
-    def require_plan(self) -> None:
-        """An ArtifactError, saying how to build it, where the folder has no TensorRT plan."""
-        if not (self.folder / PLAN_FILE).is_file():
-            raise ArtifactError(
-                f"{self.folder} has no TensorRT plan ({PLAN_FILE}): run ftp-deploy export --engine trt on this "
-                f"machine, or build it from this artifact with {shlex.join(rebuild_command(self.folder))}"
-            )
-
-    def session_source(self) -> Path | bytes:
-        """The file itself, or its fp32 widening where ONNX Runtime's CPU provider lacks the dtype."""
-        if self.manifest["dtype"] in CPU_NATIVE_DTYPES:
-            return self.model_path
-        return widened_to_fp32(self.model_path).SerializeToString()
-
-
-def reference_model(artifact: Artifact, run_dir: Path | None, model: str | None) -> tuple[RoutedModel, LoadedModel]:
+def reference_model(
+    artifact: ExportedArtifact, run_dir: Path | None, model: str | None, trust_remote_code: bool = False
+) -> tuple[RoutedModel, LoadedModel]:
     """The PyTorch model the artifact must reproduce, loaded from its run folder."""
     manifest = artifact.manifest
-    run = run_dir or Path(manifest["source_run"]["path"])
+    run = run_dir or Path(manifest.source_run.path)
     routed_artifact = load_artifact(run)
-    expected = manifest["base_model"]["config_hash"]
-    if routed_artifact.base.config_hash != expected:
+    if routed_artifact.base.config_hash != manifest.base_model.config_hash:
         raise BaseModelMismatchError(
             f"{run} was trained for {routed_artifact.base.ref!r}, not the model of {artifact.folder} "
-            f"({manifest['base_model']['ref']!r})"
+            f"({manifest.base_model.ref!r})"
         )
-    if run_dir is None and sha256_file(run / CONFIG_FILE) != manifest["source_run"]["config_sha256"]:
+    if run_dir is None and sha256_file(run / CONFIG_FILE) != manifest.source_run.config_sha256:
         raise ArtifactError(f"the run folder {run} changed since the export; pass --against RUN_DIR")
-    loaded = load_base_model(model or manifest["base_model"]["loaded_from"])
-    if manifest["graph"] == "dense":
+    model_ref = model or manifest.base_model.loaded_from
+    routed, loaded, _ = load_routed(routed_artifact, model_ref, trust_remote_code=trust_remote_code)
+    if manifest.graph == "dense":
         num_layers = routed_artifact.base.num_layers
         return RoutedModel(loaded.model, Schedule.uniform(0.0, num_layers), RouterSpec(kind="static")), loaded
-    return routed_artifact.build(loaded.model), loaded
+    return routed, loaded
 
 
 def parity_feeds(loaded: LoadedModel, plan: InputPlan, inputs: Path | None) -> list[Feed]:
@@ -112,8 +71,9 @@ def parity_feeds(loaded: LoadedModel, plan: InputPlan, inputs: Path | None) -> l
         return load_feeds(inputs)
     pad_id = int(loaded.tokenizer.pad_token_id)
     feeds = random_feeds(int(loaded.model.config.vocab_size), plan, pad_id)
-    if HELD_OUT_TEXT.is_file():
-        text = HELD_OUT_TEXT.read_text(encoding="utf-8")[:200_000]
+    held_out = data_file(HELD_OUT_TEXT)
+    if held_out.is_file():
+        text = held_out.read_text(encoding="utf-8")[:200_000]
         feeds = text_feeds(loaded.tokenizer(text).input_ids, plan, pad_id) + feeds
     return feeds
 
@@ -123,20 +83,26 @@ def _session_run(source: Path | bytes, threads: int | None) -> Callable[[Feed], 
     return partial(session.run, None)
 
 
-def _candidate(artifact: Artifact, runtime: str) -> BaseRunner:
+def _session_source(artifact: ExportedArtifact) -> Path | bytes:
+    return cpu_runnable(artifact.model_path, artifact.manifest.dtype)
+
+
+def _candidate(artifact: ExportedArtifact, runtime: str) -> BaseRunner:
     if runtime == "trt":
         from ftp_deploy.engines.trt_runner import EngineFromPlan, TrtPlanRunner
 
         return TrtPlanRunner(EngineFromPlan(artifact.folder), name="tensorrt")
-    return OrtRunner(SessionFromOnnx(artifact.session_source()), name="onnxruntime")
+    return OrtRunner(SessionFromOnnx(_session_source(artifact)), name="onnxruntime")
 
 
-def _latency_run(artifact: Artifact, runtime: str, threads: int | None, stack: ExitStack) -> Callable[[Feed], object]:
+def _latency_run(
+    artifact: ExportedArtifact, runtime: str, threads: int | None, stack: ExitStack
+) -> Callable[[Feed], object]:
     """A run function for timing; a TensorRT runner stays active until `stack` closes."""
     if runtime == "trt":
         runner = stack.enter_context(_candidate(artifact, runtime))
         return runner.infer
-    return _session_run(artifact.session_source(), threads)
+    return _session_run(_session_source(artifact), threads)
 
 
 def verify(
@@ -153,12 +119,12 @@ def verify(
     runs: int = 10,
     threads: int | None = None,
     model: str | None = None,
-    progress: Callable[[str], None] = lambda _: None,
+    trust_remote_code: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> VerifyResult:
     """Parity (Polygraphy Comparator) and latency of `art_dir`; writes the report folder.
 
-    `runtime="trt"` runs the artifact's model.plan through engines/trt_runner.py; that path needs
-    TensorRT and a GPU and could not be run where it was written.
+    `runtime="trt"` runs the artifact's model.plan through engines/trt_runner.py (TensorRT and a GPU).
     """
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
@@ -166,31 +132,31 @@ def verify(
         require_tensorrt_gpu("--runtime trt")
     if batch < 1 or any(t < 1 for t in seq_lens):
         raise UsageError("--batch and every --seq-lens entry must be >= 1")
-    progress("checking the artifact against its manifest")
-    artifact = Artifact.open(art_dir)
-    tolerance = Tolerance.for_dtype(artifact.manifest["dtype"], atol, rtol)
-    dense_artifact = Artifact.open(baseline) if baseline is not None else None
-    if runtime == "trt":
-        for opened in (artifact, dense_artifact):
-            if opened is not None:
-                opened.require_plan()
-    progress("loading the PyTorch reference")
-    routed, loaded = reference_model(artifact, against, model)
-    feeds = parity_feeds(loaded, InputPlan(), inputs)
+    with progress.phase("check the artifact against its manifest"):
+        artifact = ExportedArtifact.open(art_dir)
+        tolerance = Tolerance.for_dtype(artifact.manifest.dtype, atol, rtol)
+        dense_artifact = ExportedArtifact.open(baseline) if baseline is not None else None
+        if runtime == "trt":
+            for opened in (artifact, dense_artifact):
+                if opened is not None:
+                    require_plan(opened.folder)
+    with progress.phase("load the PyTorch reference"):
+        routed, loaded = reference_model(artifact, against, model, trust_remote_code)
+        feeds = parity_feeds(loaded, InputPlan(), inputs)
     out_dir = report or art_dir.with_name(art_dir.name + "-verify")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_feeds(feeds, out_dir / "inputs.json")
 
-    progress("comparing outputs (Polygraphy Comparator)")
-    reference = RoutedTorchRunner(
-        routed,
-        last_token_logits=bool(artifact.manifest["last_token_logits"]),
-        debug_outputs=bool(artifact.manifest["debug_outputs"]),
-        name="pytorch",
-    )
-    parity, results = check_parity(reference, _candidate(artifact, runtime), feeds, tolerance)
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        results.save(str(out_dir / "run_results.json"))
+    with progress.phase("compare outputs (Polygraphy Comparator)"):
+        reference = RoutedTorchRunner(
+            routed,
+            last_token_logits=artifact.manifest.last_token_logits,
+            debug_outputs=artifact.manifest.debug_outputs,
+            name="pytorch",
+        )
+        parity, results = check_parity(reference, _candidate(artifact, runtime), feeds, tolerance)
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            results.save(str(out_dir / "run_results.json"))
 
     latency = None
     if seq_lens:
@@ -209,8 +175,8 @@ def verify(
         "artifact": str(art_dir),
         "baseline": str(baseline) if baseline else None,
         "runtime": runtime,
-        "dtype": artifact.manifest["dtype"],
-        "graph": artifact.manifest["graph"],
+        "dtype": artifact.manifest.dtype,
+        "graph": artifact.manifest.graph,
         "environment": environment(threads or torch.get_num_threads()),
     }
     write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol)
@@ -218,7 +184,5 @@ def verify(
 
 
 def failure_summary(parity: ParityReport) -> str:
-    failing = [o for o in parity.outputs if not o.passed]
-    names = ", ".join(f"{o.name} (max |diff| {o.absolute['max']:.3g})" for o in failing if o.name == "logits")
     where = f"; first block over tolerance: {parity.first_failing_block}" if parity.first_failing_block else ""
-    return f"parity failed: {names or 'logits'}{where}"
+    return f"parity failed: {'; '.join(parity.failures())}{where}"

@@ -53,8 +53,8 @@ def compile_kernel(
     16-byte loads and stores; otherwise nothing is assumed. `target`: a
     `triton.backends.compiler.GPUTarget`, None for the current GPU's. `ptx_version` (e.g. 90 for
     PTX ISA 9.0): None for Triton's default, lowered to what the installed driver can load,
-    since TensorRT hands the PTX to the driver's JIT compiler. Run here with an explicit target and
-    PTX version only; the defaults need a GPU and its driver.
+    since TensorRT hands the PTX to the driver's JIT compiler. With an explicit target and PTX
+    version it needs no GPU; the defaults need a GPU and its driver.
     """
     from ftp_deploy.plugins.token_compaction import kernels
 
@@ -89,7 +89,7 @@ def declared_ptx_version(ptx: str) -> int:
 def driver_ptx_version() -> int:
     """The newest PTX ISA version the installed CUDA driver accepts.
 
-    Not run here: needs a CUDA driver (libcuda.so.1).
+    Needs a CUDA driver (libcuda.so.1).
     """
     from triton.backends.nvidia.compiler import ptx_get_version
 

@@ -10,9 +10,8 @@ bool attribute `aot` (the parser then asks for it strictly), or the network flag
 The plugin's attributes are exactly `sparsity_num` and `sparsity_den` (both ints, no defaults).
 
 Written against the documented `tensorrt.plugin` API and the NVIDIA sample
-samples/python/quickly_deployable_plugins; none of the functions that need TensorRT could be
-run where this was written (TensorRT cannot be installed there). What ran: the shape formulas
-(geometry.py) and the PTX compilation (aot.py), both without TensorRT.
+samples/python/quickly_deployable_plugins; the functions below need TensorRT. The shape formulas
+(geometry.py) and the PTX compilation (aot.py) they rely on need no TensorRT.
 """
 
 import functools
@@ -36,7 +35,7 @@ SCATTER_TYPES = f"{_HIDDEN}, {_HIDDEN}, INT64, {_HIDDEN}"  # hidden, updated, in
 def register_trt_plugins() -> None:
     """Register both plugins with TensorRT's plugin registry; later calls do nothing.
 
-    Not run here: needs TensorRT >= 10.6 (the AOT implementations >= 10.9) and, to build, a GPU.
+    Needs TensorRT >= 10.6 (the AOT implementations >= 10.9) and, to build, a GPU.
     """
     try:
         import tensorrt as trt
@@ -57,14 +56,14 @@ def register_trt_plugins() -> None:
     }
 
     def as_torch(*tensors: trtp.Tensor) -> list[torch.Tensor]:
-        """Torch views of the plugin's tensors (not run here)."""
+        """Torch views of the plugin's tensors."""
         return [_torch_view(t, *torch_views[t.dtype]) for t in tensors]
 
     @trtp.register(COMPACT_ID)
     def compact_desc(
         hidden: trtp.TensorDesc, scores: trtp.TensorDesc, sparsity_num: int, sparsity_den: int
     ) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
-        """Outputs [B, K, D] like hidden and [B, K] int64, K from T and the attributes (not run here)."""
+        """Outputs [B, K, D] like hidden and [B, K] int64, K from T and the attributes."""
         batch, seq_len, dim = hidden.shape_expr
         kept = kept_count_expr(seq_len, sparsity_num, sparsity_den)
         return (
@@ -76,7 +75,7 @@ def register_trt_plugins() -> None:
     def compact_autotune(
         hidden: trtp.TensorDesc, scores: trtp.TensorDesc, outputs: tuple[trtp.TensorDesc, trtp.TensorDesc]
     ) -> list[trtp.AutoTuneCombination]:
-        """fp32/fp16/bf16 hidden states, fp32 scores, linear layout (not run here)."""
+        """fp32/fp16/bf16 hidden states, fp32 scores, linear layout."""
         return [trtp.AutoTuneCombination(COMPACT_TYPES, "LINEAR")]
 
     @trtp.impl(COMPACT_ID)
@@ -88,7 +87,7 @@ def register_trt_plugins() -> None:
         outputs: tuple[trtp.Tensor, trtp.Tensor],
         stream: int,
     ) -> None:
-        """JIT fallback through the PyTorch launch of the same kernel (not run here)."""
+        """JIT fallback through the PyTorch launch of the same kernel."""
         from ftp_deploy.plugins.token_compaction.launch import token_compact_into
 
         # K is fixed by the output shape TensorRT allocated from compact_desc.
@@ -97,7 +96,7 @@ def register_trt_plugins() -> None:
 
     @trtp.register(SCATTER_ID)
     def scatter_desc(hidden: trtp.TensorDesc, updated: trtp.TensorDesc, indices: trtp.TensorDesc) -> trtp.TensorDesc:
-        """Output like hidden (not run here)."""
+        """Output like hidden."""
         return hidden.like()
 
     @trtp.autotune(SCATTER_ID)
@@ -107,7 +106,7 @@ def register_trt_plugins() -> None:
         indices: trtp.TensorDesc,
         outputs: tuple[trtp.TensorDesc],
     ) -> list[trtp.AutoTuneCombination]:
-        """fp32/fp16/bf16 hidden and updated states of one type, int64 indices (not run here)."""
+        """fp32/fp16/bf16 hidden and updated states of one type, int64 indices."""
         return [trtp.AutoTuneCombination(SCATTER_TYPES, "LINEAR")]
 
     @trtp.impl(SCATTER_ID)
@@ -118,7 +117,7 @@ def register_trt_plugins() -> None:
         outputs: tuple[trtp.Tensor],
         stream: int,
     ) -> None:
-        """JIT fallback through the PyTorch launch of the same kernel (not run here)."""
+        """JIT fallback through the PyTorch launch of the same kernel."""
         from ftp_deploy.plugins.token_compaction.launch import token_scatter_into
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
@@ -136,7 +135,7 @@ def register_trt_plugins() -> None:
         outputs: tuple[trtp.TensorDesc, trtp.TensorDesc],
         tactic: int,  # TensorRT always passes one; there is a single tactic
     ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        """The kernel baked into the engine (not run here; aot.compile_kernel is, without TensorRT)."""
+        """The kernel baked into the engine (needs TensorRT; aot.compile_kernel does not)."""
         batch, seq_len, dim = hidden.shape_expr
         kept = outputs[1].shape_expr[1]
         return _aot_launch(trtp, "compact", triton_types[hidden.dtype], batch, seq_len, kept, dim)
@@ -149,7 +148,7 @@ def register_trt_plugins() -> None:
         outputs: tuple[trtp.TensorDesc],
         tactic: int,
     ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        """The kernel baked into the engine (not run here; aot.compile_kernel is, without TensorRT)."""
+        """The kernel baked into the engine (needs TensorRT; aot.compile_kernel does not)."""
         batch, seq_len, dim = hidden.shape_expr
         kept = indices.shape_expr[1]
         return _aot_launch(trtp, "scatter", triton_types[hidden.dtype], batch, seq_len, kept, dim)
@@ -158,7 +157,7 @@ def register_trt_plugins() -> None:
 def _torch_view(tensor: Any, typestr: str, dtype: Any) -> Any:
     """A zero-copy torch view of a `tensorrt.plugin.Tensor`, read as `typestr`, viewed as `dtype`.
 
-    Not run here: needs TensorRT and a GPU.
+    Needs TensorRT and a GPU.
     """
     import torch
 
@@ -182,7 +181,7 @@ def _aot_launch(
 
     Uses 16-byte accesses only when D is a build-time constant multiple of 16; tensor addresses
     are then assumed 16-byte aligned (TensorRT requires 256 for network I/O; that its internal
-    tensors are aligned likewise is assumed, not checked). Not run here: needs TensorRT.
+    tensors are aligned likewise is assumed, not checked). Needs TensorRT.
     """
     from ftp_deploy.plugins.token_compaction.aot import compile_kernel
 

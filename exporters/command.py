@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from ftp_deploy.cli_options import ModelOverrideOption, TrustOption
+from ftp_deploy.console import RichProgress, console
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape, parse_shape
 from ftp_deploy.errors import UsageError
-from ftp_deploy.exporters.options import DEFAULT_OPSET, ENGINES, EXPORT_DTYPES, SUPPORTED_OPSETS
-
-console = Console()
-err_console = Console(stderr=True)
+from ftp_deploy.export_format import EXPORT_DTYPES, TensorRtSection
+from ftp_deploy.exporters.options import DEFAULT_OPSET, ENGINES, SUPPORTED_OPSETS, ExportOptions
 
 
 def _shape_help(which: str, default: tuple[int, int]) -> str:
@@ -28,9 +23,7 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A routed-model folder (ftp_config.json)")],
     out: Annotated[Path, typer.Option(help="The artifact folder to create (built beside it, then renamed)")],
     engine: Annotated[str, typer.Option(help=f"One of {', '.join(ENGINES)}")] = "onnx",
-    model: Annotated[
-        str | None, typer.Option(help="The base model, if not the one the run names (checked to match)")
-    ] = None,
+    model: ModelOverrideOption = None,
     dtype: Annotated[str, typer.Option(help=f"One of {', '.join(EXPORT_DTYPES)}")] = "fp32",
     opset: Annotated[int, typer.Option(help=f"ONNX opset: {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]}")] = (
         DEFAULT_OPSET
@@ -41,7 +34,7 @@ def export(
         bool, typer.Option(help="Also output each block's kept indices and the hidden state it leaves")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out")] = False,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow the model's own Python code from the hub")] = False,
+    trust_remote_code: TrustOption = False,
     min_shape: Annotated[str | None, typer.Option(help=_shape_help("smallest", DEFAULT_PROFILE.min_shape))] = None,
     opt_shape: Annotated[str | None, typer.Option(help=_shape_help("tuned-for", DEFAULT_PROFILE.opt_shape))] = None,
     max_shape: Annotated[str | None, typer.Option(help=_shape_help("largest", DEFAULT_PROFILE.max_shape))] = None,
@@ -60,63 +53,50 @@ def export(
     if engine != "trt" and (onnx_only or any(shapes.values())):
         raise UsageError("--onnx-only and the --*-shape options apply to --engine trt only")
     given = {option: parse_shape(text, option) for option, text in shapes.items() if text is not None}
-    from ftp_deploy.exporters.pipeline import ExportResult, export_onnx
-    from ftp_deploy.exporters.trt_export import export_trt
-
-    exporter: Callable[..., ExportResult] = (
-        partial(
-            export_trt,
-            min_shape=given.get("--min-shape", DEFAULT_PROFILE.min_shape),
-            opt_shape=given.get("--opt-shape", DEFAULT_PROFILE.opt_shape),
-            max_shape=given.get("--max-shape", DEFAULT_PROFILE.max_shape),
-            onnx_only=onnx_only,
-        )
-        if engine == "trt"
-        else export_onnx
+    options = ExportOptions(
+        model=model,
+        dtype=dtype,
+        opset=opset,
+        dense=dense,
+        last_token_logits=last_token_logits,
+        debug_outputs=debug_outputs,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
     )
-    columns = (SpinnerColumn(finished_text="[green]done[/]"), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=err_console) as progress:
+    from ftp_deploy.exporters.pipeline import export_onnx
+    from ftp_deploy.exporters.trt_export import TrtOptions, export_trt
 
-        @contextlib.contextmanager
-        def step(description: str) -> Iterator[None]:
-            task = progress.add_task(description, total=1)
-            yield
-            progress.update(task, completed=1)
-
-        result = exporter(
-            run_dir,
-            out,
-            model=model,
-            dtype=dtype,
-            opset=opset,
-            dense=dense,
-            last_token_logits=last_token_logits,
-            debug_outputs=debug_outputs,
-            overwrite=overwrite,
-            trust_remote_code=trust_remote_code,
-            on_step=step,
-        )
-    validation = result.manifest["validation"]
-    console.print(f"exported {result.manifest['graph']} {dtype} ONNX to {result.out}")
+    with RichProgress() as progress:
+        if engine == "trt":
+            profile = ShapeProfile(
+                given.get("--min-shape", DEFAULT_PROFILE.min_shape),
+                given.get("--opt-shape", DEFAULT_PROFILE.opt_shape),
+                given.get("--max-shape", DEFAULT_PROFILE.max_shape),
+            )
+            result = export_trt(run_dir, out, options, TrtOptions(profile, onnx_only), progress=progress)
+        else:
+            result = export_onnx(run_dir, out, options, progress=progress)
+    manifest, validation = result.manifest, result.manifest.validation
+    console.print(f"exported {manifest.graph} {dtype} ONNX to {result.out}")
     console.print(
-        f"validated at lengths {validation['lengths']}: logits max |diff| {validation['logits_max_abs_diff']:.2e}"
+        f"validated at lengths {list(validation.lengths)}: logits max |diff| {validation.logits_max_abs_diff:.2e}"
         + (
-            f", routing agreement {validation['routing_agreement']:.2%}"
-            if validation["routing_agreement"] is not None
+            f", routing agreement {validation.routing_agreement:.2%}"
+            if validation.routing_agreement is not None
             else ""
         )
     )
-    for name in result.manifest["files"]:
+    for name in manifest.files:
         console.print(f"  {result.out / name}")
-    if "tensorrt" in result.manifest:
-        _print_engine_commands(result.out, result.manifest["tensorrt"])
+    if manifest.tensorrt is not None:
+        _print_engine_commands(result.out, manifest.tensorrt)
 
 
-def _print_engine_commands(out: Path, section: dict[str, Any]) -> None:
+def _print_engine_commands(out: Path, section: TensorRtSection) -> None:
     from ftp_deploy.exporters.trt_export import engine_commands
 
-    build, benchmark = engine_commands(ShapeProfile.from_json(section["profile"]), out.resolve()).shell()
-    if section["plan_file"] is None:
+    build, benchmark = engine_commands(ShapeProfile.from_json(section.profile), out.resolve()).shell()
+    if section.plan_file is None or section.built_for is None:
         console.print(
             "build the TensorRT engine on the target machine (NVIDIA GPU, TensorRT >= 10.9, "
             "pip install 'ftp-deploy[trt]'; trtexec cannot build it: its plugins are Python plugins):",
@@ -124,8 +104,8 @@ def _print_engine_commands(out: Path, section: dict[str, Any]) -> None:
         )
         console.print(f"  {build}", markup=False, highlight=False, soft_wrap=True)
     else:
-        built = section["built_for"]
-        console.print(f"built {out / section['plan_file']} for {built['gpu']} (TensorRT {built['tensorrt']})")
+        built = section.built_for
+        console.print(f"built {out / section.plan_file} for {built['gpu']} (TensorRT {built['tensorrt']})")
     console.print("time the engine with trtexec:", markup=False)
     console.print(f"  {benchmark}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"({out / section['build_script']} runs both)", markup=False, highlight=False)
+    console.print(f"({out / section.build_script} runs both)", markup=False, highlight=False)

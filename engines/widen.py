@@ -1,6 +1,6 @@
 """An fp32 copy of an fp16/bf16 graph: the same nodes, every reduced-precision type made fp32.
 
-ONNX Runtime's CPU provider has no bf16 kernels, so a bf16 file cannot run here as it is. Its
+ONNX Runtime's CPU provider has no bf16 kernels, so a bf16 file cannot run on it as it is. Its
 widened copy runs, and matches the PyTorch model with the same (rounded) weights computing in
 fp32: that checks the graph itself, routing included, to fp32 tolerances. What it cannot check is
 the arithmetic in reduced precision; the smoke run of the file itself covers that where a
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import AttributeProto, NodeProto, TensorProto, numpy_helper
+
+from ftp_deploy.export_format import CPU_NATIVE_DTYPES
 
 NARROW_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 # Attributes that name an element type (Cast's `to`, the `dtype` of generator ops).
@@ -34,6 +36,13 @@ def widened_to_fp32(path: Path) -> onnx.ModelProto:
         if info.type.tensor_type.elem_type in NARROW_TYPES:
             info.type.tensor_type.elem_type = TensorProto.FLOAT
     return model
+
+
+def cpu_runnable(path: Path, dtype: str) -> Path | bytes:
+    """The file itself, or its serialized fp32 widening where ONNX Runtime's CPU provider lacks `dtype`."""
+    if dtype in CPU_NATIVE_DTYPES:
+        return path
+    return widened_to_fp32(path).SerializeToString()
 
 
 def _all_nodes(model: onnx.ModelProto) -> Iterator[NodeProto]:
