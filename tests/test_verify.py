@@ -20,6 +20,7 @@ from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
+from ftp_deploy.verification.inputs import load_feeds
 from tests.conftest import tiny_model, tiny_tokenizer
 
 PERTURBED_LAYER = 1
@@ -63,6 +64,13 @@ def test_correct_export_passes_with_full_routing_agreement(exported, capsys, tmp
     assert report["parity"]["top1_agreement"] == 1.0
     assert {f["seq_len"] for f in report["parity"]["feeds"]} >= {1}
     assert "PASS" in out and "Routing agreement" in out
+    # The README's feeds: batch 2, the second row left-padded by a quarter, at each length past 1.
+    masks = [feed["attention_mask"] for feed in load_feeds(tmp_path / "inputs.json")]
+    padded = [m for m in masks if m.shape[1] > 1]
+    assert padded and all(m.shape[0] == 2 and m[0].all() for m in masks)
+    for mask in padded:
+        pad = mask.shape[1] // 4
+        assert not mask[1, :pad].any() and mask[1, pad:].all()
 
 
 def test_report_files_agree_with_each_other(exported, capsys, tmp_path: Path) -> None:
@@ -77,12 +85,13 @@ def test_report_files_agree_with_each_other(exported, capsys, tmp_path: Path) ->
     assert f"| 32 | 1 | {latency['median_ms']:.1f} |" in markdown
     # The saved Polygraphy results reproduce the reported maximum over the valid positions.
     results = RunResults.load(str(tmp_path / "run_results.json"))
-    feeds = json.loads((tmp_path / "report.json").read_text())["parity"]["feeds"]
+    feeds = load_feeds(tmp_path / "inputs.json")
     worst = 0.0
-    for index, (ref, got) in enumerate(zip(results["pytorch"], results["onnxruntime"], strict=True)):
-        assert list(ref["logits"].shape[:2]) == [feeds[index]["batch"], feeds[index]["seq_len"]]
-        worst = max(worst, float(np.abs(ref["logits"] - got["logits"]).max()))
-    assert worst >= logits["absolute"]["max"] - 1e-12
+    for ref, got, feed in zip(results["pytorch"], results["onnxruntime"], feeds, strict=True):
+        assert ref["logits"].shape[:2] == feed["attention_mask"].shape
+        valid = feed["attention_mask"].astype(bool)
+        worst = max(worst, float(np.abs(ref["logits"] - got["logits"])[valid].max()))
+    assert worst > 0 and logits["absolute"]["max"] == pytest.approx(worst, rel=1e-6)
 
 
 def test_perturbed_weights_fail_and_name_the_block(exported, capsys, tmp_path: Path) -> None:
@@ -164,7 +173,7 @@ def test_unloadable_onnx_is_exit_2(exported, capsys, tmp_path: Path) -> None:
     manifest["files"]["model.onnx"] = hashlib.sha256(b"not an onnx file").hexdigest()
     (copy / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = run_cli(capsys, copy, "--seq-lens", "")
-    assert code == 2 and "model.onnx" in err
+    assert code == 2 and f"{copy / 'model.onnx'} does not load as an ONNX model" in err
 
 
 def test_run_for_another_model_is_exit_2(exported, capsys, tmp_path: Path) -> None:
