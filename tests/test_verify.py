@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from polygraphy.comparator import RunResults
 
 from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.exporters.manifest import MANIFEST_FILE, write_manifest
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
@@ -188,3 +190,39 @@ def test_run_for_another_model_is_exit_2(exported, capsys, tmp_path: Path) -> No
 def test_non_positive_tolerance_is_exit_2(exported, capsys, option: str) -> None:
     code, _, err = run_cli(capsys, exported["art"], option, "0", "--seq-lens", "")
     assert code == 2 and "tolerances must be > 0" in err
+
+
+def small_artifact(folder: Path) -> Path:
+    """Two files under a manifest: what verify checks before it loads anything."""
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"graph")
+    (folder / "model.onnx.data").write_bytes(b"weights")
+    write_manifest(folder, {"model_file": "model.onnx"})
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "model.onnx.data").unlink(), "does not match its manifest: model.onnx.data is missing"),
+        (
+            lambda f: (f / "notes.txt").write_text("extra"),
+            "does not match its manifest: notes.txt is not in the manifest",
+        ),
+        (
+            lambda f: ((f / "model.onnx.data").unlink(), (f / "extra.bin").write_bytes(b"x")),
+            "model.onnx.data is missing; extra.bin is not in the manifest",
+        ),
+        (lambda f: (f / MANIFEST_FILE).write_text('{"format": "ftp-deploy/onnx-ex'), "manifest.json is not valid JSON"),
+        (lambda f: (f / MANIFEST_FILE).write_text("[1, 2]"), "manifest.json is not an ftp-deploy export manifest"),
+        (lambda f: (f / MANIFEST_FILE).unlink(), "is not an exported artifact: manifest.json is missing"),
+    ],
+)
+def test_an_artifact_that_differs_from_its_manifest_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, damage: Any, message: str
+) -> None:
+    folder = small_artifact(tmp_path / "art")
+    damage(folder)
+    code, _, err = run_cli(capsys, folder, "--seq-lens", "")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "art-verify").exists()
