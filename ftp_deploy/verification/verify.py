@@ -24,7 +24,7 @@ from ftp_deploy.exporters.manifest import manifest_mismatches, read_manifest
 from ftp_deploy.exporters.widen import widened_to_fp32
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.flops import flop_ratio
-from ftp_deploy.models import LoadedModel, load_base_model
+from ftp_deploy.models import DTYPES, LoadedModel, load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
@@ -87,8 +87,32 @@ class Artifact:
         return widened_to_fp32(self.model_path).SerializeToString()
 
 
-def reference_model(artifact: Artifact, run_dir: Path | None, model: str | None) -> tuple[RoutedModel, LoadedModel]:
-    """The PyTorch model the artifact must reproduce, loaded from its run folder."""
+@dataclass(frozen=True)
+class Arithmetic:
+    """The precision the candidate computes in: the reference computes in it too, and the tolerance is its."""
+
+    dtype: str
+    note: str
+
+
+def arithmetic(exported: str, runtime: str) -> Arithmetic:
+    if runtime == "trt" or exported in CPU_NATIVE_DTYPES:
+        return Arithmetic(exported, f"the {exported} file as exported, against PyTorch computing in {exported}")
+    return Arithmetic(
+        "fp32",
+        f"ONNX Runtime's CPU provider has no {exported} kernels: a copy of the file widened to fp32 ran, against "
+        f"PyTorch with the same {exported}-rounded weights computing in fp32; {exported} arithmetic itself is "
+        "checked by --runtime trt only",
+    )
+
+
+def reference_model(
+    artifact: Artifact, run_dir: Path | None, model: str | None, compute: str = "fp32"
+) -> tuple[RoutedModel, LoadedModel]:
+    """The PyTorch model the artifact must reproduce, loaded from its run folder.
+
+    Its weights are the export's (rounded to the exported dtype); it computes in `compute`.
+    """
     manifest = artifact.manifest
     run = run_dir or Path(manifest["source_run"]["path"])
     routed_artifact = load_artifact(run)
@@ -101,6 +125,9 @@ def reference_model(artifact: Artifact, run_dir: Path | None, model: str | None)
     if run_dir is None and sha256_file(run / CONFIG_FILE) != manifest["source_run"]["config_sha256"]:
         raise ArtifactError(f"the run folder {run} changed since the export; pass --against RUN_DIR")
     loaded = load_base_model(model or manifest["base_model"]["loaded_from"])
+    # As the exporter casts them: parameters only, so the rotary frequencies stay fp32.
+    for parameter in loaded.model.parameters():
+        parameter.data = parameter.data.to(DTYPES[manifest["dtype"]]).to(DTYPES[compute])
     if manifest["graph"] == "dense":
         num_layers = routed_artifact.base.num_layers
         return RoutedModel(loaded.model, Schedule.uniform(0.0, num_layers), RouterSpec(kind="static")), loaded
@@ -168,14 +195,15 @@ def verify(
         raise UsageError("--batch and every --seq-lens entry must be >= 1")
     progress("checking the artifact against its manifest")
     artifact = Artifact.open(art_dir)
-    tolerance = Tolerance.for_dtype(artifact.manifest["dtype"], atol, rtol)
+    compared = arithmetic(artifact.manifest["dtype"], runtime)
+    tolerance = Tolerance.for_dtype(compared.dtype, atol, rtol)
     dense_artifact = Artifact.open(baseline) if baseline is not None else None
     if runtime == "trt":
         for opened in (artifact, dense_artifact):
             if opened is not None:
                 opened.require_plan()
     progress("loading the PyTorch reference")
-    routed, loaded = reference_model(artifact, against, model)
+    routed, loaded = reference_model(artifact, against, model, compared.dtype)
     feeds = parity_feeds(loaded, InputPlan(), inputs)
     out_dir = report or art_dir.with_name(art_dir.name + "-verify")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +239,7 @@ def verify(
         "runtime": runtime,
         "dtype": artifact.manifest["dtype"],
         "graph": artifact.manifest["graph"],
+        "compared": compared.note,
         "environment": environment(threads or torch.get_num_threads()),
     }
     write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol)
