@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.verification.inputs import load_feeds
-from tests.conftest import tiny_model, tiny_tokenizer
+from ftp_deploy.verification.inputs import load_feeds, save_feeds
+from tests.conftest import random_batch, tiny_model, tiny_tokenizer
 
 PERTURBED_LAYER = 1
 
@@ -226,3 +227,30 @@ def test_an_artifact_that_differs_from_its_manifest_is_one_line(
     code, _, err = run_cli(capsys, folder, "--seq-lens", "")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "art-verify").exists()
+
+
+def test_right_padded_feeds_match_through_the_exported_graph(exported, capsys, tmp_path: Path) -> None:
+    """Right padding (a batch of finished sequences, say): the forced-keep last valid token is mid-row."""
+    ids, mask = random_batch(2, 40, "right", seed=3)
+    ids3, mask3 = random_batch(3, 17, "right", seed=4)
+    mask3[2, 5:] = 0  # a third row padded past most of its length
+    feeds = [
+        OrderedDict(input_ids=i.numpy(), attention_mask=m.numpy())
+        for i, m in ((ids, mask), (ids3.masked_fill(mask3 == 0, 0), mask3))
+    ]
+    save_feeds(feeds, tmp_path / "right.json")
+    code, _, _ = run_cli(capsys, exported["art"], "--seq-lens", "", "--inputs", tmp_path / "right.json",
+                         "--report", tmp_path / "report")  # fmt: skip
+    assert code == 0
+    parity = json.loads((tmp_path / "report" / "report.json").read_text())["parity"]
+    assert parity["routing_agreement"] == 1.0 and parity["top1_agreement"] == 1.0
+    assert [f["seq_len"] for f in parity["feeds"]] == [40, 17]
+    results = RunResults.load(str(tmp_path / "report" / "run_results.json"))
+    for feed, ref, got in zip(feeds, results["pytorch"], results["onnxruntime"], strict=True):
+        valid = feed["attention_mask"].astype(bool)
+        assert not valid[:, -1].all()  # the last position is padding in some row
+        np.testing.assert_allclose(got["logits"][valid], ref["logits"][valid], atol=1e-3, rtol=1e-3)
+        last = valid.sum(1) - 1  # the last valid token is kept by every block, as the spec requires
+        for block in range(3):
+            indices = got[f"indices_{block}"]
+            assert all(int(last[row]) in indices[row] for row in range(len(last)))
