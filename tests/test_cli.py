@@ -12,6 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from ftp_deploy import cli as cli_module
+from ftp_deploy import errors
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.cli import app
 from ftp_deploy.models import model_ref_for
@@ -210,3 +212,33 @@ def test_train_help_shows_the_config_defaults() -> None:
         line = next(line for line in result.output.splitlines() if f" {option} " in line)
         assert f"[default: {value}]" in line, (option, line)
     assert "[default: smollm2-135m]" in text and "[default: 0.3]" in text and "[required]" in text
+
+
+def error_classes() -> list[type[errors.FtpDeployError]]:
+    return [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.FtpDeployError)]
+
+
+@pytest.mark.parametrize("error", error_classes(), ids=lambda c: c.__name__)
+def test_exit_codes_are_the_readmes(
+    error: type[errors.FtpDeployError], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2 for bad input (every UsageError), 1 for what went wrong after the input was accepted."""
+    instance = error.__new__(error)
+    Exception.__init__(instance, "planted")
+
+    def fail(run_dir: Path) -> None:
+        raise instance
+
+    monkeypatch.setattr("ftp_deploy.summary.summarize_artifact", fail)
+    code = cli_module.main(["info", "/nowhere"])
+    assert code == (2 if issubclass(error, errors.UsageError) else 1)
+    assert capsys.readouterr().err.strip() == "error: planted"
+
+
+def test_an_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(run_dir: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ftp_deploy.summary.summarize_artifact", interrupted)
+    assert cli_module.main(["info", "/nowhere"]) == 130
+    assert "aborted" in capsys.readouterr().err
