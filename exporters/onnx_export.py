@@ -75,7 +75,10 @@ def stitched_model(routed: RoutedModel, spec: ExportSpec, vocab_size: int) -> ir
     prologue = Prologue(routed, dense, learned=routed.router is not None and not dense)
     with torch.no_grad():
         facts = dict(zip(prologue.output_names, prologue(input_ids, attention_mask), strict=True))
-    pieces = _PieceTracer(spec.opset)
+    # An fp16/bf16 graph stays unfolded: folding would bake constants rounded to that type into the
+    # file, which the fp32-widened copy that validation runs cannot undo, so validation could no
+    # longer tell the graph's structure from its rounding. Runtimes fold the same casts at load.
+    pieces = _PieceTracer(spec.opset, optimize=spec.dtype == "fp32")
     prologue_graph = pieces.trace(
         prologue, {"input_ids": input_ids, "attention_mask": attention_mask}, prologue.output_names
     )
@@ -141,10 +144,11 @@ def _stitch(
 
 
 class _PieceTracer:
-    """torch.onnx.export of one small module, its weights turned into inputs, then optimized."""
+    """torch.onnx.export of one small module, its weights turned into inputs, then (fp32) optimized."""
 
-    def __init__(self, opset: int) -> None:
+    def __init__(self, opset: int, optimize: bool) -> None:
         self.opset = opset
+        self.optimize = optimize
 
     def trace(self, module: nn.Module, example: dict[str, torch.Tensor], output_names: tuple[str, ...]) -> ir.Model:
         names = list(example)
@@ -170,8 +174,8 @@ class _PieceTracer:
             raise ExportError("torch.onnx.export returned no program")
         model = program.model
         _weights_to_inputs(model, module)
-        # Folding one small piece takes a second; folding the stitched graph takes minutes.
-        onnxscript.optimizer.optimize(model)
+        if self.optimize:  # folding one small piece takes a second; the stitched graph, minutes
+            onnxscript.optimizer.optimize(model)
         return model
 
 

@@ -26,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+ABORTED = 130  # the shell's code for a process ended by SIGINT
 
 DEFAULT_PROMPT = (
     "Water boils at 100 degrees Celsius at sea level. At higher altitudes the air pressure is lower, "
@@ -75,13 +76,14 @@ app.command()(verify)
 def main(argv: list[str] | None = None) -> int:
     """Entry point: FtpDeployError and usage errors become one line on stderr and an exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode typer returns, not raises, the code of a Ctrl-C (130) or a typer.Exit.
+        code = app(args=argv, standalone_mode=False)
     except FtpDeployError as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
     except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
-        return 130
+        return ABORTED
     except (click.ClickException, typer.TyperException) as err:
         # typer 0.29 raises usage errors from its own copy of click, which subclass TyperException.
         show = getattr(err, "show", None)
@@ -92,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(err, "exit_code", 2))
     except (click.exceptions.Exit, typer.Exit) as err:
         return int(getattr(err, "exit_code", 0))
-    return 0
+    if code == ABORTED:
+        err_console.print("aborted")
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -129,6 +129,25 @@ def check_architecture(model: nn.Module) -> None:
         raise UnsupportedArchitectureError(
             f"decoder layers of {model_type!r} lack {', '.join(missing)}; supported: {supported}"
         )
+    check_full_attention(config)
+
+
+def check_full_attention(config: Any) -> None:
+    """Raise UnsupportedArchitectureError where a layer attends through a sliding window.
+
+    The routed forward masks by causal order of the original positions only; a window that can
+    cut a sequence (smaller than max_position_embeddings) would be silently ignored past it.
+    """
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
+        return
+    if window < int(getattr(config, "max_position_embeddings", 0) or 0):
+        raise UnsupportedArchitectureError(
+            f"model type {config.model_type!r} attends through a sliding window of {window} tokens "
+            "(config.sliding_window), which ftp-deploy's routed forward does not implement; "
+            "use a model without one (sliding_window null, as in Mistral v0.2 and later)"
+        )
 
 
 def _resolve_source(model: str) -> tuple[str, str | None]:
@@ -181,6 +200,7 @@ def load_base_model(
                 f"model type {model_type!r} is not supported; "
                 f"ftp-deploy routes LLaMA-family decoders: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        check_full_attention(config)  # before the weights load
         try:
             # transformers' GGUF dequantizer draws an unconditional tqdm bar on stderr.
             with contextlib.redirect_stderr(io.StringIO()):

@@ -18,6 +18,7 @@ from torch import nn
 
 from ftp_deploy.attention_factor import attention_received
 from ftp_deploy.errors import ConfigError
+from ftp_deploy.models import check_full_attention
 from ftp_deploy.plugins.token_compaction.contract import kept_count
 from ftp_deploy.plugins.token_compaction.reference import gather_rows, token_compact, token_scatter
 from ftp_deploy.router import (
@@ -127,6 +128,7 @@ class RoutedModel(nn.Module):
             raise ConfigError(f"unknown routing mode {routing_mode!r}; choose one of {', '.join(ROUTING_MODES)}")
         if routing_mode == "threshold" and spec.kind != "learned":
             raise ConfigError("threshold routing needs the learned router (static and random scores are not gates)")
+        check_full_attention(base.config)
         schedule.check_layers(len(base.model.layers))
         self.base: Any = base
         self.schedule = schedule

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -36,15 +37,16 @@ _COMMON = dict(
 
 TINY_BUILDERS = {
     "llama": lambda **kw: LlamaForCausalLM(LlamaConfig(**{**_COMMON, **kw})),
-    "mistral": lambda **kw: MistralForCausalLM(MistralConfig(**{**_COMMON, **kw}, sliding_window=None)),
+    "mistral": lambda **kw: MistralForCausalLM(MistralConfig(**{**_COMMON, "sliding_window": None, **kw})),
     "qwen2": lambda **kw: Qwen2ForCausalLM(Qwen2Config(**{**_COMMON, **kw})),
     "qwen3": lambda **kw: Qwen3ForCausalLM(Qwen3Config(**{**_COMMON, **kw}, head_dim=12)),
 }
 
 
-def tiny_model(arch: str = "llama", seed: int = 0, num_layers: int = 4) -> torch.nn.Module:
+def tiny_model(arch: str = "llama", seed: int = 0, num_layers: int = 4, **config: Any) -> torch.nn.Module:
+    """A random model of `arch`; `config` overrides fields of its transformers config."""
     torch.manual_seed(seed)
-    model = TINY_BUILDERS[arch](num_hidden_layers=num_layers).eval()
+    model = TINY_BUILDERS[arch](num_hidden_layers=num_layers, **config).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model

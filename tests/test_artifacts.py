@@ -19,9 +19,9 @@ from ftp_deploy.schedule import Schedule
 from tests.conftest import TINY_BUILDERS, random_batch, tiny_model
 
 
-def _saved(folder: Path, arch: str = "llama") -> RoutedModel:
+def _saved(folder: Path, arch: str = "llama", router_seed: int = 3) -> RoutedModel:
     base = tiny_model(arch)
-    torch.manual_seed(3)
+    torch.manual_seed(router_seed)
     routed = RoutedModel(base, Schedule.from_sparsities([0.1, 0.2, 0.3, 0.4]), RouterSpec())
     save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, "tiny"), {"steps": 5}), folder)
     return routed
@@ -107,17 +107,24 @@ def crash_on_config_write(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fileio.os, "replace", crash_on_config)
 
 
-def test_interrupted_save_leaves_previous_files_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _saved(tmp_path / "run")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+def test_interrupted_save_of_another_router_never_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new router over an old one, cut before its config: the old config names the old hash."""
+    run = tmp_path / "run"
+    _saved(run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
     crash_on_config_write(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        _saved(tmp_path / "run")
+        _saved(run, router_seed=4)
     monkeypatch.undo()
-    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())
-    assert (tmp_path / "run" / CONFIG_FILE).read_bytes() == before[CONFIG_FILE]
-    # The router was rewritten with the same seed, so the folder still loads consistently.
-    load_artifact(tmp_path / "run")
+    assert not any(p.name.endswith(".tmp") for p in run.iterdir())
+    assert (run / CONFIG_FILE).read_bytes() == before[CONFIG_FILE]
+    assert (run / ROUTER_FILE).read_bytes() != before[ROUTER_FILE]
+    with pytest.raises(ArtifactError, match=rf"{ROUTER_FILE} is corrupt or truncated: its sha256 does not match"):
+        load_artifact(run)
+    rewritten = _saved(run, router_seed=4)  # the save run again to its end: the new router loads
+    ids, mask = random_batch(2, 17, "left")
+    with torch.no_grad():
+        assert torch.equal(load_artifact(run).build(tiny_model())(ids, mask).logits, rewritten(ids, mask).logits)
 
 
 def test_interrupted_first_save_never_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

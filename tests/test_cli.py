@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from ftp_deploy import cli as cli_module
+from ftp_deploy import errors
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.cli import app
 from ftp_deploy.models import model_ref_for
@@ -21,7 +25,7 @@ from ftp_deploy.training.losses import LossWeights
 from ftp_deploy.training.search import SearchConfig
 from ftp_deploy.training.settings import FINETUNE_SEARCH
 from ftp_deploy.training.trainer import TrainConfig
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, tiny_tokenizer
 
 # What `ftp-deploy --help`, each command's --help and a bad option value must not load: they
 # take seconds to import, and the CLI loads them only inside the command that needs them.
@@ -73,13 +77,58 @@ def test_corrupt_router_is_one_line(run_dir: Path) -> None:
     assert sorted((p.name, p.read_bytes()) for p in run_dir.iterdir()) == before
 
 
-def test_mismatched_base_model_from_cli(run_dir: Path, tiny_model_dir: Path) -> None:
-    # The router was saved for tiny llama #0; give the run command a model with other weights
-    # but the same architecture: it loads. Then a Qwen2-shaped router against it: refused.
-    result = cli(
-        "run", "--model", str(tiny_model_dir), "--router", str(run_dir), "--prompt", "w1 w2 w3", "--max-new-tokens", "2"
+def greedy_text(model: torch.nn.Module, prompt: str, steps: int) -> str:
+    """Greedy continuation by argmax over full forwards, the way `run` describes its rows."""
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(ids).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    return tokenizer.decode(ids[0, -steps:], skip_special_tokens=True)
+
+
+def run_rows(*args: str) -> dict[str, str]:
+    """`ftp-deploy run`'s table as {model column: continuation}, on a console wide enough for one line a row."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ftp_deploy.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "400"},
     )
     assert result.returncode == 0, result.stderr
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
+    return {row[0]: row[1] for row in cells if row and row[0] != "model"}
+
+
+def test_run_prints_each_routed_models_own_continuation(tmp_path: Path) -> None:
+    """Two different routers on a base model with other weights than the one they were saved with."""
+    base = tiny_model(seed=1)
+    base.save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    prompt = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12"
+    routers = {
+        "learned": (Schedule.from_sparsities([0.1, 0.2, 0.3, 0.4]), RouterSpec()),
+        "static": (Schedule.uniform(0.6, 4), RouterSpec(kind="static")),
+    }
+    seen = set()
+    for name, (schedule, spec) in routers.items():
+        torch.manual_seed(5)
+        saved_for = tiny_model()
+        routed = RoutedModel(saved_for, schedule, spec)
+        save_artifact(RoutedArtifact.from_model(routed, model_ref_for(saved_for, "tiny-other")), tmp_path / name)
+        rows = run_rows("--model", str(tmp_path / "base"), "--router", str(tmp_path / name), "--prompt", prompt,
+                        "--max-new-tokens", "4")  # fmt: skip
+        on_base = RoutedModel(base, schedule, spec, router=routed.router)
+        label = f"routed ({tmp_path / name}, mean sparsity {schedule.mean():.2f})"
+        assert rows == {"dense": greedy_text(base, prompt, 4), label: greedy_text(on_base, prompt, 4)}
+        seen.add(rows[label])
+    assert len(seen) == 2  # the two routers continue differently, so each row is its own model's
+
+
+def test_mismatched_base_model_from_cli(run_dir: Path, tiny_model_dir: Path) -> None:
     qwen = tiny_model("qwen2")
     routed = RoutedModel(qwen, Schedule.uniform(0.2, 4), RouterSpec())
     save_artifact(RoutedArtifact.from_model(routed, model_ref_for(qwen, "tiny-qwen2")), run_dir)
@@ -163,3 +212,33 @@ def test_train_help_shows_the_config_defaults() -> None:
         line = next(line for line in result.output.splitlines() if f" {option} " in line)
         assert f"[default: {value}]" in line, (option, line)
     assert "[default: smollm2-135m]" in text and "[default: 0.3]" in text and "[required]" in text
+
+
+def error_classes() -> list[type[errors.FtpDeployError]]:
+    return [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.FtpDeployError)]
+
+
+@pytest.mark.parametrize("error", error_classes(), ids=lambda c: c.__name__)
+def test_exit_codes_are_the_readmes(
+    error: type[errors.FtpDeployError], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2 for bad input (every UsageError), 1 for what went wrong after the input was accepted."""
+    instance = error.__new__(error)
+    Exception.__init__(instance, "planted")
+
+    def fail(run_dir: Path) -> None:
+        raise instance
+
+    monkeypatch.setattr("ftp_deploy.summary.summarize_artifact", fail)
+    code = cli_module.main(["info", "/nowhere"])
+    assert code == (2 if issubclass(error, errors.UsageError) else 1)
+    assert capsys.readouterr().err.strip() == "error: planted"
+
+
+def test_an_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(run_dir: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ftp_deploy.summary.summarize_artifact", interrupted)
+    assert cli_module.main(["info", "/nowhere"]) == 130
+    assert "aborted" in capsys.readouterr().err

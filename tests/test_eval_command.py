@@ -13,6 +13,7 @@ from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ArtifactError, DataError, UsageError
 from ftp_deploy.evaluation.command import evaluate
 from ftp_deploy.evaluation.pipeline import run_eval
+from ftp_deploy.flops import flop_ratio
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -64,8 +65,19 @@ def test_eval_writes_results_report_and_chart(tmp_path: Path, tiny_model_dir: Pa
     assert (mc["items"], mc["available"], mc["chance"]) == (5, 6, 0.25)
     assert len(next(iter(mc["files"].values()))) == 64
     assert len(results["model"]["weights_sha256"]) == 64 and len(results["run"]["router_sha256"]) == 64
-    for name, method in results["methods"].items():
-        assert 0 <= method["measured"]["token_sparsity"] < 0.5, name
+    methods = results["methods"]
+    assert methods["dense"]["measured"] == {"token_sparsity": 0.0, "flop_ratio": 1.0}
+    assert methods["shortgpt"]["measured"]["token_sparsity"] == 0.25  # one of four blocks removed
+    # The perplexity task scores full 32-token windows: each block keeps 32 - (32 * n) // 1000
+    # tokens, 26, 23, 23 and 20 of its schedule, so 36 of 128 (token, block) pairs are skipped.
+    ppl = f"ppl:{data_dir / 'text.txt'}"
+    config = tiny_model().config
+    for name in ("static", "ftp"):
+        measured = methods[name]["tasks"][ppl]["measured"]
+        assert measured["token_sparsity"] == 36 / 128, name
+        assert measured["flop_ratio"] == pytest.approx(flop_ratio(config, Schedule.from_sparsities(SCHEDULE), 32))
+        # Short multiple-choice items skip floor(T * s) of T tokens: never more than the schedule.
+        assert 0.2 < methods[name]["measured"]["token_sparsity"] <= sum(SCHEDULE) / 4, name
     report = (run / "eval/report.md").read_text()
     assert "| method |" in report and "| ftp |" in report
     assert (run / "eval/retention.png").read_bytes().startswith(b"\x89PNG")

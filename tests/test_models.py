@@ -8,12 +8,13 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from ftp_deploy import cli
 from ftp_deploy.errors import ModelLoadError, UnsupportedArchitectureError
 from ftp_deploy.models import check_architecture, load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from tests.conftest import tiny_tokenizer
+from tests.conftest import tiny_model, tiny_tokenizer
 
 
 def test_local_folder_loads_frozen(tiny_model_dir: Path) -> None:
@@ -56,3 +57,30 @@ def test_smollm2_loads_offline_and_routes_256_tokens(smollm2) -> None:
     assert all(int(keep.sum()) == 256 - (256 * 300) // 1000 for keep in out.keep)
     # The routed model still continues the repetition correctly.
     assert smollm2.tokenizer.decode(out.logits[0, -1].argmax()).strip() in {"The", "the", "fox"}
+
+
+def test_a_sliding_window_that_can_cut_a_sequence_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    windowed = tiny_model("mistral", sliding_window=8)
+    with pytest.raises(UnsupportedArchitectureError, match=r"'mistral' attends through a sliding window of 8 tokens"):
+        RoutedModel(windowed, Schedule.uniform(0.2, 4), RouterSpec(kind="static"))
+    qwen = tiny_model("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=2)
+    with pytest.raises(UnsupportedArchitectureError, match="sliding window of 8 tokens"):
+        check_architecture(qwen)
+    windowed.save_pretrained(tmp_path / "mistral")
+    tiny_tokenizer().save_pretrained(tmp_path / "mistral")
+    capsys.readouterr()  # save_pretrained's progress bar
+    code = cli.main(["run", "--model", str(tmp_path / "mistral"), "--prompt", "w1 w2", "--max-new-tokens", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "sliding window of 8 tokens" in err and "Traceback" not in err
+
+
+def test_a_window_as_long_as_the_positions_routes_like_transformers() -> None:
+    """Mistral's window at max_position_embeddings never cuts a sequence: accepted, and exact."""
+    base = tiny_model("mistral", sliding_window=512)
+    ids = torch.randint(4, 90, (2, 40), generator=torch.Generator().manual_seed(0))
+    routed = RoutedModel(base, Schedule.uniform(0.0, 4), RouterSpec(kind="static"))
+    with torch.no_grad():
+        torch.testing.assert_close(routed(ids).logits, base(ids).logits, atol=1e-5, rtol=1e-5)

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from polygraphy.comparator import Comparator
+from polygraphy.exception import PolygraphyException
 
 from ftp_deploy.engines.onnx_runtime import (
     DEVICE_PROVIDERS,
@@ -66,8 +67,13 @@ def test_runner_infers_repeatedly_through_one_binding(tmp_path: Path) -> None:
 
 
 def test_runner_refuses_inputs_of_the_wrong_type(tmp_path: Path) -> None:
-    with OrtRunner(SessionFromOnnx(affine_model(tmp_path / "m.onnx"))) as runner, pytest.raises(Exception, match="x"):
-        runner.infer({"x": np.zeros((2, 3), dtype=np.int64)})
+    """The runner's input metadata (ONNX Runtime's types as Polygraphy's) names the input and both types."""
+    with OrtRunner(SessionFromOnnx(affine_model(tmp_path / "m.onnx"))) as runner:
+        with pytest.raises(
+            PolygraphyException, match=r"(?s)Input tensor: x \| Received unexpected dtype: int64.*float32"
+        ):
+            runner.infer({"x": np.zeros((2, 3), dtype=np.int64)})
+        np.testing.assert_array_equal(runner.infer({"x": np.ones((1, 3), dtype=np.float32)})["y"], np.full((1, 3), 3.0))
 
 
 def test_session_options_and_model_bytes(tmp_path: Path) -> None:

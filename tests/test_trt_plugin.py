@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
+import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +59,70 @@ def test_kept_count_expr_needs_no_reflected_operators(num: int, den: int) -> Non
         assert kept_count_expr(LeftOnlyDim(seq_len), num, den).value == kept_count(seq_len, num, den)
 
 
-def test_stand_in_dim_lacks_reflected_operators() -> None:
-    with pytest.raises(TypeError):
-        3 * LeftOnlyDim(2)  # type: ignore[operator]
-    with pytest.raises(TypeError):
-        3 - LeftOnlyDim(2)  # type: ignore[operator]
+class FakePluginApi:
+    """What register_trt_plugins calls in `tensorrt.plugin` (before 10.9: no aot_impl); keeps the functions."""
+
+    # Read as annotations when the plugin functions are defined.
+    Tensor = TensorDesc = AutoTuneCombination = object
+
+    def __init__(self) -> None:
+        self.descriptors: dict[str, Any] = {}
+
+    def register(self, plugin_id: str) -> Any:
+        def keep(function: Any) -> Any:
+            self.descriptors[plugin_id] = function
+            return function
+
+        return keep
+
+    def autotune(self, plugin_id: str) -> Any:
+        return lambda function: function
+
+    impl = autotune
+
+    @staticmethod
+    def from_shape_expr(shape: tuple[Any, ...], dtype: str) -> tuple[tuple[Any, ...], str]:
+        return shape, dtype
+
+
+@dataclass
+class FakeDesc:
+    shape_expr: tuple[LeftOnlyDim, ...]
+    dtype: str
+
+    def like(self) -> FakeDesc:
+        return FakeDesc(self.shape_expr, self.dtype)
+
+
+def registered_descriptors(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    api = FakePluginApi()
+    trt = types.ModuleType("tensorrt")
+    for name in ("float32", "float16", "bfloat16", "int64"):
+        setattr(trt, name, name)
+    trt.plugin = api  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", api)
+    register_trt_plugins.__wrapped__()  # past functools.cache: this registration is the stand-in's
+    return api.descriptors
+
+
+@pytest.mark.parametrize(("num", "den"), SPARSITIES)
+def test_plugin_output_shapes_follow_the_contract(monkeypatch: pytest.MonkeyPatch, num: int, den: int) -> None:
+    """The shape functions TensorRT calls, on dimensions with its ShapeExpr's operators only."""
+    descriptors = registered_descriptors(monkeypatch)
+    assert set(descriptors) == {"ftp::TokenCompact", "ftp::TokenScatter"}
+    for seq_len in (1, 7, 2048, 6000):
+        hidden = FakeDesc((LeftOnlyDim(3), LeftOnlyDim(seq_len), LeftOnlyDim(64)), "float16")
+        scores = FakeDesc(hidden.shape_expr[:2], "float32")
+        (compact_shape, compact_type), (indices_shape, indices_type) = descriptors["ftp::TokenCompact"](
+            hidden, scores, sparsity_num=num, sparsity_den=den
+        )
+        kept = kept_count(seq_len, num, den)
+        assert [d.value for d in compact_shape] == [3, kept, 64] and compact_type == "float16"
+        assert [d.value for d in indices_shape] == [3, kept] and indices_type == "int64"
+        updated = FakeDesc(compact_shape, "float16")
+        indices = FakeDesc(indices_shape, "int64")
+        assert descriptors["ftp::TokenScatter"](hidden, updated, indices) == hidden
 
 
 def test_kept_count_expr_rejects_sparsity_out_of_range() -> None:

@@ -6,7 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,12 +17,15 @@ from polygraphy.comparator import RunResults
 
 from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.export_format import MANIFEST_FILE, write_manifest
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from tests.conftest import tiny_model, tiny_tokenizer
+from ftp_deploy.verification.inputs import load_feeds, save_feeds
+from tests.conftest import random_batch, tiny_model, tiny_tokenizer
+from tests.test_export_format import sample_manifest
 
 PERTURBED_LAYER = 1
 
@@ -66,6 +71,13 @@ def test_correct_export_passes_with_full_routing_agreement(exported, capsys, tmp
     assert "verdict: PASS" in out and "routing agreement: 100.000%" in out and "x dense" in out
     assert f"tables: {tmp_path / 'report.md'}" in out and "| output |" not in out
     assert max(len(line) for line in out.splitlines() if not line.startswith(("tables:", "report:"))) <= 80
+    # The README's feeds: batch 2, the second row left-padded by a quarter, at each length past 1.
+    masks = [feed["attention_mask"] for feed in load_feeds(tmp_path / "inputs.json")]
+    padded = [m for m in masks if m.shape[1] > 1]
+    assert padded and all(m.shape[0] == 2 and m[0].all() for m in masks)
+    for mask in padded:
+        pad = mask.shape[1] // 4
+        assert not mask[1, :pad].any() and mask[1, pad:].all()
 
 
 def test_report_files_agree_with_each_other(exported, capsys, tmp_path: Path) -> None:
@@ -80,12 +92,13 @@ def test_report_files_agree_with_each_other(exported, capsys, tmp_path: Path) ->
     assert f"| 32 | 1 | {latency['median_ms']:.1f} |" in markdown
     # The saved Polygraphy results reproduce the reported maximum over the valid positions.
     results = RunResults.load(str(tmp_path / "run_results.json"))
-    feeds = json.loads((tmp_path / "report.json").read_text())["parity"]["feeds"]
+    feeds = load_feeds(tmp_path / "inputs.json")
     worst = 0.0
-    for index, (ref, got) in enumerate(zip(results["pytorch"], results["onnxruntime"], strict=True)):
-        assert list(ref["logits"].shape[:2]) == [feeds[index]["batch"], feeds[index]["seq_len"]]
-        worst = max(worst, float(np.abs(ref["logits"] - got["logits"]).max()))
-    assert worst >= logits["absolute"]["max"] - 1e-12
+    for ref, got, feed in zip(results["pytorch"], results["onnxruntime"], feeds, strict=True):
+        assert ref["logits"].shape[:2] == feed["attention_mask"].shape
+        valid = feed["attention_mask"].astype(bool)
+        worst = max(worst, float(np.abs(ref["logits"] - got["logits"])[valid].max()))
+    assert worst > 0 and logits["absolute"]["max"] == pytest.approx(worst, rel=1e-6)
 
 
 def test_perturbed_weights_fail_and_name_the_block(exported, capsys, tmp_path: Path) -> None:
@@ -167,7 +180,7 @@ def test_unloadable_onnx_is_exit_2(exported, capsys, tmp_path: Path) -> None:
     manifest["files"]["model.onnx"] = hashlib.sha256(b"not an onnx file").hexdigest()
     (copy / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = run_cli(capsys, copy, "--seq-lens", "")
-    assert code == 2 and "model.onnx" in err
+    assert code == 2 and f"{copy / 'model.onnx'} does not load as an ONNX model" in err
 
 
 def test_run_for_another_model_is_exit_2(exported, capsys, tmp_path: Path) -> None:
@@ -182,3 +195,66 @@ def test_run_for_another_model_is_exit_2(exported, capsys, tmp_path: Path) -> No
 def test_non_positive_tolerance_is_exit_2(exported, capsys, option: str) -> None:
     code, _, err = run_cli(capsys, exported["art"], option, "0", "--seq-lens", "")
     assert code == 2 and "tolerances must be > 0" in err
+
+
+def small_artifact(folder: Path) -> Path:
+    """Two files under a manifest: what verify checks before it loads anything."""
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"graph")
+    (folder / "model.onnx.data").write_bytes(b"weights")
+    write_manifest(folder, sample_manifest())
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "model.onnx.data").unlink(), "does not match its manifest: model.onnx.data is missing"),
+        (
+            lambda f: (f / "notes.txt").write_text("extra"),
+            "does not match its manifest: notes.txt is not in the manifest",
+        ),
+        (
+            lambda f: ((f / "model.onnx.data").unlink(), (f / "extra.bin").write_bytes(b"x")),
+            "model.onnx.data is missing; extra.bin is not in the manifest",
+        ),
+        (lambda f: (f / MANIFEST_FILE).write_text('{"format": "ftp-deploy/onnx-ex'), "manifest.json is not valid JSON"),
+        (lambda f: (f / MANIFEST_FILE).write_text("[1, 2]"), "manifest.json is not an ftp-deploy export manifest"),
+        (lambda f: (f / MANIFEST_FILE).unlink(), "is not an exported artifact: manifest.json is missing"),
+    ],
+)
+def test_an_artifact_that_differs_from_its_manifest_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, damage: Any, message: str
+) -> None:
+    folder = small_artifact(tmp_path / "art")
+    damage(folder)
+    code, _, err = run_cli(capsys, folder, "--seq-lens", "")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "art-verify").exists()
+
+
+def test_right_padded_feeds_match_through_the_exported_graph(exported, capsys, tmp_path: Path) -> None:
+    """Right padding (a batch of finished sequences, say): the forced-keep last valid token is mid-row."""
+    ids, mask = random_batch(2, 40, "right", seed=3)
+    ids3, mask3 = random_batch(3, 17, "right", seed=4)
+    mask3[2, 5:] = 0  # a third row padded past most of its length
+    feeds = [
+        OrderedDict(input_ids=i.numpy(), attention_mask=m.numpy())
+        for i, m in ((ids, mask), (ids3.masked_fill(mask3 == 0, 0), mask3))
+    ]
+    save_feeds(feeds, tmp_path / "right.json")
+    code, _, _ = run_cli(capsys, exported["art"], "--seq-lens", "", "--inputs", tmp_path / "right.json",
+                         "--report", tmp_path / "report")  # fmt: skip
+    assert code == 0
+    parity = json.loads((tmp_path / "report" / "report.json").read_text())["parity"]
+    assert parity["routing_agreement"] == 1.0 and parity["top1_agreement"] == 1.0
+    assert [f["seq_len"] for f in parity["feeds"]] == [40, 17]
+    results = RunResults.load(str(tmp_path / "report" / "run_results.json"))
+    for feed, ref, got in zip(feeds, results["pytorch"], results["onnxruntime"], strict=True):
+        valid = feed["attention_mask"].astype(bool)
+        assert not valid[:, -1].all()  # the last position is padding in some row
+        np.testing.assert_allclose(got["logits"][valid], ref["logits"][valid], atol=1e-3, rtol=1e-3)
+        last = valid.sum(1) - 1  # the last valid token is kept by every block, as the spec requires
+        for block in range(3):
+            indices = got[f"indices_{block}"]
+            assert all(int(last[row]) in indices[row] for row in range(len(last)))

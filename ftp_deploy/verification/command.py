@@ -68,7 +68,7 @@ def verify(
         console.print(Markdown(report_md.read_text(encoding="utf-8")))
     else:
         # Piped, rich cuts the tables at 80 columns: the figures that decide, and where the tables are.
-        for line in summary_lines(result.parity, result.latency):
+        for line in [*summary_lines(result.parity, result.latency), f"compared: {result.compared.brief}"]:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         console.print(f"tables: {report_md}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: {result.report_dir}", markup=False, highlight=False, soft_wrap=True)

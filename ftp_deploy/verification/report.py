@@ -155,6 +155,8 @@ def write_report(
         "",
         "## Parity",
         "",
+        f"Compared: {header['compared']}.",
+        "",
         parity_markdown(parity, atol, rtol),
     ]
     if latency is not None:

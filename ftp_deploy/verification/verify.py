@@ -19,10 +19,10 @@ from ftp_deploy.engines.trt_env import require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import require_plan
 from ftp_deploy.engines.widen import cpu_runnable
 from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, UsageError
-from ftp_deploy.export_format import ExportedArtifact
+from ftp_deploy.export_format import CPU_NATIVE_DTYPES, ExportedArtifact
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.flops import flop_ratio
-from ftp_deploy.models import LoadedModel
+from ftp_deploy.models import DTYPES, LoadedModel
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -42,12 +42,42 @@ class VerifyResult:
     parity: ParityReport
     latency: LatencyComparison | None
     report_dir: Path
+    compared: Arithmetic
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """The precision the candidate computes in: the reference computes in it too, and the tolerance is its."""
+
+    dtype: str
+    note: str
+    brief: str  # the note in one short line, for the console
+
+
+def arithmetic(exported: str, runtime: str) -> Arithmetic:
+    if runtime == "trt" or exported in CPU_NATIVE_DTYPES:
+        note = f"the {exported} file as exported, against PyTorch computing in {exported}"
+        return Arithmetic(exported, note, note)
+    return Arithmetic(
+        "fp32",
+        f"ONNX Runtime's CPU provider has no {exported} kernels: a copy of the file widened to fp32 ran, against "
+        f"PyTorch with the same {exported}-rounded weights computing in fp32; {exported} arithmetic itself is "
+        "checked by --runtime trt only",
+        f"an fp32-widened copy (no CPU {exported} kernels), against PyTorch in fp32",
+    )
 
 
 def reference_model(
-    artifact: ExportedArtifact, run_dir: Path | None, model: str | None, trust_remote_code: bool = False
+    artifact: ExportedArtifact,
+    run_dir: Path | None,
+    model: str | None,
+    compute: str = "fp32",
+    trust_remote_code: bool = False,
 ) -> tuple[RoutedModel, LoadedModel]:
-    """The PyTorch model the artifact must reproduce, loaded from its run folder."""
+    """The PyTorch model the artifact must reproduce, loaded from its run folder.
+
+    Its weights are the export's (rounded to the exported dtype); it computes in `compute`.
+    """
     manifest = artifact.manifest
     run = run_dir or Path(manifest.source_run.path)
     routed_artifact = load_artifact(run)
@@ -60,6 +90,9 @@ def reference_model(
         raise ArtifactError(f"the run folder {run} changed since the export; pass --against RUN_DIR")
     model_ref = model or manifest.base_model.loaded_from
     routed, loaded, _ = load_routed(routed_artifact, model_ref, trust_remote_code=trust_remote_code)
+    # As the exporter casts them: parameters only, so the rotary frequencies stay fp32.
+    for parameter in loaded.model.parameters():
+        parameter.data = parameter.data.to(DTYPES[manifest.dtype]).to(DTYPES[compute])
     if manifest.graph == "dense":
         num_layers = routed_artifact.base.num_layers
         return RoutedModel(loaded.model, Schedule.uniform(0.0, num_layers), RouterSpec(kind="static")), loaded
@@ -134,14 +167,15 @@ def verify(
         raise UsageError("--batch and every --seq-lens entry must be >= 1")
     with progress.phase("check the artifact against its manifest"):
         artifact = ExportedArtifact.open(art_dir)
-        tolerance = Tolerance.for_dtype(artifact.manifest.dtype, atol, rtol)
+        compared = arithmetic(artifact.manifest.dtype, runtime)
+        tolerance = Tolerance.for_dtype(compared.dtype, atol, rtol)
         dense_artifact = ExportedArtifact.open(baseline) if baseline is not None else None
         if runtime == "trt":
             for opened in (artifact, dense_artifact):
                 if opened is not None:
                     require_plan(opened.folder)
     with progress.phase("load the PyTorch reference"):
-        routed, loaded = reference_model(artifact, against, model, trust_remote_code)
+        routed, loaded = reference_model(artifact, against, model, compared.dtype, trust_remote_code)
         feeds = parity_feeds(loaded, InputPlan(), inputs)
     out_dir = report or art_dir.with_name(art_dir.name + "-verify")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,10 +211,11 @@ def verify(
         "runtime": runtime,
         "dtype": artifact.manifest.dtype,
         "graph": artifact.manifest.graph,
+        "compared": compared.note,
         "environment": environment(threads or torch.get_num_threads()),
     }
     write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol)
-    return VerifyResult(parity, latency, out_dir)
+    return VerifyResult(parity, latency, out_dir, compared)
 
 
 def failure_summary(parity: ParityReport) -> str:
