@@ -35,7 +35,7 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
         f"{artifact.schedule.mean():.2f} ({router}), in {training['train_seconds']:.0f} s of training.",
         f"Close to dense: on held-out text, KL to dense {trained['kl']:.4f} (static router, uniform schedule: "
         f"{static['kl']:.4f}); perplexity {trained['perplexity']:.2f} vs dense {trained['dense_perplexity']:.2f}; "
-        f"the dense model's next token kept {trained['top1_agreement']:.0%} of the time.",
+        f"its top next-token choice is dense's {trained['top1_agreement']:.0%} of the time.",
         f"Exported graph vs PyTorch: {'PASS' if parity['passed'] else 'FAIL'}, top-1 agreement "
         f"{parity['top1_agreement']:.2%}"
         + (f", routing agreement {parity['routing_agreement']:.3%}" if parity.get("routing_agreement") else "")

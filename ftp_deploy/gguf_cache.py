@@ -1,0 +1,85 @@
+"""A converted copy of a GGUF model, so that only the first load pays for reading and dequantizing it.
+
+transformers parses a GGUF file once for the config, once for the tokenizer and once for the
+weights, and dequantizes every tensor: about 30 s for the embedded SmolLM2 on two cores, in every
+command. The first fp32 load writes the dequantized weights (safetensors) and the tokenizer as a
+Hugging Face folder under the cache root; later loads read that folder in about a second, with
+the same weights, tokenizer and architecture hash. The folder's name holds a hash of the GGUF
+file's path, size and modification time and of the transformers version that converted it; it
+is written in a hidden sibling and renamed into place, so a partial copy is never read.
+
+The cache root is $FTP_DEPLOY_CACHE, else $XDG_CACHE_HOME/ftp-deploy, else ~/.cache/ftp-deploy.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CACHE_ENV = "FTP_DEPLOY_CACHE"
+MARKER = "ftp-deploy-gguf.json"
+
+
+def cache_root() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ftp-deploy"
+
+
+def cached_folder(gguf: Path) -> Path:
+    import transformers
+
+    stat = gguf.stat()
+    identity = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    return cache_root() / f"{gguf.stem}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
+def find_converted(gguf: Path) -> Path | None:
+    """The converted folder of `gguf`, if a complete one exists."""
+    folder = cached_folder(gguf)
+    return folder if (folder / MARKER).is_file() else None
+
+
+def store_converted(gguf: Path, model: Any, tokenizer: Any) -> Path | None:
+    """Write the loaded (fp32) model and tokenizer as the converted folder; None where it cannot be written.
+
+    The cache only saves time, so a read-only or full disk skips it rather than failing the command.
+    """
+    folder = cached_folder(gguf)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError:
+        return None
+    try:
+        _plain_model(model).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / MARKER).write_text(json.dumps({"gguf": str(gguf.resolve())}), encoding="utf-8")
+        os.replace(staging, folder)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        return None
+    return folder
+
+
+def _plain_model(model: Any) -> Any:
+    """The same weights in a model without GGUF's quantization config, which save_pretrained refuses."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict(), assign=True)
+    plain.tie_weights()
+    return plain

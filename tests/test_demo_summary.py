@@ -1,0 +1,58 @@
+"""`make demo`'s closing lines: read from the run folder and verify's report, and one line when either is missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.demo_summary import demo_summary, main
+from ftp_deploy.errors import ArtifactError
+from ftp_deploy.models import model_ref_for
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import RouterSpec
+from ftp_deploy.schedule import Schedule
+from ftp_deploy.training.runfolder import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION
+from tests.conftest import tiny_model
+
+TRAINING = {"router_from_step": 10, "steps": 11, "train_seconds": 113.0}
+HELDOUT = {
+    "trained": {"kl": 0.0331, "perplexity": 15.39, "dense_perplexity": 14.99, "top1_agreement": 0.902},
+    "static_uniform": {"kl": 0.0353, "perplexity": 15.34, "dense_perplexity": 14.99, "top1_agreement": 0.898},
+}
+REPORT = {
+    "parity": {"passed": True, "top1_agreement": 1.0, "routing_agreement": 1.0},
+    "latency": {"speedup": {"128": 1.16, "1024": 1.41}, "ideal_speedup": {"128": 1.43, "1024": 1.49}},
+}
+
+
+@pytest.fixture
+def demo_out(tmp_path: Path) -> Path:
+    base = tiny_model("llama", num_layers=2)
+    routed = RoutedModel(base, Schedule.from_sparsities([0.3, 0.3]), RouterSpec())
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, "tiny"), TRAINING), tmp_path / "run")
+    state = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "heldout": HELDOUT}
+    (tmp_path / "run" / RUN_FILE).write_text(json.dumps(state))
+    (tmp_path / "verify").mkdir()
+    (tmp_path / "verify" / "report.json").write_text(json.dumps(REPORT))
+    return tmp_path
+
+
+def test_summary_states_what_was_trained_how_close_and_how_fast(demo_out: Path) -> None:
+    trained, close, parity, faster = demo_summary(demo_out / "run", demo_out / "verify")
+    assert "learned router for tiny at mean sparsity 0.30" in trained and "step 10 of 11" in trained
+    assert "KL to dense 0.0331" in close and "uniform schedule: 0.0353" in close and "90%" in close
+    assert parity.startswith("Exported graph vs PyTorch: PASS")
+    assert "1.41x the dense export at 1024 tokens (ideal by FLOPs 1.49x); 1.16x at 128" in faster
+
+
+def test_an_unfinished_run_or_a_missing_report_is_one_line(demo_out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (demo_out / "verify" / "report.json").unlink()
+    assert main([str(demo_out / "run"), str(demo_out / "verify")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    state = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION}
+    (demo_out / "run" / RUN_FILE).write_text(json.dumps(state))
+    with pytest.raises(ArtifactError, match="did not finish"):
+        demo_summary(demo_out / "run", demo_out / "verify")
