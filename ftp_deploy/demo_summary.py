@@ -25,14 +25,14 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
     report = _read_report(verify_dir / "report.json")
     parity, latency = report["parity"], report.get("latency") or {}
     trained, static = heldout["trained"], heldout["static_uniform"]
-    router = (
-        f"the router kept from step {training['router_from_step']} of {training['steps']}"
+    kept = (
+        f"kept the router of step {training['router_from_step']} of {training['steps']}"
         if training.get("router_from_step")
-        else "the step-0 router (it routes like the static router; no later checkpoint did better)"
+        else "kept the step-0 router, which routes like the static router: no later checkpoint did better"
     )
     lines = [
         f"Trained: a {artifact.router_spec.kind} router for {artifact.base.ref} at mean sparsity "
-        f"{artifact.schedule.mean():.2f} ({router}), in {training['train_seconds']:.0f} s of training.",
+        f"{artifact.schedule.mean():.2f} in {training['train_seconds']:.0f} s of training; {kept}.",
         f"Close to dense: on held-out text, KL to dense {trained['kl']:.4f} (static router, uniform schedule: "
         f"{static['kl']:.4f}); perplexity {trained['perplexity']:.2f} vs dense {trained['dense_perplexity']:.2f}; "
         f"its top next-token choice is dense's {trained['top1_agreement']:.0%} of the time.",

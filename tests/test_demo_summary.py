@@ -42,7 +42,7 @@ def demo_out(tmp_path: Path) -> Path:
 
 def test_summary_states_what_was_trained_how_close_and_how_fast(demo_out: Path) -> None:
     trained, close, parity, faster = demo_summary(demo_out / "run", demo_out / "verify")
-    assert "learned router for tiny at mean sparsity 0.30" in trained and "step 10 of 11" in trained
+    assert "learned router for tiny at mean sparsity 0.30" in trained and "router of step 10 of 11" in trained
     assert "KL to dense 0.0331" in close and "uniform schedule: 0.0353" in close and "90%" in close
     assert parity.startswith("Exported graph vs PyTorch: PASS")
     assert "1.41x the dense export at 1024 tokens (ideal by FLOPs 1.49x); 1.16x at 128" in faster
