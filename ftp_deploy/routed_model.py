@@ -18,6 +18,7 @@ from torch import nn
 
 from ftp_deploy.attention_factor import attention_received
 from ftp_deploy.errors import ConfigError
+from ftp_deploy.kv_cache import RoutedCache, cache_index
 from ftp_deploy.models import check_full_attention
 from ftp_deploy.plugins.token_compaction.contract import kept_count
 from ftp_deploy.plugins.token_compaction.reference import gather_rows, token_compact, token_scatter
@@ -150,13 +151,15 @@ class RoutedModel(nn.Module):
         gate_gradient: bool = False,
         return_block_outputs: bool = False,
         always_mask: bool = False,
+        cache: RoutedCache | None = None,
     ) -> RoutedOutput:
         """Routed forward. `logits_to_keep=1` computes logits for the last position only (prefill).
 
         `gate_gradient` (masked mode) scales each token's block update by a straight-through
         gate, 1 or 0 in value, whose gradient reaches the router. `always_mask` gives compact
         blocks the explicit padding-aware mask even when nothing is padded, so no branch depends
-        on the mask's values (what a traced graph for every input needs).
+        on the mask's values (what a traced graph for every input needs). A `cache` (compact
+        mode) receives each block's keys and values of its kept tokens (FTP_SPEC section 9).
         """
         if mode not in EXECUTION_MODES:
             raise ConfigError(f"unknown execution mode {mode!r}; choose one of {', '.join(EXECUTION_MODES)}")
@@ -178,6 +181,7 @@ class RoutedModel(nn.Module):
                 tokens,
                 mode=mode,
                 gate_gradient=gate_gradient,
+                cache=cache,
             )
             hidden, attention_score = step.hidden, step.attention_score
             if step.raw is not None and self.router is not None:
@@ -203,6 +207,7 @@ class RoutedModel(nn.Module):
         tokens: TokenFacts,
         mode: str = "compact",
         gate_gradient: bool = False,
+        cache: RoutedCache | None = None,
     ) -> BlockStep:
         """One routed decoder block: scores, selection, the block on its kept tokens, the factor update.
 
@@ -215,7 +220,9 @@ class RoutedModel(nn.Module):
             raw if raw is not None else static_scores(tokens.positions), tokens.attention_mask, tokens.forced
         )
         if mode == "compact":
-            hidden, selection, compact_in = self._compact_block(layer, sparsity_num, hidden, scores, raw, tokens)
+            hidden, selection, compact_in = self._compact_block(layer, sparsity_num, hidden, scores, raw, tokens, cache)
+        elif cache is not None:
+            raise ConfigError("a KV cache is filled in compact mode only")
         else:
             hidden, selection, compact_in = self._masked_block(
                 layer, sparsity_num, hidden, scores, raw, tokens, gate_gradient
@@ -246,6 +253,7 @@ class RoutedModel(nn.Module):
         scores: torch.Tensor,
         raw: torch.Tensor | None,
         tokens: TokenFacts,
+        cache: RoutedCache | None = None,
     ) -> tuple[torch.Tensor, Selection, torch.Tensor]:
         if self.routing_mode == "threshold" and raw is not None:
             selection = select_threshold(raw, tokens.valid.long(), tokens.forced)
@@ -260,7 +268,9 @@ class RoutedModel(nn.Module):
         if tokens.padded or selection.filled is not None:
             positions = torch.gather(tokens.positions, 1, index)
             mask = additive_mask(compact_allowed(positions, key_valid), compact.dtype)
-        updated = layer(compact, attention_mask=mask, position_embeddings=(cos, sin))
+        updated = layer(compact, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
+        if cache is not None:
+            cache.add_slots(cache_index(layer), key_valid)
         if selection.filled is not None:  # unfilled slots of threshold routing keep their input
             updated = torch.where(selection.filled.unsqueeze(-1), updated, compact)
         return self.ops.scatter(hidden, updated, index), selection, compact
@@ -281,15 +291,25 @@ class RoutedModel(nn.Module):
             selection = select_topk(scores, kept_count(scores.shape[1], sparsity_num))
         keep = selection.keep_mask(hidden.shape[1])
         compact_in = gather_rows(hidden.detach(), selection.indices)
-        key_valid = keep & tokens.valid
-        allowed = compact_allowed(tokens.positions, key_valid)
-        mask = additive_mask(allowed, hidden.dtype)
-        updated = layer(hidden, attention_mask=mask, position_embeddings=(tokens.cos, tokens.sin))
         gate = keep.to(hidden.dtype)
         if gate_gradient and raw is not None:
             probability = torch.sigmoid(raw).to(hidden.dtype)
             gate = gate + probability - probability.detach()
-        return hidden + gate.unsqueeze(-1) * (updated - hidden), selection, compact_in
+        return self.masked_update(layer, hidden, keep, gate, tokens), selection, compact_in
+
+    @staticmethod
+    def masked_update(
+        layer: Any, hidden: torch.Tensor, keep: torch.Tensor, gate: torch.Tensor, tokens: TokenFacts
+    ) -> torch.Tensor:
+        """One block over all T tokens with the skipped ones masked out as keys and their update gated off.
+
+        Public so that a reference can replay given keep decisions (FTP_SPEC section 9).
+        """
+        key_valid = keep & tokens.valid
+        allowed = compact_allowed(tokens.positions, key_valid)
+        mask = additive_mask(allowed, hidden.dtype)
+        updated = layer(hidden, attention_mask=mask, position_embeddings=(tokens.cos, tokens.sin))
+        return hidden + gate.unsqueeze(-1) * (updated - hidden)
 
     @staticmethod
     def _slot_valid(selection: Selection, tokens: TokenFacts) -> torch.Tensor:

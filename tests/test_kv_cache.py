@@ -1,0 +1,109 @@
+"""Routed prefill with a compacted per-layer KV cache, then cached decode (FTP_SPEC section 9)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from ftp_deploy.cached_generation import (
+    Prefill,
+    decode_step,
+    extended_keep,
+    masked_forward_with_keep,
+    routed_prefill,
+)
+from ftp_deploy.errors import ConfigError
+from ftp_deploy.kv_cache import kv_bytes
+from ftp_deploy.routed_model import RoutedModel
+from tests.conftest import random_batch
+from tests.test_routed_model import routed
+
+PROMPT_LEN = 23
+STEPS = 9
+
+
+def greedy_decode(model: RoutedModel, prefill: Prefill, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Greedy tokens [B, steps + 1] (the first from the prefill) and the logits of each decode step."""
+    tokens = [prefill.logits.argmax(-1, keepdim=True)]
+    step_logits = []
+    for _ in range(steps):
+        step_logits.append(decode_step(model, tokens[-1], prefill.cache))
+        tokens.append(step_logits[-1].argmax(-1, keepdim=True))
+    return torch.cat(tokens, dim=1), step_logits
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", ["static", "learned"])
+def test_cached_decode_equals_the_masked_reference(arch: str, kind: str, single_thread: None) -> None:
+    model = routed(arch, kind)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    prefill = routed_prefill(model, ids, mask)
+    # The prompt really skipped valid tokens, and row 1 keeps padding slots in some block.
+    assert any(bool((~keep & mask.bool()).any()) for keep in prefill.keep)
+    assert any(bool((keep[1] & ~mask[1].bool()).any()) for keep in prefill.keep)
+    generated, step_logits = greedy_decode(model, prefill, STEPS)
+
+    full_mask = torch.cat([mask, torch.ones_like(generated)], dim=1)
+    reference_prefill = masked_forward_with_keep(model, ids, mask, prefill.keep)[:, -1]
+    worst = (reference_prefill - prefill.logits).abs().max().item()
+    for step, logits in enumerate(step_logits):
+        length = PROMPT_LEN + step + 1
+        keep = extended_keep(prefill.keep, step + 1)
+        sequence = torch.cat([ids, generated[:, : step + 1]], dim=1)
+        reference = masked_forward_with_keep(model, sequence, full_mask[:, :length], keep)[:, -1]
+        worst = max(worst, (reference - logits).abs().max().item())
+    print(f"{arch}/{kind}: max |cached - masked reference| over {STEPS} steps = {worst:.2e}")
+    assert worst <= 1e-4
+
+
+def test_prefill_logits_equal_the_routed_forward() -> None:
+    model = routed("qwen2", "learned")
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    with torch.no_grad():
+        plain = model(ids, mask, logits_to_keep=1)
+    prefill = routed_prefill(model, ids, mask)
+    assert torch.equal(plain.logits[:, -1], prefill.logits)
+    assert all(torch.equal(a, b) for a, b in zip(plain.keep, prefill.keep, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["static", "learned"])
+def test_each_block_caches_its_kept_count_plus_generated(kind: str) -> None:
+    model = routed("llama", kind)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    prefill = routed_prefill(model, ids, mask)
+    kept = [model.schedule.kept(block, PROMPT_LEN) for block in range(len(model.layers))]
+    assert len(set(kept)) > 1  # a non-uniform schedule: the lengths really differ per block
+    assert prefill.cache.layer_lengths() == kept
+    greedy_decode(model, prefill, STEPS)
+    assert prefill.cache.layer_lengths() == [k + STEPS for k in kept]
+    assert [valid.shape[1] for valid in prefill.cache.slot_valid] == [k + STEPS for k in kept]
+    # Row 1 is padded: its valid slots are its kept valid prompt tokens plus every generated one.
+    for block, valid in enumerate(prefill.cache.slot_valid):
+        assert int(valid[1].sum()) == int((prefill.keep[block][1] & mask[1].bool()).sum()) + STEPS
+    assert prefill.cache.next_position.tolist() == [int(n) + STEPS for n in mask.sum(1)]
+
+
+def test_routed_cache_bytes_against_the_dense_cache() -> None:
+    model = routed("llama", "static", schedule=(0.3, 0.3, 0.3, 0.3))
+    ids, mask = random_batch(2, 40, "left")
+    prefill = routed_prefill(model, ids, mask)
+    dense = DynamicCache()
+    with torch.no_grad():
+        model.base(ids, attention_mask=mask, cache=dense, use_cache=True)
+    kept = sum(model.schedule.kept(block, 40) for block in range(len(model.layers)))
+    ratio = kv_bytes(prefill.cache) / kv_bytes(dense)
+    print(f"routed/dense KV bytes at uniform sparsity 0.3, T=40: {ratio:.4f}")
+    assert ratio == kept / (len(model.layers) * 40)
+    assert abs(ratio - 0.7) <= 0.03
+
+
+def test_bad_prompts_are_config_errors() -> None:
+    ids, mask = random_batch(2, PROMPT_LEN, "right")
+    with pytest.raises(ConfigError, match="left padding"):
+        routed_prefill(routed("llama", "static"), ids, mask)
+    with pytest.raises(ConfigError, match="top-k"):
+        routed_prefill(routed("llama", "learned", "threshold"), ids)
+    prefill = routed_prefill(routed("llama", "static"), ids[:, :5])
+    with pytest.raises(ConfigError, match="one token per row"):
+        decode_step(routed("llama", "static"), ids[:, :2], prefill.cache)
