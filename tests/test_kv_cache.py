@@ -57,6 +57,29 @@ def test_cached_decode_equals_the_masked_reference(arch: str, kind: str, single_
     assert worst <= 1e-4
 
 
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_sparsity_zero_decode_reproduces_hf_generate(arch: str, single_thread: None) -> None:
+    """With nothing skipped, our cache and positions must be transformers' own cached greedy decoding."""
+    model = routed(arch, "static", schedule=(0.0,) * 4)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    with torch.no_grad():
+        hf = model.base.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=STEPS + 1,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    prefill = routed_prefill(model, ids, mask)
+    generated, step_logits = greedy_decode(model, prefill, STEPS)
+    assert torch.equal(generated, hf.sequences[:, PROMPT_LEN:])
+    ours = [prefill.logits, *step_logits]
+    assert max((a - b).abs().max().item() for a, b in zip(hf.logits, ours, strict=True)) <= 1e-5
+
+
 def test_prefill_logits_equal_the_routed_forward() -> None:
     model = routed("qwen2", "learned")
     ids, mask = random_batch(2, PROMPT_LEN, "left")
