@@ -33,11 +33,22 @@ def _check_prompt(model: RoutedModel, attention_mask: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def routed_prefill(model: RoutedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Prefill:
-    """Route the prompt once in compact mode; each block caches the keys and values of its kept tokens."""
+def routed_prefill(
+    model: RoutedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    cache: RoutedCache | None = None,
+) -> Prefill:
+    """Route the prompt once in compact mode; each block caches the keys and values of its kept tokens.
+
+    `cache`, if given, must be empty and is filled in place (transformers' `generate` holds it).
+    """
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     _check_prompt(model, mask)
-    cache = RoutedCache(next_position=mask.long().sum(1))
+    cache = RoutedCache() if cache is None else cache
+    if not cache.is_empty:
+        raise ConfigError("the prefill needs an empty RoutedCache")
+    cache.next_position = mask.long().sum(1)
     out = model(input_ids, mask, mode="compact", logits_to_keep=1, cache=cache)
     return Prefill(out.logits[:, -1], cache, out.keep)
 

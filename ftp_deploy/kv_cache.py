@@ -21,13 +21,18 @@ class RoutedCache(DynamicCache):
     """transformers' `DynamicCache` (independent tensors per layer) plus slot validity and positions.
 
     `next_position[b]` is the position id the next token of row `b` gets: the number of valid
-    tokens so far, which continues the prompt's positions under left padding.
+    tokens so far, which continues the prompt's positions under left padding. The prefill sets
+    it, so an empty cache can be made before the prompt is seen (what `generate(cache=...)` needs).
     """
 
-    def __init__(self, next_position: torch.Tensor) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.slot_valid: list[torch.Tensor] = []
-        self.next_position = next_position
+        self.next_position = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.slot_valid
 
     def add_slots(self, layer_idx: int, valid: torch.Tensor) -> None:
         """Record the validity [B, n] of the n slots `update` just appended to layer `layer_idx`."""

@@ -14,7 +14,8 @@ from ftp_deploy.cached_generation import (
     routed_prefill,
 )
 from ftp_deploy.errors import ConfigError
-from ftp_deploy.kv_cache import kv_bytes
+from ftp_deploy.hf_generation import RoutedForCausalLM
+from ftp_deploy.kv_cache import RoutedCache, kv_bytes
 from ftp_deploy.routed_model import RoutedModel
 from tests.conftest import random_batch
 from tests.test_routed_model import routed
@@ -130,3 +131,34 @@ def test_bad_prompts_are_config_errors() -> None:
     prefill = routed_prefill(routed("llama", "static"), ids[:, :5])
     with pytest.raises(ConfigError, match="one token per row"):
         decode_step(routed("llama", "static"), ids[:, :2], prefill.cache)
+
+
+def hf_generate(model: RoutedModel, ids: torch.Tensor, mask: torch.Tensor, **options: object) -> torch.Tensor:
+    wrapper = RoutedForCausalLM(model).eval()
+    with torch.no_grad():
+        return wrapper.generate(
+            ids, attention_mask=mask, cache=RoutedCache(), do_sample=False, pad_token_id=0, **options
+        )
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("kind", ["static", "learned"])
+def test_transformers_generate_runs_the_cached_decode(arch: str, kind: str, single_thread: None) -> None:
+    model = routed(arch, kind)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    ours, _ = greedy_decode(model, routed_prefill(model, ids, mask), STEPS)
+    theirs = hf_generate(model, ids, mask, max_new_tokens=STEPS + 1, eos_token_id=None)
+    assert torch.equal(theirs[:, PROMPT_LEN:], ours)
+    # EOS ends a row as a transformers user expects: the rest of that row is padding.
+    eos = int(ours[0, 3])
+    stopped = hf_generate(model, ids, mask, max_new_tokens=STEPS + 1, eos_token_id=eos)[0, PROMPT_LEN:]
+    first = int((ours[0] == eos).nonzero()[0])
+    assert torch.equal(stopped[: first + 1], ours[0, : first + 1])
+    assert bool((stopped[first + 1 :] == 0).all())
+
+
+def test_transformers_generate_without_a_routed_cache_is_a_config_error() -> None:
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    wrapper = RoutedForCausalLM(routed("llama", "static")).eval()
+    with pytest.raises(ConfigError, match="RoutedCache"), torch.no_grad():
+        wrapper.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
