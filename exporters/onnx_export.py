@@ -1,4 +1,4 @@
-"""torch.onnx.export (dynamo) of a prepared module into one checked ONNX file with external weights."""
+"""One checked ONNX file with external weights: small pieces traced with torch.onnx (dynamo), stitched per layer."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def _stitch(
         block_inputs = {**state, **bound}
         rewrite = None
         if isinstance(block, RoutedBlock):
-            rewrite = LayerRewrite(index, SENTINEL_SPARSITY_NUM, spec.thousandths[index])
+            rewrite = LayerRewrite(SENTINEL_SPARSITY_NUM, spec.thousandths[index])
             if block.learned:
                 sparsity = torch.tensor(routed.schedule.sparsities[index], dtype=torch.float32)
                 block_inputs[BLOCK_SPARSITY] = assembler.initializer(

@@ -44,7 +44,7 @@ class ExportSpec:
     # Kept counts below and above the router's default attention window (32 queries).
     validation_lengths: tuple[int, ...] = (24, 61)
     # torch.export specializes a dimension whose example size is 1 to a constant 1: batch 2, and
-    # 16 tokens keep K >= 2 in every block up to the largest sparsity (0.9).
+    # 16 tokens, at which the block's sentinel numerator keeps K = 7 (exporters/pieces.py).
     example_shape: tuple[int, int] = (2, 16)
 
     def __post_init__(self) -> None:
@@ -85,10 +85,6 @@ class ExportSpec:
                 axes[indices_name(block)] = {0: BATCH, 1: kept_axis_name(num)}
                 axes[hidden_name(block)] = {0: BATCH, 1: SEQUENCE}
         return axes
-
-    def torch_dynamic_shapes(self) -> dict[str, dict[int, torch.export.Dim]]:
-        batch, sequence = torch.export.Dim(BATCH), torch.export.Dim(SEQUENCE)
-        return {name: {0: batch, 1: sequence} for name in self.input_names}
 
     def example_inputs(self, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_inputs(*self.example_shape, vocab_size, seed=0)

@@ -25,9 +25,8 @@ WeightResolver = Callable[[str, ir.TensorProtocol | None], tuple[str, torch.Tens
 
 @dataclass(frozen=True)
 class LayerRewrite:
-    """What makes block copy `layer` differ from the traced block, apart from its weights."""
+    """What makes one layer's copy of the block differ from the traced block, apart from its weights."""
 
-    layer: int
     sentinel: int
     sparsity_num: int
 

@@ -1,7 +1,8 @@
-"""The routed model behind transformers' own `generate` (greedy, sampling, EOS, streamers).
+"""The routed model behind transformers' own `generate`.
 
-`generate` owns the loop; this wrapper only maps its calls onto the routed prefill (an empty
-cache) and cached decode (FTP_SPEC section 9). The cache must be a `RoutedCache` passed in by
+`generate` owns the loop (its greedy search and EOS handling are tested here; sampling and
+streamers take the same calls, untested); this wrapper only maps its calls onto the routed
+prefill (an empty cache) and cached decode (FTP_SPEC section 9). The cache must be a `RoutedCache` passed in by
 the caller, since the `DynamicCache` that `generate` makes by default has no slot masks.
 """
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-import torch
 
 from ftp_deploy.errors import ExportError
 from ftp_deploy.exporters import onnx_export
@@ -22,24 +21,12 @@ from tests.conftest import VOCAB, tiny_model
 
 
 def _stitched(num_layers: int, kind: str = "static", dense: bool = False, **config: object) -> ir.Model:
-    torch.manual_seed(0)
-    base = tiny_model("llama", num_layers=num_layers) if not config else _tiny_with(num_layers, **config)
+    base = tiny_model("llama", num_layers=num_layers, **config)
     sparsities = [0.1 * (i % 5) for i in range(num_layers)]
     routed = RoutedModel(base, Schedule.from_sparsities(sparsities), RouterSpec(kind=kind))
     spec = ExportSpec(routed.schedule.thousandths, dense=dense, last_token_logits=True)
     export_module(routed, spec)
     return stitched_model(routed, spec, VOCAB)
-
-
-def _tiny_with(num_layers: int, **config: object) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.conftest import _COMMON
-
-    model = LlamaForCausalLM(LlamaConfig(**{**_COMMON, "num_hidden_layers": num_layers, **config})).eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
 
 
 def _compact_numerators(model: ir.Model) -> list[int]:
@@ -93,7 +80,7 @@ def _constant(value: int | list[int], name: str = "c") -> ir.Node:
 
 
 def test_layer_rewrite_replaces_the_sentinel_constant_and_attribute() -> None:
-    rewrite = LayerRewrite(layer=3, sentinel=SENTINEL_SPARSITY_NUM, sparsity_num=250)
+    rewrite = LayerRewrite(sentinel=SENTINEL_SPARSITY_NUM, sparsity_num=250)
     constant = _constant(SENTINEL_SPARSITY_NUM)
     compact = ir.node(COMPACT_OP, [], {"sparsity_num": SENTINEL_SPARSITY_NUM}, domain=DOMAIN, num_outputs=2)
     unrelated = _constant(7)
