@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ftp_deploy.cli_options import ModelOverrideOption, TrustOption
+from ftp_deploy.cli_options import ModelOverrideOption, ReferenceDeviceOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape, parse_shape
 from ftp_deploy.errors import UsageError
@@ -41,6 +41,7 @@ def export(
     onnx_only: Annotated[
         bool, typer.Option(help="--engine trt: no engine here; write the script that builds it on the target")
     ] = False,
+    device: ReferenceDeviceOption = "auto",
 ) -> None:
     """Export a routed model to ONNX: validated against PyTorch and smoke-run before it is kept.
 
@@ -53,6 +54,9 @@ def export(
     if engine != "trt" and (onnx_only or any(shapes.values())):
         raise UsageError("--onnx-only and the --*-shape options apply to --engine trt only")
     given = {option: parse_shape(text, option) for option, text in shapes.items() if text is not None}
+    from ftp_deploy.placement import memory_errors, resolve_placement
+
+    placement = resolve_placement(device)
     options = ExportOptions(
         model=model,
         dtype=dtype,
@@ -62,11 +66,12 @@ def export(
         debug_outputs=debug_outputs,
         overwrite=overwrite,
         trust_remote_code=trust_remote_code,
+        device=placement.device,
     )
     from ftp_deploy.exporters.pipeline import export_onnx
     from ftp_deploy.exporters.trt_export import TrtOptions, export_trt
 
-    with RichProgress() as progress:
+    with RichProgress() as progress, memory_errors("--device cpu (the reference then runs on the CPU)"):
         if engine == "trt":
             profile = ShapeProfile(
                 given.get("--min-shape", DEFAULT_PROFILE.min_shape),

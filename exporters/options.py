@@ -23,3 +23,6 @@ class ExportOptions:
     debug_outputs: bool = False
     overwrite: bool = False
     trust_remote_code: bool = False
+    # Where the PyTorch reference that validates the graph runs (cpu or cuda:N, resolved); the
+    # graph itself is traced on the CPU, and the reference computes in the precision of `dtype`.
+    device: str = "cpu"

@@ -31,6 +31,7 @@ from ftp_deploy.exporters.output_folder import check_output_folder, staged_folde
 from ftp_deploy.exporters.spec import ExportSpec, sample_inputs
 from ftp_deploy.exporters.validation import validate_export
 from ftp_deploy.fileio import sha256_file
+from ftp_deploy.placement import place_module
 from ftp_deploy.plugins.token_compaction.contract import (
     COMPACT_OP,
     DOMAIN,
@@ -98,6 +99,7 @@ def export_onnx(
             if opts.dtype != "fp32":
                 checked = widened_to_fp32(path).SerializeToString()
                 cast_weights(module, "fp32")  # the same rounded weights, computing in fp32 like the copy
+            place_module(module, opts.device)  # traced on the CPU; the reference runs on --device
             # One session serves validation and the smoke run: Polygraphy's Comparator activates and
             # deactivates its runner, the session outlives that. ONNX Runtime's CPU provider runs an
             # fp16 file natively, so that file gets a session of its own.

@@ -14,6 +14,7 @@ from safetensors.torch import save as save_safetensors
 from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, ConfigError
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, read_format_json, sha256_file
 from ftp_deploy.models import LoadedModel, ModelRef, load_base_model, model_ref_for
+from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import FACTOR_NAMES, FactorRouter, RouterSpec
 from ftp_deploy.schedule import Schedule
@@ -168,7 +169,7 @@ def _load_router_state(folder: Path, expected_hash: str | None, hidden: int) -> 
 def load_routed(
     run: Path | RoutedArtifact,
     model: str | None = None,
-    dtype: str = "fp32",
+    placement: Placement = CPU,
     trust_remote_code: bool = False,
 ) -> tuple[RoutedModel, LoadedModel, RoutedArtifact]:
     """A run folder (or its loaded artifact) over the base model it names (or `model`, checked to match).
@@ -176,5 +177,5 @@ def load_routed(
     The one path from a run folder to a RoutedModel: run, eval, export and verify all load through it.
     """
     artifact = run if isinstance(run, RoutedArtifact) else load_artifact(run)
-    loaded = load_base_model(model or artifact.base.ref, dtype=dtype, trust_remote_code=trust_remote_code)
+    loaded = load_base_model(model or artifact.base.ref, placement, trust_remote_code=trust_remote_code)
     return artifact.build(loaded.model), loaded, artifact

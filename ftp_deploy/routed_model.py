@@ -10,16 +10,20 @@ Two execution modes give the same numbers (FTP_SPEC section 1):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ftp_deploy.attention_factor import attention_received
 from ftp_deploy.errors import ConfigError
 from ftp_deploy.kv_cache import RoutedCache, cache_index
 from ftp_deploy.models import check_full_attention
+from ftp_deploy.placement import module_device
+from ftp_deploy.placement import on_device as _to
 from ftp_deploy.plugins.token_compaction.contract import kept_count
 from ftp_deploy.plugins.token_compaction.reference import gather_rows, token_compact, token_scatter
 from ftp_deploy.router import (
@@ -88,6 +92,10 @@ class TokenFacts:
     sin: torch.Tensor
     padded: bool
 
+    def to(self, device: torch.device) -> TokenFacts:
+        moved = {f.name: _to(getattr(self, f.name), device) for f in fields(self) if f.name != "padded"}
+        return replace(self, **moved)
+
 
 def token_facts(
     rotary_emb: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, always_mask: bool
@@ -111,7 +119,14 @@ def token_facts(
 
 
 class RoutedModel(nn.Module):
-    """Wraps a HF causal LM (LLaMA, Mistral, Qwen2, Qwen3); only `router` has trainable weights."""
+    """Wraps a HF causal LM (LLaMA, Mistral, Qwen2, Qwen3); only `router` has trainable weights.
+
+    The base model may sit on any device, or on several (accelerate's device map): each block runs
+    where its weights are, the router (fp32 whatever the base's dtype) on the embedding's device,
+    and the outputs come back on the device of `input_ids`. `checkpoint_blocks` recomputes each
+    block in the backward pass instead of keeping its activations (router training on long
+    sequences); it changes memory, not values.
+    """
 
     def __init__(
         self,
@@ -120,6 +135,7 @@ class RoutedModel(nn.Module):
         router_spec: RouterSpec | None = None,
         routing_mode: str = "topk",
         router: FactorRouter | None = None,
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         spec = router_spec or RouterSpec()
@@ -136,7 +152,10 @@ class RoutedModel(nn.Module):
         self.router_spec = spec
         self.routing_mode = routing_mode
         self.router = (router or FactorRouter(spec.hidden)) if spec.kind == "learned" else None
+        if self.router is not None:
+            self.router.to(module_device(base.model.embed_tokens))
         self.ops = CompactionOps()
+        self.checkpoint_blocks = checkpoint_blocks
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -166,12 +185,20 @@ class RoutedModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         backbone = self.base.model
-        hidden = backbone.embed_tokens(input_ids)
-        tokens = self.token_facts(hidden, attention_mask, always_mask)
+        source = input_ids.device
+        first = module_device(backbone.embed_tokens)
+        hidden = backbone.embed_tokens(_to(input_ids, first))
+        tokens = self.token_facts(hidden, _to(attention_mask, first), always_mask)
         attention_score = torch.ones_like(tokens.positions, dtype=torch.float32)
         out = RoutedOutput(logits=hidden)
+        run_block = self.run_block
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            run_block = partial(checkpoint, self.run_block, use_reentrant=False)
         for block, layer in enumerate(self.layers):
-            step = self.run_block(
+            device = module_device(layer)
+            if hidden.device != device:  # the next GPU of a device map
+                hidden, attention_score, tokens = hidden.to(device), attention_score.to(device), tokens.to(device)
+            step = run_block(
                 layer,
                 block,
                 self.schedule.thousandths[block],
@@ -185,15 +212,15 @@ class RoutedModel(nn.Module):
             )
             hidden, attention_score = step.hidden, step.attention_score
             if step.raw is not None and self.router is not None:
-                out.router_logits.append(step.raw)
-            out.keep.append(step.selection.keep_mask(hidden.shape[1]))
-            out.indices.append(step.selection.indices)
+                out.router_logits.append(_to(step.raw, source))
+            out.keep.append(_to(step.selection.keep_mask(hidden.shape[1]), source))
+            out.indices.append(_to(step.selection.indices, source))
             if return_block_outputs:
-                out.block_outputs.append(hidden)
-        hidden = backbone.norm(hidden)
+                out.block_outputs.append(_to(hidden, source))
+        hidden = backbone.norm(_to(hidden, module_device(backbone.norm)))
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        out.logits = self.base.lm_head(hidden)
+        out.logits = _to(self.base.lm_head(_to(hidden, module_device(self.base.lm_head))), source)
         return out
 
     def run_block(
@@ -240,7 +267,7 @@ class RoutedModel(nn.Module):
         """Router logits (learned), random scores, or None for the static priority."""
         if self.router is not None:
             factors = router_factors(tokens.positions, tokens.valid, attention_score, sparsity)
-            return self.router(factors)
+            return _to(self.router(_to(factors, module_device(self.router))), factors.device)
         if self.router_spec.kind == "random":
             return random_scores(tokens.positions.shape, self.router_spec.seed, block, tokens.positions.device)
         return None

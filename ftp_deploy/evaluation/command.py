@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ftp_deploy.cli_options import ModelOverrideOption, TrustOption
+from ftp_deploy.cli_options import DeviceMapOption, DeviceOption, DtypeOption, ModelOverrideOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.data_root import DATA_ENV
 from ftp_deploy.evaluation.methods import DEFAULT_BASELINES
@@ -37,12 +37,17 @@ def evaluate(
     scored_tokens: Annotated[
         int | None, typer.Option(help="Scored positions at the end of each window (default: FTP_SPEC 1b's)")
     ] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "fp32",
+    device_map: DeviceMapOption = None,
 ) -> None:
     """Accuracy retention of a trained run against dense and pruning baselines at the same sparsity."""
     from ftp_deploy.evaluation.pipeline import run_eval
     from ftp_deploy.evaluation.report import table_rows
+    from ftp_deploy.placement import memory_errors, resolve_placement
 
-    with RichProgress() as progress:
+    placement = resolve_placement(device, dtype, device_map)
+    with RichProgress() as progress, memory_errors("--dtype bf16, a smaller --seq-len, or --device-map auto"):
         results, written = run_eval(
             run_dir=run_dir,
             tasks=tasks,
@@ -55,6 +60,7 @@ def evaluate(
             scored_tokens=scored_tokens,
             trust_remote_code=trust_remote_code,
             progress=progress,
+            placement=placement,
         )
     header, rows = table_rows(results)
     table = Table(title=f"{results['model']['ref']}: accuracy % (perplexity on scored positions)")

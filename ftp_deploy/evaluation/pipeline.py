@@ -33,6 +33,7 @@ from ftp_deploy.evaluation.tasks import (
 from ftp_deploy.fidelity import SCORED_POSITIONS
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.models import LoadedModel
+from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.schedule import Schedule
@@ -108,7 +109,7 @@ def evaluate_model(
 
 
 def load_trained_run(
-    run_dir: Path, model: str | None, trust_remote_code: bool = False
+    run_dir: Path, model: str | None, trust_remote_code: bool = False, placement: Placement = CPU
 ) -> tuple[LoadedModel, RoutedModel, RoutedArtifact]:
     """The base model and the trained routed model of a run folder; a run without a trained router is refused."""
     artifact = load_artifact(run_dir)
@@ -117,7 +118,7 @@ def load_trained_run(
             f"{run_dir} holds no trained router (router kind {artifact.router_spec.kind!r}); "
             "train one with `ftp-deploy train` first"
         )
-    routed, loaded, _ = load_routed(artifact, model, trust_remote_code=trust_remote_code)
+    routed, loaded, _ = load_routed(artifact, model, placement, trust_remote_code=trust_remote_code)
     return loaded, routed, artifact
 
 
@@ -133,6 +134,7 @@ def run_eval(
     scored_tokens: int | None = None,
     trust_remote_code: bool = False,
     progress: Progress = NO_PROGRESS,
+    placement: Placement = CPU,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Evaluate a trained run against the baselines; write the report to `report` (default RUN_DIR/eval).
 
@@ -144,7 +146,7 @@ def run_eval(
     data_dir = data_dir or data_root()
     task_list = load_tasks(tasks, data_dir, limit)
     calibration = calibration_file(data_dir) if "shortgpt" in baseline_names else None
-    loaded, routed, artifact = load_trained_run(run_dir, model, trust_remote_code)
+    loaded, routed, artifact = load_trained_run(run_dir, model, trust_remote_code, placement)
     results = evaluate_model(
         loaded,
         task_list,
@@ -163,4 +165,5 @@ def run_eval(
         "training": artifact.training,
     }
     results["settings"]["limit"] = limit
+    results["settings"]["placement"] = placement.to_json()
     return results, write_report(results, report or run_dir / REPORT_SUBFOLDER)

@@ -18,6 +18,7 @@ from ftp_deploy.errors import DataError
 from ftp_deploy.evaluation.loaders import read_text
 from ftp_deploy.evaluation.scoring import Forward, encode_text, token_windows
 from ftp_deploy.flops import flop_ratio
+from ftp_deploy.placement import module_device, on_device
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec, token_positions
 from ftp_deploy.routing import additive_mask, compact_allowed
@@ -52,7 +53,9 @@ def block_influence(base: Any, calibration: torch.Tensor) -> list[float]:
     probe = RoutedModel(base, Schedule.uniform(0.0, layers), RouterSpec(kind="static"))
     with torch.inference_mode():
         outputs = probe(calibration, logits_to_keep=1, return_block_outputs=True).block_outputs
-        inputs = [base.model.embed_tokens(calibration), *outputs[:-1]]
+        embed = base.model.embed_tokens
+        embedded = on_device(embed(on_device(calibration, module_device(embed))), calibration.device)
+        inputs = [embedded, *outputs[:-1]]
         return [
             1 - float(F.cosine_similarity(i.float(), o.float(), dim=-1).mean())
             for i, o in zip(inputs, outputs, strict=True)
@@ -81,15 +84,20 @@ class LayerSkipModel:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_last: int) -> Forward:
         backbone = self.base.model
-        hidden = backbone.embed_tokens(input_ids)
-        positions = token_positions(attention_mask)
+        first = module_device(backbone.embed_tokens)
+        hidden = backbone.embed_tokens(on_device(input_ids, first))
+        positions = token_positions(on_device(attention_mask, first))
         position_embeddings = backbone.rotary_emb(hidden, positions)
         valid = attention_mask.bool()
         # Without padding, plain causal SDPA as in the dense model, so removing nothing is dense.
-        mask = None if bool(valid.all()) else additive_mask(compact_allowed(positions, valid), hidden.dtype)
+        mask = None if bool(valid.all()) else additive_mask(compact_allowed(positions, valid.to(first)), hidden.dtype)
         for index, layer in enumerate(backbone.layers):
             if index not in self.removed:
+                device = module_device(layer)  # the next GPU of a device map
+                hidden, mask = on_device(hidden, device), None if mask is None else on_device(mask, device)
+                position_embeddings = tuple(on_device(t, device) for t in position_embeddings)
                 hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings)
-        logits = self.base.lm_head(backbone.norm(hidden[:, -keep_last:]))
+        hidden = on_device(hidden[:, -keep_last:], module_device(backbone.norm))
+        logits = self.base.lm_head(on_device(backbone.norm(hidden), module_device(self.base.lm_head)))
         computed = torch.tensor([index not in self.removed for index in range(len(backbone.layers))])
-        return Forward(logits, attention_mask.sum(1, keepdim=True) * computed)
+        return Forward(on_device(logits, input_ids.device), attention_mask.sum(1, keepdim=True) * computed)

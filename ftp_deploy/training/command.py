@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ftp_deploy.cli_options import ModelOption, TrustOption
+from ftp_deploy.cli_options import DeviceMapOption, DeviceOption, DtypeOption, ModelOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.data_root import DATA_ENV
 from ftp_deploy.schedule import DEFAULT_S_MAX
@@ -25,6 +25,10 @@ _TRAIN = TrainConfig()
 _LOSSES = LossWeights()
 GA = "Schedule search"
 LOSS = "Loss weights"
+MEMORY_OPTIONS = (
+    "--checkpoint-activations, --dtype bf16, a smaller --batch-size, --search-batch or --seq-len, "
+    "or --device-map auto over more GPUs (a run stopped here continues with --resume)"
+)
 
 
 def train(
@@ -79,8 +83,21 @@ def train(
         float, typer.Option(help="Weight of the distillation KL", rich_help_panel=LOSS)
     ] = _LOSSES.distill,
     trust_remote_code: TrustOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "fp32",
+    device_map: DeviceMapOption = None,
+    checkpoint_activations: Annotated[
+        bool,
+        typer.Option(
+            help="Recompute each decoder block in the backward pass instead of keeping its activations "
+            "(only the router trains): much less memory at long --seq-len, about a third more compute"
+        ),
+    ] = False,
 ) -> None:
     """Search the sparsity schedule, train the router, fine-tune the schedule; write the run folder."""
+    from ftp_deploy.placement import memory_errors, resolve_placement
+
+    placement = resolve_placement(device, dtype, device_map)
     settings = RunSettings(
         model=model,
         data=data or default_source(),
@@ -111,7 +128,7 @@ def train(
     from ftp_deploy.training.pipeline import run_training
     from ftp_deploy.training.report import REPORT_MD, ROUTINGS
 
-    with RichProgress() as progress:
+    with RichProgress() as progress, memory_errors(MEMORY_OPTIONS):
         state = run_training(
             settings,
             out,
@@ -119,6 +136,8 @@ def train(
             time_budget=time_budget,
             progress=progress,
             trust_remote_code=trust_remote_code,
+            placement=placement,
+            checkpoint_activations=checkpoint_activations,
         )
     table = Table(title=f"held-out blocks, last {scored} predictions")
     for column in ("routing", "KL to dense", "top-1 agreement", "perplexity"):

@@ -19,6 +19,7 @@ from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ArtifactError, ConfigError, DataError
 from ftp_deploy.flops import dense_block_weights
 from ftp_deploy.models import LoadedModel, load_base_model
+from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import FactorRouter, RouterSpec
@@ -46,11 +47,15 @@ def run_training(
     progress: Progress = NO_PROGRESS,
     on_step: StepHook | None = None,
     trust_remote_code: bool = False,
+    placement: Placement = CPU,
+    checkpoint_activations: bool = False,
 ) -> dict[str, Any]:
     """Train a router into `out` and return the run state; `time_budget` is in minutes.
 
     Nothing is written to `out` until the settings, the model and the data have all
     been checked. `on_step` sees every training step's metrics (tests use it to stop a run).
+    `placement` and `checkpoint_activations` change where and how the frozen model computes,
+    not what the run is: a run may resume with others.
     """
     budget = TimeBudget(time_budget)
     folder = RunFolder(out)
@@ -59,7 +64,7 @@ def run_training(
         progress.note(f"{out} already holds a finished run; nothing to do")
         return state
     with progress.phase(f"load {settings.model}"):
-        loaded = load_base_model(settings.model, trust_remote_code=trust_remote_code)
+        loaded = load_base_model(settings.model, placement, trust_remote_code=trust_remote_code)
     _check_model(state, loaded, out)
     with progress.phase(f"read {settings.data}"):
         data = load_token_data(
@@ -75,7 +80,7 @@ def run_training(
     state.update(settings=settings.to_json(), model=loaded.ref.to_json(), data=data.describe())
     state.setdefault("phases", {})
     folder.write_state(state)
-    run = _Run(settings, folder, state, loaded, data, budget, progress, on_step)
+    run = _Run(settings, folder, state, loaded, data, budget, progress, on_step, checkpoint_activations)
     run.finish(run.train_and_tune())
     return state
 
@@ -128,8 +133,10 @@ class _Run:
         budget: TimeBudget,
         progress: Progress,
         on_step: StepHook | None,
+        checkpoint_activations: bool = False,
     ) -> None:
         self.settings = settings
+        self.checkpoint_activations = checkpoint_activations
         self.folder = folder
         self.state = state
         self.phases: dict[str, Any] = state["phases"]
@@ -211,6 +218,7 @@ class _Run:
             self.settings.losses,
             new_router(self.settings.seed),
             self.settings.seed,
+            checkpoint_activations=self.checkpoint_activations,
         )
         if "checkpoint" in phase:
             trainer.load_state_tensors(self.folder.load_checkpoint(phase["checkpoint"]), phase["checkpoint"]["step"])

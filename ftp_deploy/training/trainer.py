@@ -87,6 +87,7 @@ class RouterTrainer:
         weights: LossWeights,
         router: FactorRouter,
         seed: int,
+        checkpoint_activations: bool = False,
     ) -> None:
         for parameter in base.parameters():
             parameter.requires_grad_(False)
@@ -98,7 +99,7 @@ class RouterTrainer:
         self.weights = weights
         self.seed = seed
         self.router = router
-        self.routed = RoutedModel(base, schedule, ROUTER_SPEC, router=router)
+        self.routed = RoutedModel(base, schedule, ROUTER_SPEC, router=router, checkpoint_blocks=checkpoint_activations)
         self.optimizer = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.best_kl = float("inf")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markdown import Markdown
 
-from ftp_deploy.cli_options import ModelOverrideOption, TrustOption
+from ftp_deploy.cli_options import DeviceMapOption, ModelOverrideOption, ReferenceDeviceOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.errors import ParityError, UsageError
 from ftp_deploy.verification.options import DEFAULT_LATENCY_LENGTHS, MIN_TIMED_RUNS
@@ -38,14 +38,22 @@ def verify(
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads")] = None,
     model: ModelOverrideOption = None,
     trust_remote_code: TrustOption = False,
+    device: ReferenceDeviceOption = "auto",
+    device_map: DeviceMapOption = None,
 ) -> None:
-    """Check an exported model against PyTorch (Polygraphy) and time it against the dense baseline."""
+    """Check an exported model against PyTorch (Polygraphy) and time it against the dense baseline.
+
+    The reference computes in the precision the exported file does (its weights rounded to the
+    file's dtype), so verify takes no --dtype.
+    """
     lengths = _lengths(seq_lens)  # a bad value fails before PyTorch and Polygraphy load
+    from ftp_deploy.placement import memory_errors, resolve_placement
     from ftp_deploy.verification.report import summary_lines
     from ftp_deploy.verification.verify import failure_summary
     from ftp_deploy.verification.verify import verify as run_verify
 
-    with RichProgress(transient=True) as progress:
+    placement = resolve_placement(device, "fp32", device_map)
+    with RichProgress(transient=True) as progress, memory_errors("--device-map auto or --device cpu"):
         result = run_verify(
             art_dir,
             against=against,
@@ -62,6 +70,7 @@ def verify(
             model=model,
             trust_remote_code=trust_remote_code,
             progress=progress,
+            placement=placement,
         )
     report_md = result.report_dir / "report.md"
     if console.is_terminal:

@@ -1,8 +1,9 @@
 """PyTorch runners on Polygraphy's interface (activate / infer / deactivate).
 
 Polygraphy's own PytRunner moves inputs to CUDA unconditionally, so the PyTorch references
-are BaseRunner subclasses of our own that run on CPU or CUDA: the routed model for verify, and
-any module of (input_ids, attention_mask) for export validation.
+are BaseRunner subclasses of our own, fed CPU tensors: the module runs where it was placed
+(ftp_deploy.placement moves the inputs there and the outputs back): the routed model for
+verify, and any module of (input_ids, attention_mask) for export validation.
 """
 
 from __future__ import annotations
@@ -23,17 +24,14 @@ from ftp_deploy.routed_model import RoutedModel
 
 
 class TorchRunner(BaseRunner):
-    """A module on `device` whose outputs come back as numpy arrays (floats as fp32), timed."""
+    """A placed module whose outputs come back as numpy arrays (floats as fp32), timed."""
 
-    def __init__(
-        self, module: nn.Module, device: str = "cpu", name: str | None = None, prefix: str = "pytorch"
-    ) -> None:
+    def __init__(self, module: nn.Module, name: str | None = None, prefix: str = "pytorch") -> None:
         super().__init__(name=name, prefix=prefix)
         self.module = module
-        self.device = torch.device(device)
 
     def activate_impl(self) -> None:
-        self.module.to(self.device).eval()
+        self.module.eval()
 
     def get_input_metadata_impl(self) -> TensorMetadata:
         meta = TensorMetadata()
@@ -43,8 +41,8 @@ class TorchRunner(BaseRunner):
 
     @torch.inference_mode()
     def infer_impl(self, feed_dict: dict[str, Any]) -> OrderedDict[str, np.ndarray]:
-        ids = torch.as_tensor(np.asarray(feed_dict["input_ids"]), device=self.device)
-        mask = torch.as_tensor(np.asarray(feed_dict["attention_mask"]), device=self.device)
+        ids = torch.as_tensor(np.asarray(feed_dict["input_ids"]))
+        mask = torch.as_tensor(np.asarray(feed_dict["attention_mask"]))
         start = time.perf_counter()
         outputs = self.outputs(ids, mask)
         self.inference_time = time.perf_counter() - start
@@ -83,10 +81,9 @@ class RoutedTorchRunner(TorchRunner):
         model: RoutedModel,
         last_token_logits: bool = False,
         debug_outputs: bool = False,
-        device: str = "cpu",
         name: str | None = None,
     ) -> None:
-        super().__init__(model, device=device, name=name, prefix="pytorch-routed")
+        super().__init__(model, name=name, prefix="pytorch-routed")
         self.model = model
         self.last_token_logits = last_token_logits
         self.debug_outputs = debug_outputs

@@ -23,6 +23,7 @@ from ftp_deploy.export_format import CPU_NATIVE_DTYPES, ExportedArtifact
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.flops import flop_ratio
 from ftp_deploy.models import DTYPES, LoadedModel
+from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -73,10 +74,12 @@ def reference_model(
     model: str | None,
     compute: str = "fp32",
     trust_remote_code: bool = False,
+    placement: Placement = CPU,
 ) -> tuple[RoutedModel, LoadedModel]:
     """The PyTorch model the artifact must reproduce, loaded from its run folder.
 
-    Its weights are the export's (rounded to the exported dtype); it computes in `compute`.
+    Its weights are the export's (rounded to the exported dtype); it computes in `compute`, on
+    `placement`'s device(s) (whose dtype is the one the weights load in, before the rounding).
     """
     manifest = artifact.manifest
     run = run_dir or Path(manifest.source_run.path)
@@ -89,7 +92,7 @@ def reference_model(
     if run_dir is None and sha256_file(run / CONFIG_FILE) != manifest.source_run.config_sha256:
         raise ArtifactError(f"the run folder {run} changed since the export; pass --against RUN_DIR")
     model_ref = model or manifest.base_model.loaded_from
-    routed, loaded, _ = load_routed(routed_artifact, model_ref, trust_remote_code=trust_remote_code)
+    routed, loaded, _ = load_routed(routed_artifact, model_ref, placement, trust_remote_code=trust_remote_code)
     # As the exporter casts them: parameters only, so the rotary frequencies stay fp32.
     for parameter in loaded.model.parameters():
         parameter.data = parameter.data.to(DTYPES[manifest.dtype]).to(DTYPES[compute])
@@ -154,6 +157,7 @@ def verify(
     model: str | None = None,
     trust_remote_code: bool = False,
     progress: Progress = NO_PROGRESS,
+    placement: Placement = CPU,
 ) -> VerifyResult:
     """Parity (Polygraphy Comparator) and latency of `art_dir`; writes the report folder.
 
@@ -175,7 +179,7 @@ def verify(
                 if opened is not None:
                     require_plan(opened.folder)
     with progress.phase("load the PyTorch reference"):
-        routed, loaded = reference_model(artifact, against, model, compared.dtype, trust_remote_code)
+        routed, loaded = reference_model(artifact, against, model, compared.dtype, trust_remote_code, placement)
         feeds = parity_feeds(loaded, InputPlan(), inputs)
     out_dir = report or art_dir.with_name(art_dir.name + "-verify")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,6 +216,7 @@ def verify(
         "dtype": artifact.manifest.dtype,
         "graph": artifact.manifest.graph,
         "compared": compared.note,
+        "reference_placement": placement.to_json(),
         "environment": environment(threads or torch.get_num_threads()),
     }
     write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol)
