@@ -148,5 +148,5 @@ def memory_errors(lower_with: str) -> Iterator[None]:
         yield
     except torch.cuda.OutOfMemoryError as err:
         # torch's message runs on with allocator statistics; its first two sentences say what failed.
-        what = ". ".join(str(err).strip().split(". ")[:2]).splitlines()[0].rstrip(".") or "out of memory"
+        what = ". ".join(str(err).strip().split(". ")[:2]).partition("\n")[0].rstrip(".") or "out of GPU memory"
         raise DeviceMemoryError(f"{what}; use less memory with {lower_with}") from err

@@ -41,8 +41,8 @@ def test_missing_paths_are_clear(model: str) -> None:
 
 
 def test_unknown_dtype() -> None:
-    with pytest.raises(ModelLoadError, match="unknown dtype"):
-        load_base_model("smollm2-135m", dtype="fp8")
+    with pytest.raises(ConfigError, match="unknown dtype"):
+        load_base_model("smollm2-135m", Placement(dtype="fp8"))
 
 
 def test_smollm2_loads_offline_and_routes_256_tokens(smollm2) -> None:

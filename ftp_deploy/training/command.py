@@ -27,7 +27,7 @@ GA = "Schedule search"
 LOSS = "Loss weights"
 MEMORY_OPTIONS = (
     "--checkpoint-activations, --dtype bf16, a smaller --batch-size, --search-batch or --seq-len, "
-    "or --device-map auto over more GPUs (a run stopped here continues with --resume)"
+    "or --device-map auto over more GPUs; --resume continues the run"
 )
 
 
@@ -95,9 +95,6 @@ def train(
     ] = False,
 ) -> None:
     """Search the sparsity schedule, train the router, fine-tune the schedule; write the run folder."""
-    from ftp_deploy.placement import memory_errors, resolve_placement
-
-    placement = resolve_placement(device, dtype, device_map)
     settings = RunSettings(
         model=model,
         data=data or default_source(),
@@ -125,9 +122,11 @@ def train(
             guide=guide_weight, guide_decay=guide_decay, sparsity=sparsity_weight, distill=distill_weight
         ),
     )
+    from ftp_deploy.placement import memory_errors, resolve_placement
     from ftp_deploy.training.pipeline import run_training
     from ftp_deploy.training.report import REPORT_MD, ROUTINGS
 
+    placement = resolve_placement(device, dtype, device_map)
     with RichProgress() as progress, memory_errors(MEMORY_OPTIONS):
         state = run_training(
             settings,
