@@ -13,6 +13,7 @@ from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format
 from ftp_deploy.errors import UsageError
 from ftp_deploy.export_format import EXPORT_DTYPES, TensorRtSection
 from ftp_deploy.exporters.options import DEFAULT_OPSET, ENGINES, SUPPORTED_OPSETS, ExportOptions
+from ftp_deploy.exporters.triton_repo import DEFAULT_MAX_BATCH
 
 
 def _shape_help(which: str, default: tuple[int, int]) -> str:
@@ -42,6 +43,16 @@ def export(
         bool, typer.Option(help="--engine trt: no engine here; write the script that builds it on the target")
     ] = False,
     device: ReferenceDeviceOption = "auto",
+    triton_repo: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also add the exported graphs to this Triton Inference Server model repository (config.pbtxt, "
+            "version 1; needs the \\[triton-server] extra)"
+        ),
+    ] = None,
+    triton_max_batch: Annotated[
+        int, typer.Option(min=1, help="--triton-repo: max_batch_size of the ONNX Runtime model")
+    ] = DEFAULT_MAX_BATCH,
 ) -> None:
     """Export a routed model to ONNX: validated against PyTorch and smoke-run before it is kept.
 
@@ -57,6 +68,10 @@ def export(
     from ftp_deploy.placement import memory_errors, resolve_placement
 
     placement = resolve_placement(device)
+    if triton_repo is not None:
+        from ftp_deploy.exporters.triton_repo import check_repository
+
+        check_repository(triton_repo, out.name)
     options = ExportOptions(
         model=model,
         dtype=dtype,
@@ -95,6 +110,13 @@ def export(
         console.print(f"  {result.out / name}")
     if manifest.tensorrt is not None:
         _print_engine_commands(result.out, manifest.tensorrt)
+    if triton_repo is not None:
+        from ftp_deploy.exporters.triton_repo import write_triton_repository
+
+        configs = write_triton_repository(result.out, triton_repo, max_batch_size=triton_max_batch)
+        console.print(f"Triton model repository {triton_repo} (not served here):")
+        for path in configs:
+            console.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_engine_commands(out: Path, section: TensorRtSection) -> None:

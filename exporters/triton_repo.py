@@ -1,0 +1,149 @@
+"""`ftp-deploy export ... --triton-repo DIR`: the exported graphs as a Triton Inference Server model repository.
+
+For an artifact folder ART it adds to DIR:
+
+    DIR/NAME/config.pbtxt      platform onnxruntime_onnx
+    DIR/NAME/1/model.onnx      (+ model.onnx.data): ART's files, hard-linked where the filesystem allows
+    DIR/NAME-trt/config.pbtxt  platform tensorrt_plan, when ART holds a built model.plan
+    DIR/NAME-trt/1/model.plan
+
+Each config is built as tritonclient's ModelConfig protobuf (so only fields and enums Triton
+knows can be written), from the inputs and outputs the ONNX file itself declares: their element
+types and their dims after the batch axis (-1 where the file names an axis). Dynamic batching
+is on: Triton batches only requests whose variable dims agree, so every row of a batch has the
+same length, and with no padding each row routes as it would alone. The repository is written
+and parsed back here; no Triton server runs on the development machines, so it has not been
+served (README).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftp_deploy.engines.trt_profile import ShapeProfile
+from ftp_deploy.errors import MissingDependencyError, OutputFolderError
+from ftp_deploy.export_format import DATA_FILE, ExportedArtifact
+from ftp_deploy.exporters.output_folder import staged_folder
+
+CONFIG_FILE = "config.pbtxt"
+VERSION = "1"
+TRT_SUFFIX = "-trt"
+DEFAULT_MAX_BATCH = 8
+PIP_HINT = "pip install 'ftp-deploy[triton-server]'"
+# ONNX TensorProto element types (onnx.TensorProto.DataType) to Triton's DataType names.
+_TRITON_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 16: "TYPE_BF16"}
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """One model of the repository: its folder and the file Triton loads from version 1."""
+
+    name: str
+    platform: str
+    source: Path
+    max_batch_size: int
+
+
+def model_config_module() -> Any:
+    """tritonclient's model_config_pb2, or MissingDependencyError naming the extra."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"--triton-repo checks config.pbtxt against Triton's model-config protobuf: {PIP_HINT} ({err})"
+        ) from err
+    return model_config_pb2
+
+
+def check_repository(repo: Path, name: str) -> None:
+    """Refuse, before any export work, a repository that cannot take model `name`."""
+    model_config_module()
+    if repo.exists() and not repo.is_dir():
+        raise OutputFolderError(f"--triton-repo {repo} exists and is not a folder")
+    if not repo.parent.is_dir():
+        raise OutputFolderError(f"cannot write --triton-repo {repo}: the folder {repo.parent} does not exist")
+    for folder in (repo / name, repo / f"{name}{TRT_SUFFIX}"):
+        if folder.exists():
+            raise OutputFolderError(f"the Triton repository already holds a model {folder.name!r} ({folder})")
+
+
+def repository_models(artifact: ExportedArtifact, name: str, max_batch_size: int) -> list[TritonModel]:
+    models = [TritonModel(name, "onnxruntime_onnx", artifact.model_path, max_batch_size)]
+    section = artifact.manifest.tensorrt
+    if section is not None and section.plan_file is not None:
+        # A plan takes no batch beyond the optimization profile it was built with.
+        plan_batch = ShapeProfile.from_json(section.profile).max_shape[0]
+        models.append(
+            TritonModel(f"{name}{TRT_SUFFIX}", "tensorrt_plan", artifact.folder / section.plan_file, plan_batch)
+        )
+    return models
+
+
+def model_config(model: TritonModel, onnx_path: Path) -> Any:
+    """The ModelConfig protobuf of `model`, its tensors as the ONNX file at `onnx_path` declares them."""
+    import onnx
+
+    pb2 = model_config_module()
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    config = pb2.ModelConfig(name=model.name, platform=model.platform, max_batch_size=model.max_batch_size)
+    for tensors, add in ((graph.input, config.input.add), (graph.output, config.output.add)):
+        for tensor in tensors:
+            kind = tensor.type.tensor_type
+            if kind.elem_type not in _TRITON_TYPES:
+                raise OutputFolderError(f"{onnx_path}: {tensor.name} has ONNX element type {kind.elem_type}")
+            entry = add(name=tensor.name, data_type=pb2.DataType.Value(_TRITON_TYPES[kind.elem_type]))
+            # The first axis is the batch, which max_batch_size stands for.
+            entry.dims.extend(dim.dim_value if dim.HasField("dim_value") else -1 for dim in kind.shape.dim[1:])
+    config.dynamic_batching.SetInParent()
+    if model.platform == "tensorrt_plan":
+        config.instance_group.add(kind=pb2.ModelInstanceGroup.KIND_GPU, count=1)
+    return config
+
+
+def read_config(path: Path) -> Any:
+    """A config.pbtxt parsed with Triton's ModelConfig protobuf (protobuf's ParseError on a bad file)."""
+    from google.protobuf import text_format
+
+    return text_format.Parse(path.read_text(encoding="utf-8"), model_config_module().ModelConfig())
+
+
+def write_triton_repository(
+    art_dir: Path, repo: Path, name: str | None = None, max_batch_size: int = DEFAULT_MAX_BATCH
+) -> list[Path]:
+    """Add the artifact's graphs to the repository `repo` (created if missing); the config files written.
+
+    Each model folder appears whole or not at all (built beside it, then renamed).
+    """
+    from google.protobuf import text_format
+
+    artifact = ExportedArtifact.open(art_dir)
+    name = name or art_dir.name
+    check_repository(repo, name)
+    repo.mkdir(exist_ok=True)
+    written = []
+    for model in repository_models(artifact, name, max_batch_size):
+        config = model_config(model, artifact.model_path)
+        with staged_folder(repo / model.name) as folder:
+            (folder / VERSION).mkdir()
+            files = [model.source]
+            if model.platform == "onnxruntime_onnx" and (artifact.folder / DATA_FILE).is_file():
+                files.append(artifact.folder / DATA_FILE)  # external weights sit beside model.onnx
+            for source in files:
+                _link_or_copy(source, folder / VERSION / source.name)
+            (folder / CONFIG_FILE).write_text(text_format.MessageToString(config), encoding="utf-8")
+            if read_config(folder / CONFIG_FILE) != config:
+                raise OutputFolderError(f"{model.name}/{CONFIG_FILE} does not parse back to the config written")
+        written.append(repo / model.name / CONFIG_FILE)
+    return written
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link costs no space for a 7B model's weights; across filesystems, a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
