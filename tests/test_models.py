@@ -9,8 +9,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ftp_deploy import cli
-from ftp_deploy.errors import ModelLoadError, UnsupportedArchitectureError
+from ftp_deploy.errors import ConfigError, ModelLoadError, UnsupportedArchitectureError
 from ftp_deploy.models import check_architecture, load_base_model
+from ftp_deploy.placement import Placement
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule

@@ -128,7 +128,8 @@ def test_checkpointed_blocks_give_the_same_loss_and_router_gradients(tiny_model_
     found = []
     for checkpointed in (False, True):
         router = new_router(0)
-        routed = RoutedModel(base, Schedule.uniform(0.3, 4), RouterSpec(), router=router, checkpoint_blocks=checkpointed)
+        schedule = Schedule.uniform(0.3, 4)
+        routed = RoutedModel(base, schedule, RouterSpec(), router=router, checkpoint_blocks=checkpointed)
         out = routed(ids, mask, mode="masked", gate_gradient=True)
         loss = out.logits.square().mean() + 1e-3 * sum(raw.sum() for raw in out.router_logits)
         loss.backward()
@@ -198,8 +199,8 @@ def test_run_on_cpu_prints_what_it_did_before_and_runs_in_bf16(
     before = compare_dense_routed(prompt, str(tiny_model_dir), 0.3, None, 4)
     on_cpu = compare_dense_routed(prompt, str(tiny_model_dir), 0.3, None, 4, placement=resolve_placement("cpu"))
     assert [(r.name, r.text) for r in on_cpu] == [(r.name, r.text) for r in before]
-    code = cli.main(["run", "--model", str(tiny_model_dir), "--prompt", prompt, "--max-new-tokens", "3"]
-                    + ["--device", "cpu", "--dtype", "bf16"])  # fmt: skip
+    argv = ["run", "--model", str(tiny_model_dir), "--prompt", prompt, "--max-new-tokens", "3"]
+    code = cli.main([*argv, "--device", "cpu", "--dtype", "bf16"])
     out = capsys.readouterr().out
     assert code == 0 and "(cpu, bf16)" in out and "dense" in out
 

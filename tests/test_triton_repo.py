@@ -21,7 +21,7 @@ from tests.test_export_command import make_run
 from tests.test_export_format import sample_manifest
 
 pytest.importorskip("tritonclient.grpc", reason="needs pip install 'ftp-deploy[triton-server]'")
-from tritonclient.grpc import model_config_pb2 as pb2  # noqa: E402
+from tritonclient.grpc import model_config_pb2 as pb2
 
 VOCAB, HIDDEN = 96, 48
 
@@ -29,7 +29,8 @@ VOCAB, HIDDEN = 96, 48
 def fake_artifact(folder: Path, logits_type: int = TensorProto.BFLOAT16, plan: bool = False) -> Path:
     """An artifact folder whose model.onnx declares the exporter's inputs and outputs (debug outputs too)."""
     folder.mkdir()
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in ("input_ids", "attention_mask")]  # fmt: skip
+    names = ("input_ids", "attention_mask")
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in names]
     outputs = [
         helper.make_tensor_value_info("logits", logits_type, ["batch", 1, VOCAB]),
         helper.make_tensor_value_info("indices_0", TensorProto.INT64, ["batch", "kept_0"]),
@@ -70,9 +71,8 @@ def test_onnx_and_plan_models_parse_as_triton_model_configs(tmp_path: Path) -> N
         }
     assert [g.kind for g in plan_config.instance_group] == [pb2.ModelInstanceGroup.KIND_GPU]
     versions = {p.relative_to(tmp_path / "repo").as_posix() for p in (tmp_path / "repo").rglob("*") if p.is_file()}
-    assert versions == {
-        f"art/{CONFIG_FILE}", "art/1/model.onnx", "art/1/model.onnx.data", f"art-trt/{CONFIG_FILE}", "art-trt/1/model.plan"
-    }  # fmt: skip
+    onnx_files = {f"art/{CONFIG_FILE}", "art/1/model.onnx", "art/1/model.onnx.data"}
+    assert versions == onnx_files | {f"art-trt/{CONFIG_FILE}", "art-trt/1/model.plan"}
     assert os.path.samefile(tmp_path / "repo/art/1/model.onnx", art / MODEL_FILE)  # linked, not copied
 
 
