@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all demo lint clean
+.PHONY: setup test test-all demo lint clean gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -46,4 +46,17 @@ demo: setup
 	@$(BIN)/python -m ftp_deploy.demo_summary $(DEMO)/run $(DEMO)/verify
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out gpu-check
+
+# Everything that needs a CUDA GPU, in one call, for a lent GPU machine whose image lacks this
+# project (benchmarks/gpu_check.py): it runs from the tree with the image's Python. Here, without a
+# GPU, it records its GPU sections as skipped. GPU_WHEELS: pure-Python dependencies to carry there.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_WHEELS := .gpu-wheels
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --json gpu-check/gpu-check.json $(if $(wildcard $(GPU_WHEELS)/*.whl),--wheels $(GPU_WHEELS))
+
+gpu-wheels: setup
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: -d $(GPU_WHEELS) \
+		accelerate typer rich click shellingham markdown-it-py mdurl pygments polygraphy onnxscript onnx-ir gguf \
+		safetensors psutil
