@@ -154,6 +154,7 @@ def test_training_with_a_device_map_and_checkpointing_gives_the_same_run(
     )
     assert other["phases"]["finetune"]["best_thousandths"] == plain["phases"]["finetune"]["best_thousandths"]
     assert other["heldout"] == plain["heldout"]
+    assert (plain["placement"], other["placement"]) == (CPU.to_json(), Placement("cpu", "fp32", "auto").to_json())
     router_a = (tmp_path / "plain" / "router.safetensors").read_bytes()
     assert (tmp_path / "other" / "router.safetensors").read_bytes() == router_a
 

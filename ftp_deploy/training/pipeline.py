@@ -78,6 +78,7 @@ def run_training(
         )
     _check_data(state, data, out)
     state.update(settings=settings.to_json(), model=loaded.ref.to_json(), data=data.describe())
+    state["placement"] = placement.to_json()  # of this invocation: a run may resume on other hardware
     state.setdefault("phases", {})
     folder.write_state(state)
     run = _Run(settings, folder, state, loaded, data, budget, progress, on_step, checkpoint_activations)
