@@ -171,11 +171,13 @@ def test_eval_on_cpu_and_device_map_auto_match_the_default_and_bf16_runs(
 ) -> None:
     run = save_run(tmp_path / "run", tiny_model_dir)
     tasks = f"mc:{data_dir / 'mc.jsonl'},ppl:{data_dir / 'text.txt'}"
-    common = {"tasks": tasks, "data_dir": data_dir, "seq_len": 32, "scored_tokens": 8, "limit": 4}
+    common = {"tasks": tasks, "baselines": "static", "data_dir": data_dir, "seq_len": 32, "scored_tokens": 8}
+    common["limit"] = 4
     default, _ = run_eval(run, report=tmp_path / "default", **common)  # type: ignore[arg-type]
     mapped, _ = run_eval(run, report=tmp_path / "mapped", placement=resolve_placement(device_map="auto"), **common)  # type: ignore[arg-type]
     assert eval_numbers(mapped) == eval_numbers(default)
-    argv = [str(run), "--tasks", tasks, "--data-dir", str(data_dir), "--seq-len", "32", "--scored-tokens", "8"]
+    argv = [str(run), "--tasks", tasks, "--baselines", "static", "--data-dir", str(data_dir), "--seq-len", "32"]
+    argv += ["--scored-tokens", "8"]
     for options, folder in ((["--device", "cpu"], "cpu"), (["--device", "cpu", "--dtype", "bf16"], "bf16")):
         assert cli.main(["eval", *argv, "--limit", "4", "--report", str(tmp_path / folder), *options]) == 0
     capsys.readouterr()
