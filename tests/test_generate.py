@@ -1,0 +1,184 @@
+"""`ftp-deploy generate` and `run` with cached generation; the decode check of verify; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.cached_generation import decode_step, routed_prefill
+from ftp_deploy.cli import main
+from ftp_deploy.generation import generate_dense, generate_routed
+from ftp_deploy.generation_settings import GenerationSettings
+from ftp_deploy.models import model_ref_for
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import RouterSpec
+from ftp_deploy.schedule import Schedule
+from ftp_deploy.verification.decode import check_decode
+from ftp_deploy.verification.parity import Tolerance
+from tests.conftest import random_batch, tiny_model, tiny_tokenizer
+from tests.test_cli import HEAVY_MODULES, assert_clean_error, cli, heavy_modules_after, section9_text, section9_tokens
+
+PROMPT = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14"
+SCHEDULE = (0.1, 0.2, 0.3, 0.4)
+
+
+@pytest.fixture
+def run_and_base(tmp_path: Path) -> tuple[Path, Path, RoutedModel]:
+    """A learned-router run folder, the tiny base model's folder, and the routed model they make."""
+    base = tiny_model()
+    base.save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    torch.manual_seed(3)
+    routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec())
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(tmp_path / "base"))), tmp_path / "run")
+    return tmp_path / "run", tmp_path / "base", routed
+
+
+def test_generate_continues_as_the_section_9_reference(run_and_base: tuple[Path, Path, RoutedModel]) -> None:
+    run, _, routed = run_and_base
+    plain = cli("generate", str(run), "--prompt", PROMPT, "--max-new-tokens", "6")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() == section9_text(routed, PROMPT, 6)
+    assert "time to first token" in plain.stderr and "KV cache" in plain.stderr
+    streamed = cli("generate", str(run), "--prompt", PROMPT, "--max-new-tokens", "6", "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.strip() == plain.stdout.strip()
+
+
+def test_transformers_sampling_is_seeded(run_and_base: tuple[Path, Path, RoutedModel]) -> None:
+    _, _, routed = run_and_base
+    ids = tiny_tokenizer()(PROMPT, return_tensors="pt").input_ids
+    settings = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=7)
+    runs = [generate_routed(routed, ids, torch.ones_like(ids), settings, 0, None).token_ids for _ in range(2)]
+    other = generate_routed(routed, ids, torch.ones_like(ids), GenerationSettings(8, True, 1.5, 1.0, 8), 0, None)
+    assert runs[0] == runs[1] and len(runs[0][0]) == 8
+    assert other.token_ids != runs[0]
+
+
+def test_routed_generate_times_and_caches_less_than_dense(single_thread: None) -> None:
+    base = tiny_model()
+    routed = RoutedModel(base, Schedule.uniform(0.3, 4), RouterSpec(kind="static"))
+    ids, mask = random_batch(2, 40, "left")
+    settings = GenerationSettings(max_new_tokens=5)
+    dense = generate_dense(base, ids, mask, settings, 0, None)
+    ours = generate_routed(routed, ids, mask, settings, 0, None)
+    assert ours.token_ids == section9_tokens(routed, ids, mask, 5).tolist()
+    assert dense.token_ids == base.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                                            pad_token_id=0, eos_token_id=None)[:, 40:].tolist()  # fmt: skip
+    assert ours.ttft_s > 0 and ours.decode_ms_per_token is not None and ours.decode_ms_per_token > 0
+    kept = sum(routed.schedule.kept(block, 40) for block in range(4))
+    # Both caches end with 40 prompt + 4 fed-back tokens per block (the 5th token is never fed back).
+    assert ours.kv_bytes / dense.kv_bytes == (kept + 4 * 4) / (4 * 44)
+
+
+def test_run_reports_cached_generation_for_dense_and_routed(run_and_base: tuple[Path, Path, RoutedModel]) -> None:
+    run, base_dir, routed = run_and_base
+    result = subprocess.run(
+        [sys.executable, "-m", "ftp_deploy.cli", "run", "--model", str(base_dir), "--router", str(run),
+         "--prompt", PROMPT, "--max-new-tokens", "4"],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "COLUMNS": "400"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
+    assert "first token ms" in result.stdout and "decode ms/token" in result.stdout
+    dense, routed_row = rows  # the header row is drawn with another rule character
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    dense_tokens = routed.base.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert dense[1] == tokenizer.decode(dense_tokens[0, ids.shape[1] :], skip_special_tokens=True)
+    assert routed_row[1] == section9_text(routed, PROMPT, 4)
+    assert dense[5] == "1.00x" and float(routed_row[5].rstrip("x")) < 1
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--prompt", "   "], "the prompt is empty"),
+        (["--prompt", "w1", "--runtime", "cuda"], "unknown runtime 'cuda'"),
+        (["--prompt", "w1", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--prompt", "w1", "--do-sample", "--temperature", "-1"], "--temperature must be > 0"),
+        (["--prompt", "w1", "--do-sample", "--top-p", "2"], "--top-p must lie in (0, 1]"),
+        (["--prompt", "w1", "--temperature", "0.7"], "apply with --do-sample only"),
+        (["--prompt", "w1", "--max-new-tokens", "many"], "Invalid value for '--max-new-tokens'"),
+    ],
+)
+def test_bad_options_are_one_line_before_any_model_loads(
+    args: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert fragment in " ".join(err.split()) and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_usage_errors_load_no_heavy_module(tmp_path: Path) -> None:
+    argvs = [["generate", "--help"], ["generate", str(tmp_path), "--prompt", ""],
+             ["generate", str(tmp_path), "--prompt", "w1", "--top-p", "0"]]  # fmt: skip
+    script = (
+        "import json, sys\nfrom ftp_deploy.cli import main\n"
+        "codes = [main(argv) for argv in json.loads(sys.argv[1])]\nassert codes == [0, 2, 2], codes"
+    )
+    assert set(heavy_modules_after(script, json.dumps(argvs))) & set(HEAVY_MODULES) == set()
+
+
+def test_bad_folders_and_prompts_are_one_line(run_and_base: tuple[Path, Path, RoutedModel], tmp_path: Path) -> None:
+    run, base_dir, _ = run_and_base
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert_clean_error(cli("generate", str(base_dir), "--prompt", "w1"), 2, "neither a run folder")
+    assert_clean_error(cli("generate", str(tmp_path / "nowhere"), "--prompt", "w1"), 2, "folder not found")
+    # The tiny model has 512 positions: 508 prompt tokens and 8 new ones do not fit.
+    long_prompt = " ".join(f"w{i % 90}" for i in range(508))
+    result = cli("generate", str(run), "--prompt", long_prompt, "--max-new-tokens", "8")
+    assert_clean_error(result, 2, "that is 516, beyond the model's context of 512 tokens")
+    assert_clean_error(cli("generate", str(run), "--prompt", "w1", "--chat"), 2, "no chat template")
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+class TorchCachedDecoder:
+    """PyTorch's own cached decode as a CachedDecoder, optionally with its logits or keys perturbed."""
+
+    def __init__(self, routed: RoutedModel, logits_error: float = 0.0, key_error: float = 0.0) -> None:
+        self.routed, self.logits_error, self.key_error = routed, logits_error, key_error
+        self.cache = None
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        result = routed_prefill(self.routed, torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        self.cache = result.cache
+        return result.logits.numpy()
+
+    def decode(self, token_ids: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = decode_step(self.routed, torch.from_numpy(token_ids), self.cache).numpy()
+        logits[:, 5] += self.logits_error
+        return logits
+
+    def cache_layers(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        layers = [
+            (k.numpy().copy(), v.numpy(), m.numpy())
+            for (k, v, _), m in zip(self.cache, self.cache.slot_valid, strict=True)
+        ]
+        layers[2][0][0, 0, -1, 0] += self.key_error
+        return layers
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_decode_check_passes_pytorchs_cached_decode_and_catches_errors(arch: str, single_thread: None) -> None:
+    routed = RoutedModel(tiny_model(arch), Schedule.from_sparsities(list(SCHEDULE)), RouterSpec())
+    ids, mask = random_batch(2, 23, "left")
+    tolerance = Tolerance.for_dtype("fp32")
+    good = check_decode(routed, TorchCachedDecoder(routed), ids, mask, 8, tolerance)
+    assert good.passed and good.tokens_identical and good.cache_lengths_equal, good.failures
+    assert good.logits_max_abs_diff <= 1e-4 and good.decode_median_ms > 0
+    bad_logits = check_decode(routed, TorchCachedDecoder(routed, logits_error=0.5), ids, mask, 8, tolerance)
+    assert not bad_logits.logits_passed and any("logits" in f for f in bad_logits.failures)
+    bad_cache = check_decode(routed, TorchCachedDecoder(routed, key_error=0.5), ids, mask, 8, tolerance)
+    assert bad_cache.logits_passed and not bad_cache.cache_passed
+    assert any("cached keys/values" in f for f in bad_cache.failures)
