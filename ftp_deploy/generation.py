@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache, TextStreamer
 from transformers.generation.streamers import BaseStreamer
@@ -52,7 +53,7 @@ class TokenClock(BaseStreamer):
         self.token_times: list[float] = []
         self._prompt_seen = False
 
-    def put(self, value: torch.Tensor) -> None:
+    def put(self, value: torch.Tensor | np.ndarray) -> None:
         if self._prompt_seen:
             self.token_times.append(time.perf_counter())
         self._prompt_seen = True
@@ -83,9 +84,9 @@ class CallbackTextStreamer(TextStreamer):
         self.on_text(text + ("\n" if stream_end else ""))
 
 
-def _new_tokens(sequences: torch.Tensor, prompt_len: int, eos: set[int]) -> list[list[int]]:
+def _until_eos(new: list[list[int]], eos: set[int]) -> list[list[int]]:
     rows = []
-    for row in sequences[:, prompt_len:].tolist():
+    for row in new:
         end = next((i for i, token in enumerate(row) if token in eos), len(row))
         rows.append(row[:end])
     return rows
@@ -123,7 +124,7 @@ def timed_generate(
     )
     total = time.perf_counter() - clock.start
     return Generation(
-        token_ids=_new_tokens(sequences, input_ids.shape[1], _eos_ids(eos_token_id)),
+        token_ids=_until_eos(sequences[:, input_ids.shape[1] :].tolist(), _eos_ids(eos_token_id)),
         prompt_tokens=int(input_ids.shape[1]),
         ttft_s=clock.ttft_s(),
         decode_ms_per_token=clock.decode_ms_per_token(),
@@ -160,4 +161,38 @@ def generate_routed(
     wrapper = routed if isinstance(routed, RoutedForCausalLM) else RoutedForCausalLM(routed).eval()
     return timed_generate(
         wrapper, input_ids, attention_mask, RoutedCache(), settings, pad_token_id, eos_token_id, streamer
+    )
+
+
+def generate_onnx(
+    generator: Any,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    settings: GenerationSettings,
+    eos_token_id: list[int],
+    streamer: BaseStreamer | None = None,
+) -> Generation:
+    """An ONNX Runtime generator's loop (`engines.onnx_generation.OnnxGenerator.generate`), timed the same way."""
+    clock = TokenClock(streamer)
+    clock.put(input_ids)  # what transformers' generate hands a streamer first: the prompt
+    result = generator.generate(
+        input_ids,
+        attention_mask,
+        max_new_tokens=settings.max_new_tokens,
+        eos_token_ids=eos_token_id,
+        do_sample=settings.do_sample,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
+        on_token=lambda tokens, step: clock.put(tokens),
+    )
+    clock.end()
+    total = time.perf_counter() - clock.start
+    return Generation(
+        token_ids=_until_eos(result.tokens.tolist(), set(eos_token_id)),
+        prompt_tokens=int(input_ids.shape[1]),
+        ttft_s=clock.ttft_s(),
+        decode_ms_per_token=clock.decode_ms_per_token(),
+        total_s=total,
+        kv_bytes=generator.kv_bytes(),
     )

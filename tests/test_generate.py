@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,69 @@ def test_decode_check_passes_pytorchs_cached_decode_and_catches_errors(arch: str
     bad_cache = check_decode(routed, TorchCachedDecoder(routed, key_error=0.5), ids, mask, 8, tolerance)
     assert bad_cache.logits_passed and not bad_cache.cache_passed
     assert any("cached keys/values" in f for f in bad_cache.failures)
+
+
+@pytest.fixture(scope="module")
+def with_past_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, RoutedModel]:
+    """A tiny learned-router run and its --with-past export: (run folder, artifact folder, routed model)."""
+    from ftp_deploy.exporters.pipeline import export_onnx
+
+    folder = tmp_path_factory.mktemp("with-past")
+    base = tiny_model()
+    base.save_pretrained(folder / "base")
+    tiny_tokenizer().save_pretrained(folder / "base")
+    torch.manual_seed(3)
+    routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec())
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(folder / "base"))), folder / "run")
+    export_onnx(folder / "run", folder / "art", with_past=True)
+    return folder / "run", folder / "art", routed
+
+
+@pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU
+def test_onnx_runtime_generates_what_transformers_generate_does(
+    with_past_export: tuple[Path, Path, RoutedModel],
+) -> None:
+    run, art, routed = with_past_export
+    torch_run = cli("generate", str(run), "--prompt", PROMPT, "--max-new-tokens", "8")
+    onnx_run = cli("generate", str(art), "--prompt", PROMPT, "--max-new-tokens", "8", "--stream", "--threads", "1")
+    assert torch_run.returncode == 0 and onnx_run.returncode == 0, torch_run.stderr + onnx_run.stderr
+    assert onnx_run.stdout.strip() == torch_run.stdout.strip() == section9_text(routed, PROMPT, 8)
+    assert onnx_run.stderr.strip().startswith("onnxrt:") and torch_run.stderr.strip().startswith("torch:")
+    # The same export in PyTorch (its source run) gives the same text as well.
+    torch_from_export = cli("generate", str(art), "--runtime", "torch", "--prompt", PROMPT, "--max-new-tokens", "8")
+    assert torch_from_export.stdout == torch_run.stdout
+
+
+@pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU
+def test_onnx_bad_input_is_one_line(with_past_export: tuple[Path, Path, RoutedModel], tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from ftp_deploy.export_format import DECODER_FILE, read_manifest, write_manifest
+
+    run, art, _ = with_past_export
+    prefill_only = tmp_path / "prefill-only"
+    shutil.copytree(art, prefill_only)
+    (prefill_only / DECODER_FILE).unlink()
+    manifest = read_manifest(prefill_only)
+    write_manifest(prefill_only, replace(manifest, graphs={"prefill": manifest.graphs["prefill"]}, with_past=None))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in prefill_only.iterdir())
+    assert_clean_error(cli("generate", str(prefill_only), "--prompt", "w1"), 2, "prefill-only export")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in prefill_only.iterdir()) == before
+    assert_clean_error(cli("generate", str(run), "--runtime", "onnxrt", "--prompt", "w1"), 2, "export it first")
+    long_prompt = " ".join(f"w{i % 90}" for i in range(508))
+    result = cli("generate", str(art), "--prompt", long_prompt, "--max-new-tokens", "8")
+    assert_clean_error(result, 2, "beyond the exported model's context of 512 tokens")
+
+
+@pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU
+def test_verify_checks_the_onnx_decode(with_past_export: tuple[Path, Path, RoutedModel], tmp_path: Path) -> None:
+    from ftp_deploy.verification.verify import verify
+
+    _, art, _ = with_past_export
+    result = verify(art, seq_lens=[], report=tmp_path / "report", decode_steps=8, threads=1)
+    assert result.passed and result.decode is not None, result.decode
+    assert result.decode.tokens_identical and result.decode.cache_lengths_equal and result.decode.steps == 8
+    assert result.decode.logits_max_abs_diff <= 1e-4 and result.decode.decode_median_ms > 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["decode"]["checked"] and report["decode"]["passed"]
+    assert "## Decode" in (tmp_path / "report" / "report.md").read_text()

@@ -12,6 +12,7 @@ import typer
 
 from ftp_deploy.cli_options import ModelOverrideOption, TrustOption
 from ftp_deploy.console import RichProgress, console, err_console
+from ftp_deploy.errors import UsageError
 from ftp_deploy.generation_settings import GenerationSettings
 from ftp_deploy.serving.source import RUNTIMES, check_prompt, check_runtime
 
@@ -22,13 +23,17 @@ def generate(
     ],
     prompt: Annotated[str, typer.Option(help="Text to continue")],
     max_new_tokens: Annotated[int, typer.Option(help="At most this many new tokens")] = 64,
-    runtime: Annotated[str, typer.Option(help=f"One of {', '.join(RUNTIMES)}")] = "torch",
+    runtime: Annotated[
+        str | None,
+        typer.Option(help=f"One of {', '.join(RUNTIMES)} (default: torch for a run folder, onnxrt for an export)"),
+    ] = None,
     stream: Annotated[bool, typer.Option(help="Print the text as it is generated")] = False,
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template")] = False,
     do_sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding")] = False,
     temperature: Annotated[float, typer.Option(help="--do-sample: softmax temperature")] = 1.0,
     top_p: Annotated[float, typer.Option(help="--do-sample: nucleus probability mass")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="--do-sample: seed of the sampler")] = None,
+    threads: Annotated[int | None, typer.Option(help="--runtime onnxrt: ONNX Runtime intra-op threads")] = None,
     model: ModelOverrideOption = None,
     trust_remote_code: TrustOption = False,
 ) -> None:
@@ -39,6 +44,8 @@ def generate(
     settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p, seed)
     check_prompt(prompt)
     check_runtime(runtime)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
     from ftp_deploy.serving.pipeline import generate as run_generate
 
     def write(text: str) -> None:
@@ -54,6 +61,7 @@ def generate(
             chat=chat,
             model=model,
             trust_remote_code=trust_remote_code,
+            threads=threads,
             on_text=write if stream else None,
             progress=progress,
         )

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ftp_deploy.artifacts import CONFIG_FILE, load_routed
 from ftp_deploy.errors import ArtifactError, ConfigError, UsageError
 from ftp_deploy.fileio import sha256_file
-from ftp_deploy.generation import CallbackTextStreamer, Generation, generate_routed
+from ftp_deploy.generation import CallbackTextStreamer, Generation, generate_onnx, generate_routed
 from ftp_deploy.generation_settings import GenerationSettings
 from ftp_deploy.models import LoadedModel
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
-from ftp_deploy.serving.source import GenerationSource, check_prompt, check_runtime, open_source
+from ftp_deploy.serving.source import GenerationSource, check_prompt, open_source, resolve_runtime
 
 
 @dataclass
@@ -88,17 +89,42 @@ def generate(
     source_dir: Path,
     prompt: str,
     settings: GenerationSettings,
-    runtime: str = "torch",
+    runtime: str | None = None,
     chat: bool = False,
     model: str | None = None,
     trust_remote_code: bool = False,
+    threads: int | None = None,
     on_text: Callable[[str], None] | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> TextGeneration:
-    """Continue `prompt` with the routed model of `source_dir`; `on_text` receives the text as it is made."""
+    """Continue `prompt` with the routed model of `source_dir`; `on_text` receives the text as it is made.
+
+    `runtime` None: PyTorch for a run folder, ONNX Runtime for an export. `threads`: ONNX Runtime's
+    intra-op threads (PyTorch keeps its own setting).
+    """
     check_prompt(prompt)
-    check_runtime(runtime)
     source = open_source(source_dir)
+    runtime = resolve_runtime(runtime, source)
+    if runtime == "onnxrt":
+        generation, tokenizer = _generate_onnx(source, prompt, settings, chat, threads, on_text, progress)
+    else:
+        generation, tokenizer = _generate_torch(
+            source, prompt, settings, chat, model, trust_remote_code, on_text, progress
+        )
+    text = tokenizer.decode(generation.token_ids[0], skip_special_tokens=True)
+    return TextGeneration(text, generation, runtime, str(source_dir))
+
+
+def _generate_torch(
+    source: GenerationSource,
+    prompt: str,
+    settings: GenerationSettings,
+    chat: bool,
+    model: str | None,
+    trust_remote_code: bool,
+    on_text: Callable[[str], None] | None,
+    progress: Progress,
+) -> tuple[Generation, Any]:
     with progress.phase("load the model"):
         routed, loaded = load_torch(source, model, trust_remote_code)
     tokenizer = loaded.tokenizer
@@ -114,5 +140,31 @@ def generate(
         eos_token_id=eos_ids(loaded),
         streamer=streamer,
     )
-    text = tokenizer.decode(generation.token_ids[0], skip_special_tokens=True)
-    return TextGeneration(text, generation, runtime, str(source_dir))
+    return generation, tokenizer
+
+
+def _generate_onnx(
+    source: GenerationSource,
+    prompt: str,
+    settings: GenerationSettings,
+    chat: bool,
+    threads: int | None,
+    on_text: Callable[[str], None] | None,
+    progress: Progress,
+) -> tuple[Generation, Any]:
+    from transformers import AutoTokenizer
+
+    from ftp_deploy.engines.onnx_generation import OnnxGenerator
+
+    with progress.phase("open the ONNX Runtime sessions"):
+        generator = OnnxGenerator.open(source.folder, threads=threads)
+        tokenizer = AutoTokenizer.from_pretrained(source.folder)
+    record = generator.record
+    ids = prompt_ids(tokenizer, prompt, chat)
+    check_context(ids.shape[1], settings.max_new_tokens, record.max_positions, "the exported model's context")
+    streamer = CallbackTextStreamer(tokenizer, on_text) if on_text is not None else None
+    ids_np = ids.numpy().astype(np.int64)
+    generation = generate_onnx(
+        generator, ids_np, np.ones_like(ids_np), settings, list(record.eos_token_ids), streamer=streamer
+    )
+    return generation, tokenizer

@@ -12,7 +12,7 @@ from ftp_deploy.errors import ArtifactError, UsageError
 from ftp_deploy.export_format import MANIFEST_FILE, ExportedArtifact
 
 CONFIG_FILE = "ftp_config.json"  # artifacts.CONFIG_FILE, named here without importing torch
-RUNTIMES = ("torch",)
+RUNTIMES = ("torch", "onnxrt")
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,21 @@ def open_source(folder: Path) -> GenerationSource:
     raise ArtifactError(f"{folder} is neither a run folder ({CONFIG_FILE}) nor an exported artifact ({MANIFEST_FILE})")
 
 
-def check_runtime(runtime: str) -> str:
-    if runtime not in RUNTIMES:
+def check_runtime(runtime: str | None) -> None:
+    if runtime is not None and runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+
+
+def resolve_runtime(runtime: str | None, source: GenerationSource) -> str:
+    """The runtime asked for, else the folder's own: PyTorch for a run, ONNX Runtime for an export."""
+    check_runtime(runtime)
+    if runtime is None:
+        return "torch" if source.export is None else "onnxrt"
+    if runtime == "onnxrt" and source.export is None:
+        raise UsageError(
+            f"--runtime onnxrt runs an exported artifact, and {source.folder} is a run folder; "
+            f"export it first: ftp-deploy export {source.folder} --engine onnx --with-past --out ART_DIR"
+        )
     return runtime
 
 

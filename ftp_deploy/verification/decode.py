@@ -156,3 +156,23 @@ def _compare_cache(
             worst = max(worst, _max_abs(got_valid, want_valid))
             ok = ok and _within(got_valid, want_valid, tolerance)
     return True, worst, ok
+
+
+class OnnxDecoder:
+    """engines.onnx_generation.OnnxGenerator as a CachedDecoder: its cache read back layer by layer."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return np.asarray(self.generator.prefill(input_ids, attention_mask))
+
+    def decode(self, token_ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.generator.decode(token_ids))
+
+    def cache_layers(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        cache = self.generator.cache
+        return [
+            (cache.numpy(layer, "key"), cache.numpy(layer, "value"), cache.numpy(layer, "valid"))
+            for layer in range(cache.num_layers)
+        ]
