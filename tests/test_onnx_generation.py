@@ -14,6 +14,7 @@ import torch
 from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
 from ftp_deploy.cached_generation import greedy_trace
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
+from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import CacheMismatchError, PrefillOnlyExportError, PromptError, UnsupportedExportError
 from ftp_deploy.export_format import (
     DECODER_FILE,
@@ -23,10 +24,12 @@ from ftp_deploy.export_format import (
     write_manifest,
 )
 from ftp_deploy.exporters.pipeline import export_onnx
+from ftp_deploy.exporters.trt_export import export_trt, trt_extension
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.hf_generation import RoutedForCausalLM
 from ftp_deploy.kv_cache import RoutedCache
 from ftp_deploy.models import model_ref_for
+from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
@@ -189,3 +192,32 @@ def test_with_past_is_fp32_only(llama_export: tuple[Path, Path], tmp_path: Path)
     with pytest.raises(UnsupportedExportError, match="fp32 only"):
         export_onnx(llama_export[0], tmp_path / "art", with_past=True, dtype="fp16")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_trt_onnx_only_writes_a_decode_profile_over_past_lengths(
+    llama_export: tuple[Path, Path], tmp_path: Path
+) -> None:
+    art = tmp_path / "trt"
+    shutil.copytree(llama_export[1], art)
+    profile = ShapeProfile((1, 1), (1, 512), (4, 2048))
+    manifest = trt_extension(profile, onnx_only=True, timing_cache=None, progress=NO_PROGRESS)(art, read_manifest(art))
+    assert manifest.tensorrt is not None and manifest.tensorrt.decode_profile is not None
+    shapes = manifest.tensorrt.decode_profile["inputs"]
+    assert shapes["input_ids"] == {"min": [1, 1], "opt": [1, 1], "max": [4, 1]}
+    record = manifest.with_past
+    assert record is not None
+    for layer, num in enumerate(manifest.sparsity_thousandths):
+        kept = 512 - 512 * num // 1000  # K_l at the opt prompt length: what a routed layer holds there
+        key = shapes[f"past.{layer}.key"]
+        assert key == {
+            "min": [1, record.kv_heads, 1, record.head_dim],
+            "opt": [1, record.kv_heads, kept, record.head_dim],
+            "max": [4, record.kv_heads, 2047, record.head_dim],
+        }
+        assert shapes[f"past.{layer}.valid"]["max"] == [4, 2047]
+    assert len({shapes[f"past.{layer}.key"]["opt"][2] for layer in range(4)}) > 1
+
+
+def test_with_past_trt_needs_onnx_only(llama_export: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedExportError, match="--onnx-only"):
+        export_trt(llama_export[0], tmp_path / "art", with_past=True)
