@@ -197,9 +197,8 @@ def _present_outputs(outputs: dict[str, ir.Value], layer: int) -> list[ir.Value]
 def stitched_decoder(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpec) -> ir.Model:
     """The decode graph: its prologue, the decode block once per layer, the epilogue; traced once each."""
     batch, past = decode.example_batch, decode.example_past
-    layer = routed.layers[0]
-    attention = layer.self_attn
-    kv_heads, head_dim = int(routed.base.config.num_key_value_heads), int(attention.head_dim)
+    layer: Any = routed.layers[0]
+    kv_heads, head_dim = int(routed.base.config.num_key_value_heads), int(layer.self_attn.head_dim)
     dtype = layer.self_attn.q_proj.weight.dtype
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, 8, (batch, 1), generator=generator)

@@ -15,7 +15,7 @@ with a sentinel value that the stitcher replaces).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ DECODE_PROLOGUE_OUTPUTS = ("hidden", "cos", "sin")
 
 def layer_cache(cache: RoutedCache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer's keys, values [B, kv_heads, slots, head_dim] and slot validity [B, slots]."""
-    entry = cache.layers[layer_idx]
+    entry: Any = cache.layers[layer_idx]
     return entry.keys, entry.values, cache.slot_valid[layer_idx]
 
 

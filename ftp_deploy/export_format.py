@@ -169,6 +169,8 @@ class TensorRtSection:
     plan_manifest: str | None = None
     built_for: dict[str, Any] | None = None
     strongly_typed: bool = True  # precision comes from the ONNX file's types, not builder flags
+    # --with-past: the decode graph's profile, every input's min/opt/max shape (engines/trt_profile.decode_profile).
+    decode_profile: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
