@@ -24,6 +24,7 @@ every 5 ms) with its rise over the resident memory before the run.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -125,6 +126,20 @@ def left_padded_batch(windows: torch.Tensor, batch: int, pad_id: int) -> tuple[t
     for row in range(1, batch):
         mask[row, : length * row // 8] = 0
     return ids.masked_fill(mask == 0, pad_id), mask
+
+
+def save_hf_folder(model: Any, tokenizer: Any, folder: Path) -> None:
+    """The model as a plain Hugging Face folder (the builder's input). A model read from GGUF is marked
+    quantized and refuses save_pretrained, so a fresh model of its config takes its weights."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config)
+    fresh.load_state_dict(model.state_dict())
+    fresh.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def genai_model(hf_dir: Path, out: Path, threads: int) -> Any:
@@ -235,8 +250,7 @@ def main() -> None:
     if "genai dense" in chosen:
         hf_dir = work / "hf"
         if not (hf_dir / "config.json").is_file():
-            model.save_pretrained(hf_dir)
-            tokenizer.save_pretrained(hf_dir)
+            save_hf_folder(model, tokenizer, hf_dir)
         og_model = genai_model(hf_dir, work / "genai-fp32", args.threads)
         runners["genai dense"] = partial(run_genai, og_model, kv_per_token)
 
