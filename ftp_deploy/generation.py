@@ -149,7 +149,7 @@ def generate_dense(
 
 
 def generate_routed(
-    routed: RoutedModel | RoutedForCausalLM,
+    routed: RoutedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     settings: GenerationSettings,
@@ -158,9 +158,15 @@ def generate_routed(
     streamer: BaseStreamer | None = None,
 ) -> Generation:
     """The routed model (FTP_SPEC section 9) with its per-layer compacted RoutedCache."""
-    wrapper = routed if isinstance(routed, RoutedForCausalLM) else RoutedForCausalLM(routed).eval()
     return timed_generate(
-        wrapper, input_ids, attention_mask, RoutedCache(), settings, pad_token_id, eos_token_id, streamer
+        RoutedForCausalLM(routed).eval(),
+        input_ids,
+        attention_mask,
+        RoutedCache(),
+        settings,
+        pad_token_id,
+        eos_token_id,
+        streamer,
     )
 
 

@@ -109,6 +109,7 @@ def test_run_reports_cached_generation_for_dense_and_routed(run_and_base: tuple[
         (["--prompt", "w1", "--do-sample", "--top-p", "2"], "--top-p must lie in (0, 1]"),
         (["--prompt", "w1", "--temperature", "0.7"], "apply with --do-sample only"),
         (["--prompt", "w1", "--max-new-tokens", "many"], "Invalid value for '--max-new-tokens'"),
+        (["--prompt", "w1", "--threads", "0"], "--threads must be >= 1"),
     ],
 )
 def test_bad_options_are_one_line_before_any_model_loads(
@@ -140,6 +141,7 @@ def test_bad_folders_and_prompts_are_one_line(run_and_base: tuple[Path, Path, Ro
     result = cli("generate", str(run), "--prompt", long_prompt, "--max-new-tokens", "8")
     assert_clean_error(result, 2, "that is 516, beyond the model's context of 512 tokens")
     assert_clean_error(cli("generate", str(run), "--prompt", "w1", "--chat"), 2, "no chat template")
+    assert_clean_error(cli("generate", str(run), "--prompt", "w1", "--threads", "2"), 2, "--runtime onnxrt only")
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 

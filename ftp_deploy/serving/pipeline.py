@@ -105,6 +105,8 @@ def generate(
     check_prompt(prompt)
     source = open_source(source_dir)
     runtime = resolve_runtime(runtime, source)
+    if threads is not None and runtime != "onnxrt":
+        raise UsageError("--threads sets ONNX Runtime's threads; it applies to --runtime onnxrt only")
     if runtime == "onnxrt":
         generation, tokenizer = _generate_onnx(source, prompt, settings, chat, threads, on_text, progress)
     else:
