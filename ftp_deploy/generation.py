@@ -2,7 +2,8 @@
 
 `generate` owns the loop (greedy or sampling, `max_new_tokens`, EOS); a streamer records when
 each token leaves it, which gives time to first token and decode time per token without a loop
-of our own, and forwards the tokens to an optional text streamer.
+of our own, and forwards the tokens to an optional text streamer. ONNX Runtime's generator
+(engines/onnx_generation.py) is timed by the same clock through its per-token callback.
 """
 
 from __future__ import annotations
