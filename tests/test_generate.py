@@ -43,15 +43,24 @@ def run_and_base(tmp_path: Path) -> tuple[Path, Path, RoutedModel]:
     return tmp_path / "run", tmp_path / "base", routed
 
 
-def test_generate_continues_as_the_section_9_reference(run_and_base: tuple[Path, Path, RoutedModel]) -> None:
+def in_process(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """The CLI's main in this process (no interpreter start-up): exit code, stdout, stderr."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    return code, captured.out, captured.err
+
+
+def test_generate_continues_as_the_section_9_reference(
+    run_and_base: tuple[Path, Path, RoutedModel], capsys: pytest.CaptureFixture[str]
+) -> None:
     run, _, routed = run_and_base
     plain = cli("generate", str(run), "--prompt", PROMPT, "--max-new-tokens", "6")
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout.strip() == section9_text(routed, PROMPT, 6)
     assert "time to first token" in plain.stderr and "KV cache" in plain.stderr
-    streamed = cli("generate", str(run), "--prompt", PROMPT, "--max-new-tokens", "6", "--stream")
-    assert streamed.returncode == 0, streamed.stderr
-    assert streamed.stdout.strip() == plain.stdout.strip()
+    code, out, _ = in_process(capsys, "generate", run, "--prompt", PROMPT, "--max-new-tokens", "6", "--stream")
+    assert code == 0 and out.strip() == plain.stdout.strip()
 
 
 def test_transformers_sampling_is_seeded(run_and_base: tuple[Path, Path, RoutedModel]) -> None:
@@ -131,17 +140,23 @@ def test_usage_errors_load_no_heavy_module(tmp_path: Path) -> None:
     assert set(heavy_modules_after(script, json.dumps(argvs))) & set(HEAVY_MODULES) == set()
 
 
-def test_bad_folders_and_prompts_are_one_line(run_and_base: tuple[Path, Path, RoutedModel], tmp_path: Path) -> None:
+def test_bad_folders_and_prompts_are_one_line(
+    run_and_base: tuple[Path, Path, RoutedModel], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run, base_dir, _ = run_and_base
     before = sorted(str(p) for p in tmp_path.rglob("*"))
-    assert_clean_error(cli("generate", str(base_dir), "--prompt", "w1"), 2, "neither a run folder")
-    assert_clean_error(cli("generate", str(tmp_path / "nowhere"), "--prompt", "w1"), 2, "folder not found")
-    # The tiny model has 512 positions: 508 prompt tokens and 8 new ones do not fit.
-    long_prompt = " ".join(f"w{i % 90}" for i in range(508))
-    result = cli("generate", str(run), "--prompt", long_prompt, "--max-new-tokens", "8")
-    assert_clean_error(result, 2, "that is 516, beyond the model's context of 512 tokens")
-    assert_clean_error(cli("generate", str(run), "--prompt", "w1", "--chat"), 2, "no chat template")
-    assert_clean_error(cli("generate", str(run), "--prompt", "w1", "--threads", "2"), 2, "--runtime onnxrt only")
+    long_prompt = " ".join(f"w{i % 90}" for i in range(508))  # the tiny model has 512 positions
+    cases = [
+        ([base_dir, "--prompt", "w1"], "neither a run folder"),
+        ([tmp_path / "nowhere", "--prompt", "w1"], "folder not found"),
+        ([run, "--prompt", long_prompt, "--max-new-tokens", "8"], "that is 516, beyond the model's context of 512"),
+        ([run, "--prompt", "w1", "--chat"], "no chat template"),
+        ([run, "--prompt", "w1", "--threads", "2"], "--runtime onnxrt only"),
+    ]
+    for args, fragment in cases:
+        code, _, err = in_process(capsys, "generate", *args)
+        assert code == 2 and fragment in " ".join(err.split()), err
+        assert len(err.strip().splitlines()) == 1
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
