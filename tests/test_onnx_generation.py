@@ -25,6 +25,7 @@ from ftp_deploy.export_format import (
     read_manifest,
     write_manifest,
 )
+from ftp_deploy.exporters.attention import use_grouped_attention
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.exporters.trt_export import export_trt, trt_extension
 from ftp_deploy.fileio import sha256_file
@@ -258,3 +259,16 @@ def test_with_past_refusals_through_the_cli(
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and "Traceback" not in err
     assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_grouped_attention_equals_eager_attention(arch: str) -> None:
+    """The exporter's attention (no repeated key/value heads) against transformers' eager attention."""
+    model = tiny_model(arch)
+    model.set_attn_implementation("eager")
+    ids, mask = random_batch(2, 20, "left")
+    with torch.no_grad():
+        eager = model(ids, attention_mask=mask).logits
+        use_grouped_attention(model)
+        grouped = model(ids, attention_mask=mask).logits
+    assert (eager - grouped)[mask.bool()].abs().max().item() <= 1e-6
