@@ -272,3 +272,16 @@ def test_grouped_attention_equals_eager_attention(arch: str) -> None:
         use_grouped_attention(model)
         grouped = model(ids, attention_mask=mask).logits
     assert (eager - grouped)[mask.bool()].abs().max().item() <= 1e-6
+
+
+@pytest.mark.slow
+def test_dense_with_past_export_decodes_like_the_unrouted_model(tmp_path: Path, single_thread: None) -> None:
+    run, art = export_run(tmp_path, "llama", "static", dense=True)
+    routed, _, _ = load_routed(run)
+    unrouted = RoutedModel(routed.base, Schedule.from_sparsities([0.0] * len(routed.layers)))
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    trace = greedy_trace(unrouted, ids, mask, STEPS + 1)
+    generator = OnnxGenerator.open(art, threads=1)
+    ours = generator.generate(ids.numpy(), mask.numpy(), max_new_tokens=STEPS + 1, eos_token_ids=[])
+    assert np.array_equal(ours.tokens, trace.tokens.numpy())
+    assert generator.layer_lengths() == [PROMPT_LEN + STEPS] * len(routed.layers)
