@@ -14,7 +14,7 @@ attention mask for all layers (README, "Why not onnxruntime-genai").
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,6 @@ class Generation:
     tokens: np.ndarray
     finished: np.ndarray
     steps: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class OnnxGenerator:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ftp_deploy.errors import UnsupportedExportError
+from ftp_deploy.exporters.attention import use_grouped_attention
 from ftp_deploy.exporters.onnx_ops import ONNX_COMPACTION_OPS
 from ftp_deploy.exporters.pieces import layer_cache
 from ftp_deploy.exporters.spec import ExportSpec
@@ -81,9 +82,9 @@ def export_module(routed: RoutedModel, spec: ExportSpec) -> nn.Module:
     model's weights in the spec's dtype (the router stays fp32).
     """
     routed.ops = ONNX_COMPACTION_OPS
-    # Eager attention computes its softmax in fp32 whatever the weights' dtype, and the masks it
-    # gets are finite (additive, the dtype's minimum).
-    routed.base.set_attn_implementation("eager")
+    # Eager attention's arithmetic (softmax in fp32 whatever the weights' dtype, finite additive
+    # masks), without repeating each key/value head for its query heads (exporters/attention.py).
+    use_grouped_attention(routed.base)
     cast_weights(routed.base, spec.dtype)
     module = DenseGraph(routed.base, spec) if spec.dense else RoutedGraph(routed, spec)
     return module.eval()

@@ -173,7 +173,10 @@ class TensorRtSection:
     decode_profile: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.decode_profile is None:  # a prefill-only export's section reads as before
+            del data["decode_profile"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TensorRtSection:

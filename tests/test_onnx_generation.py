@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
+from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
 from ftp_deploy.cached_generation import greedy_trace
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
@@ -23,6 +25,7 @@ from ftp_deploy.export_format import (
     read_manifest,
     write_manifest,
 )
+from ftp_deploy.exporters.attention import use_grouped_attention
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.exporters.trt_export import export_trt, trt_extension
 from ftp_deploy.fileio import sha256_file
@@ -34,6 +37,7 @@ from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from tests.conftest import random_batch, tiny_model, tiny_tokenizer
+from tests.test_export_command import make_run
 
 PROMPT_LEN = 23
 STEPS = 9
@@ -221,3 +225,63 @@ def test_trt_onnx_only_writes_a_decode_profile_over_past_lengths(
 def test_with_past_trt_needs_onnx_only(llama_export: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(UnsupportedExportError, match="--onnx-only"):
         export_trt(llama_export[0], tmp_path / "art", with_past=True)
+
+
+@pytest.mark.slow
+def test_smollm2_with_past_export_decodes_like_pytorch(smollm2, tmp_path: Path) -> None:
+    """The real model: prefill + 8 decode steps, batch 2 left-padded, and a greedy continuation."""
+    routed = RoutedModel(smollm2.model, Schedule.uniform(0.3, smollm2.model.config.num_hidden_layers))
+    save_artifact(RoutedArtifact.from_model(routed, smollm2.ref), tmp_path / "run")
+    export_onnx(tmp_path / "run", tmp_path / "art", with_past=True)
+    generator = OnnxGenerator.open(tmp_path / "art", threads=2)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "art")  # the export's own, left-padding
+    ids = tokenizer(["The capital of France is", "One, two, three, four,"], padding=True, return_tensors="pt")
+    assert ids.attention_mask[1, 0] == 0 or ids.attention_mask[0, 0] == 0
+    trace = greedy_trace(routed, ids.input_ids, ids.attention_mask, 9)
+    ours = generator.generate(ids.input_ids.numpy(), ids.attention_mask.numpy(), max_new_tokens=9, eos_token_ids=[])
+    assert np.array_equal(ours.tokens, trace.tokens.numpy())
+    prompt = ids.attention_mask.shape[1]
+    assert generator.layer_lengths() == [routed.schedule.kept(block, prompt) + 8 for block in range(30)]
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (["--dtype", "fp16"], "--with-past is exported in fp32 only"),
+        (["--engine", "trt"], "needs --onnx-only"),
+    ],
+)
+def test_with_past_refusals_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], fragment: str
+) -> None:
+    run = make_run(tmp_path)
+    code = cli.main(["export", str(run), "--out", str(tmp_path / "art"), "--with-past", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_grouped_attention_equals_eager_attention(arch: str) -> None:
+    """The exporter's attention (no repeated key/value heads) against transformers' eager attention."""
+    model = tiny_model(arch)
+    model.set_attn_implementation("eager")
+    ids, mask = random_batch(2, 20, "left")
+    with torch.no_grad():
+        eager = model(ids, attention_mask=mask).logits
+        use_grouped_attention(model)
+        grouped = model(ids, attention_mask=mask).logits
+    assert (eager - grouped)[mask.bool()].abs().max().item() <= 1e-6
+
+
+@pytest.mark.slow
+def test_dense_with_past_export_decodes_like_the_unrouted_model(tmp_path: Path, single_thread: None) -> None:
+    run, art = export_run(tmp_path, "llama", "static", dense=True)
+    routed, _, _ = load_routed(run)
+    unrouted = RoutedModel(routed.base, Schedule.from_sparsities([0.0] * len(routed.layers)))
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    trace = greedy_trace(unrouted, ids, mask, STEPS + 1)
+    generator = OnnxGenerator.open(art, threads=1)
+    ours = generator.generate(ids.numpy(), mask.numpy(), max_new_tokens=STEPS + 1, eos_token_ids=[])
+    assert np.array_equal(ours.tokens, trace.tokens.numpy())
+    assert generator.layer_lengths() == [PROMPT_LEN + STEPS] * len(routed.layers)
