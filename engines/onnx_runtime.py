@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,11 +102,20 @@ class SessionFromOnnx:
 
 
 class OrtRunner(BaseRunner):
-    """Runs a session through one reused IO binding; outputs come back as numpy arrays."""
+    """Runs a session through one reused IO binding; outputs come back as numpy arrays.
 
-    def __init__(self, session: Callable[[], ort.InferenceSession], name: str | None = None) -> None:
+    `outputs`, if given, are the only ones returned (a with-past prefill's cache is compared elsewhere).
+    """
+
+    def __init__(
+        self,
+        session: Callable[[], ort.InferenceSession],
+        name: str | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(name=name, prefix="ftp-ort-runner")
         self._load_session = session
+        self._returned = None if outputs is None else tuple(outputs)
         self.session: ort.InferenceSession | None = None
         self._binding: Any = None
         self._output_device = "cpu"
@@ -137,7 +146,8 @@ class OrtRunner(BaseRunner):
         start = time.perf_counter()
         session.run_with_iobinding(binding)
         self.inference_time = time.perf_counter() - start
-        return OrderedDict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
+        results = zip(names, binding.copy_outputs_to_cpu(), strict=True)
+        return OrderedDict((n, a) for n, a in results if self._returned is None or n in self._returned)
 
     def deactivate_impl(self) -> None:
         self.session = None

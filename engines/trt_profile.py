@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftp_deploy.errors import ShapeOutOfProfileError, UsageError
-from ftp_deploy.export_format import INPUT_NAMES
+from ftp_deploy.export_format import DECODE_INPUT_NAMES, INPUT_NAMES, WithPastRecord, past_name
+from ftp_deploy.plugins.token_compaction.contract import kept_count
 
 Shape = tuple[int, int]  # (batch, sequence)
 AXES = ("batch", "sequence")
@@ -78,6 +79,30 @@ class ShapeProfile:
 
 
 DEFAULT_PROFILE = ShapeProfile()
+
+
+def decode_profile(profile: ShapeProfile, thousandths: Sequence[int], record: WithPastRecord) -> dict[str, Any]:
+    """The decode graph's optimization profile: {input: {"min", "opt", "max": shape}} for every input.
+
+    The profile's sequence range bounds prompt plus generated tokens. Layer l's past holds K_l of the
+    prompt's tokens plus the generated ones, so its length runs from 1 (a one-token prompt) to
+    max - 1 (the last token's step at sparsity 0; any layer whose prompt tokens were pruned holds
+    fewer); it is tuned for K_l of the opt prompt length, the length a routed layer really has there.
+    """
+    # A decode step's own sequence is one token: the prompt's lower bound does not apply.
+    batches = {"min": profile.min_shape[0], "opt": profile.opt_shape[0], "max": profile.max_shape[0]}
+    seq_opt, seq_max = profile.opt_shape[1], profile.max_shape[1]
+    shapes: dict[str, Any] = {name: {key: [batch, 1] for key, batch in batches.items()} for name in DECODE_INPUT_NAMES}
+    past_max = max(seq_max - 1, 1)
+    for layer, num in enumerate(thousandths):
+        past_opt = min(max(kept_count(seq_opt, num), 1), past_max)
+        lengths = {"min": 1, "opt": past_opt, "max": past_max}
+        for part in ("key", "value"):
+            shapes[past_name(layer, part)] = {
+                key: [batches[key], record.kv_heads, lengths[key], record.head_dim] for key in lengths
+            }
+        shapes[past_name(layer, "valid")] = {key: [batches[key], lengths[key]] for key in lengths}
+    return {"inputs": shapes}
 
 
 def check_shapes_in_profile(shapes: Mapping[str, Sequence[int]], profile: ShapeProfile) -> None:

@@ -34,6 +34,13 @@ def export(
     debug_outputs: Annotated[
         bool, typer.Option(help="Also output each block's kept indices and the hidden state it leaves")
     ] = False,
+    with_past: Annotated[
+        bool,
+        typer.Option(
+            help="For generation (Optimum's text-generation-with-past): the prefill also returns every layer's "
+            "compacted KV cache, and decoder.onnx continues from it one token at a time; tokenizer included"
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out")] = False,
     trust_remote_code: TrustOption = False,
     min_shape: Annotated[str | None, typer.Option(help=_shape_help("smallest", DEFAULT_PROFILE.min_shape))] = None,
@@ -79,6 +86,7 @@ def export(
         dense=dense,
         last_token_logits=last_token_logits,
         debug_outputs=debug_outputs,
+        with_past=with_past,
         overwrite=overwrite,
         trust_remote_code=trust_remote_code,
         device=placement.device,

@@ -8,8 +8,11 @@ import torch
 from torch import nn
 
 from ftp_deploy.errors import UnsupportedExportError
+from ftp_deploy.exporters.attention import use_grouped_attention
 from ftp_deploy.exporters.onnx_ops import ONNX_COMPACTION_OPS
+from ftp_deploy.exporters.pieces import layer_cache
 from ftp_deploy.exporters.spec import ExportSpec
+from ftp_deploy.kv_cache import RoutedCache
 from ftp_deploy.models import DTYPES
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import token_positions
@@ -23,18 +26,26 @@ class RoutedGraph(nn.Module):
         self.routed = routed
         self.logits_to_keep = 1 if spec.last_token_logits else 0
         self.debug_outputs = spec.debug_outputs
+        self.with_past = spec.with_past
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cache = RoutedCache() if self.with_past else None
         out = self.routed(
             input_ids,
             attention_mask,
             logits_to_keep=self.logits_to_keep,
             return_block_outputs=self.debug_outputs,
             always_mask=True,
+            cache=cache,
         )
+        present = _present(cache, len(self.routed.layers)) if cache is not None else ()
         if not self.debug_outputs:
-            return (out.logits,)
-        return (out.logits, *out.indices, *out.block_outputs)
+            return (out.logits, *present)
+        return (out.logits, *present, *out.indices, *out.block_outputs)
+
+
+def _present(cache: RoutedCache, num_layers: int) -> tuple[torch.Tensor, ...]:
+    return tuple(tensor for layer in range(num_layers) for tensor in layer_cache(cache, layer))
 
 
 class DenseGraph(nn.Module):
@@ -44,16 +55,24 @@ class DenseGraph(nn.Module):
         super().__init__()
         self.base = base
         self.logits_to_keep = 1 if spec.last_token_logits else 0
+        self.with_past = spec.with_past
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cache = RoutedCache() if self.with_past else None
         out = self.base(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=token_positions(attention_mask),
-            use_cache=False,
+            use_cache=cache is not None,
+            cache=cache,
             logits_to_keep=self.logits_to_keep,
         )
-        return (out.logits,)
+        if cache is None:
+            return (out.logits,)
+        num_layers = len(self.base.model.layers)
+        for layer in range(num_layers):  # every token is cached in every layer; padding slots are not valid
+            cache.add_slots(layer, attention_mask.bool())
+        return (out.logits, *_present(cache, num_layers))
 
 
 def export_module(routed: RoutedModel, spec: ExportSpec) -> nn.Module:
@@ -63,9 +82,9 @@ def export_module(routed: RoutedModel, spec: ExportSpec) -> nn.Module:
     model's weights in the spec's dtype (the router stays fp32).
     """
     routed.ops = ONNX_COMPACTION_OPS
-    # Eager attention computes its softmax in fp32 whatever the weights' dtype, and the masks it
-    # gets are finite (additive, the dtype's minimum).
-    routed.base.set_attn_implementation("eager")
+    # Eager attention's arithmetic (softmax in fp32 whatever the weights' dtype, finite additive
+    # masks), without repeating each key/value head for its query heads (exporters/attention.py).
+    use_grouped_attention(routed.base)
     cast_weights(routed.base, spec.dtype)
     module = DenseGraph(routed.base, spec) if spec.dense else RoutedGraph(routed, spec)
     return module.eval()

@@ -16,20 +16,32 @@ import torch
 from torch import nn
 
 from ftp_deploy.errors import ExportError
-from ftp_deploy.export_format import DATA_FILE, MODEL_FILE
+from ftp_deploy.export_format import DATA_FILE, DECODER_FILE, MODEL_FILE, past_name, present_name
 from ftp_deploy.exporters.onnx_ops import TRANSLATIONS
 from ftp_deploy.exporters.pieces import (
     BLOCK_HIDDEN,
     BLOCK_INDICES,
     BLOCK_SPARSITY,
+    PAST,
+    PRESENT,
     SENTINEL_SPARSITY_NUM,
     BlockIO,
+    DecodeBlock,
+    DecodePrologue,
     DenseBlock,
     Epilogue,
     Prologue,
     RoutedBlock,
 )
-from ftp_deploy.exporters.spec import BATCH, SEQUENCE, ExportSpec, hidden_name, indices_name
+from ftp_deploy.exporters.spec import (
+    BATCH,
+    SEQUENCE,
+    DecodeSpec,
+    ExportSpec,
+    hidden_name,
+    indices_name,
+    past_axis_name,
+)
 from ftp_deploy.exporters.stitch import GraphAssembler, LayerRewrite, WeightResolver, check_sentinel_confined
 from ftp_deploy.plugins.token_compaction.contract import DOMAIN
 from ftp_deploy.plugins.token_compaction.onnx_functions import DOMAIN_OPSET, local_functions
@@ -61,11 +73,38 @@ def export_onnx_file(routed: RoutedModel, spec: ExportSpec, vocab_size: int, fol
         add_compaction_functions(model, spec.opset)
     path = folder / MODEL_FILE
     ir.save(model, path, external_data=DATA_FILE)
+    _check(path)
+    return path
+
+
+def export_decoder_file(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpec, folder: Path) -> Path:
+    """Write `folder/decoder.onnx`, the decode graph, reading its weights from the prefill's data file.
+
+    Every weight the decode graph uses is one of the prefill graph's, stored under the same name,
+    so the decoder references those bytes (same offsets) instead of a second copy.
+    """
+    model = stitched_decoder(routed, spec, decode)
+    name_axes(model, decode.dynamic_axes)
+    stored = ir.load(folder / MODEL_FILE).graph.initializers
+    # Only the model's own tensors: a trace constant ("block/val_102") may share a name, not a value.
+    weights = set(_WeightNames(routed).by_tensor.values())
+    for name, value in model.graph.initializers.items():
+        shared = stored.get(name)
+        if name in weights and shared is not None and shared.const_value is not None:
+            if shared.shape != value.shape or shared.dtype != value.dtype:
+                raise ExportError(f"the decode graph's {name} differs in shape or type from the prefill graph's")
+            value.const_value = shared.const_value
+    path = folder / DECODER_FILE
+    ir.save(model, path)
+    _check(path)
+    return path
+
+
+def _check(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise ExportError(f"the exported graph fails onnx.checker: {_summary(err)}") from err
-    return path
+        raise ExportError(f"the exported graph {path.name} fails onnx.checker: {_summary(err)}") from err
 
 
 def stitched_model(routed: RoutedModel, spec: ExportSpec, vocab_size: int) -> ir.Model:
@@ -83,7 +122,7 @@ def stitched_model(routed: RoutedModel, spec: ExportSpec, vocab_size: int) -> ir
         prologue, {"input_ids": input_ids, "attention_mask": attention_mask}, prologue.output_names
     )
     block_module: RoutedBlock | DenseBlock = (
-        DenseBlock(routed.layers[0]) if dense else RoutedBlock(routed, routed.layers[0])
+        DenseBlock(routed.layers[0], spec.with_past) if dense else RoutedBlock(routed, routed.layers[0], spec.with_past)
     )
     # The example sparsity is a placeholder: each layer's own value is bound when stitching.
     known = {**facts, "attention_mask": attention_mask, BLOCK_SPARSITY: torch.tensor(0.0)}
@@ -115,6 +154,7 @@ def _stitch(
     bound = dict(zip(spec.input_names, inputs, strict=True))
     state = assembler.instantiate(prologue_graph, bound, names.resolver(prologue, "prologue/"), "prologue/")
     debug: list[tuple[ir.Value, ir.Value]] = []
+    present: list[ir.Value] = []
     for index, layer in enumerate(routed.layers):
         block_inputs = {**state, **bound}
         rewrite = None
@@ -130,17 +170,116 @@ def _stitch(
             block_graph, block_inputs, names.layer_resolver(block, layer, prefix), prefix, rewrite
         )
         state = {**state, **BlockIO.carried(outputs)}
+        present += _present_outputs(outputs, index) if spec.with_past else []
         if spec.debug_outputs:
             debug.append((outputs[BLOCK_INDICES], state[BLOCK_HIDDEN]))
     logits = assembler.instantiate(
         epilogue_graph, {BLOCK_HIDDEN: state[BLOCK_HIDDEN]}, names.resolver(epilogue, "epilogue/"), "epilogue/"
     )["logits"]
-    outputs = [logits]
+    outputs = [logits, *present]
     logits.name = "logits"
     for index, (indices, hidden) in enumerate(debug):
         indices.name, hidden.name = indices_name(index), hidden_name(index)
     outputs += [indices for indices, _ in debug] + [hidden for _, hidden in debug]
     return assembler.model(inputs, outputs, template=block_graph)
+
+
+def _present_outputs(outputs: dict[str, ir.Value], layer: int) -> list[ir.Value]:
+    """A block copy's cache outputs, renamed as graph outputs of layer `layer`."""
+    values = []
+    for piece_name in PRESENT:
+        value = outputs[piece_name]
+        value.name = present_name(layer, piece_name.removeprefix("present_"))
+        values.append(value)
+    return values
+
+
+def stitched_decoder(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpec) -> ir.Model:
+    """The decode graph: its prologue, the decode block once per layer, the epilogue; traced once each."""
+    batch, past = decode.example_batch, decode.example_past
+    layer: Any = routed.layers[0]
+    kv_heads, head_dim = int(routed.base.config.num_key_value_heads), int(layer.self_attn.head_dim)
+    dtype = layer.self_attn.q_proj.weight.dtype
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, 8, (batch, 1), generator=generator)
+    position_ids = torch.tensor([[past], [past - 2]]).expand(batch, 1).contiguous()
+    prologue = DecodePrologue(routed)
+    with torch.no_grad():
+        hidden, cos, sin = prologue(input_ids, position_ids)
+    pieces = _PieceTracer(spec.opset, optimize=spec.dtype == "fp32")
+    batch_dim, past_dim = torch.export.Dim(BATCH), torch.export.Dim("past_sequence")
+    prologue_graph = pieces.trace(
+        prologue,
+        {"input_ids": input_ids, "position_ids": position_ids},
+        prologue.output_names,
+        dynamic=({0: batch_dim}, {0: batch_dim}),
+    )
+    valid = torch.ones(batch, past, dtype=torch.bool)
+    valid[1, :2] = False
+    cache_example = {
+        "past_key": torch.randn(batch, kv_heads, past, head_dim, generator=generator).to(dtype),
+        "past_value": torch.randn(batch, kv_heads, past, head_dim, generator=generator).to(dtype),
+        "past_valid": valid,
+    }
+    block = DecodeBlock(layer)
+    block_graph = pieces.trace(
+        block,
+        {BLOCK_HIDDEN: hidden, "cos": cos, "sin": sin, **cache_example},
+        block.io.outputs,
+        dynamic=(
+            {0: batch_dim},
+            {0: batch_dim},
+            {0: batch_dim},
+            {0: batch_dim, 2: past_dim},
+            {0: batch_dim, 2: past_dim},
+            {0: batch_dim, 1: past_dim},
+        ),
+    )
+    epilogue = Epilogue(routed, last_token_logits=False)
+    epilogue_graph = pieces.trace(epilogue, {BLOCK_HIDDEN: hidden}, ("logits",), dynamic=({0: batch_dim},))
+
+    names = _WeightNames(routed)
+    assembler = GraphAssembler()
+    inputs = [
+        ir.Value(name=name, shape=ir.Shape([BATCH, 1]), type=ir.TensorType(ir.DataType.INT64))
+        for name in ("input_ids", "position_ids")
+    ]
+    state = assembler.instantiate(
+        prologue_graph,
+        dict(zip(("input_ids", "position_ids"), inputs, strict=True)),
+        names.resolver(prologue, "decode_prologue/"),
+        "decode_prologue/",
+    )
+    present: list[ir.Value] = []
+    cache_types = {
+        "key": ir.TensorType(ir.DataType.from_numpy(cache_example["past_key"].numpy().dtype)),
+        "value": ir.TensorType(ir.DataType.from_numpy(cache_example["past_value"].numpy().dtype)),
+        "valid": ir.TensorType(ir.DataType.BOOL),
+    }
+    for index, routed_layer in enumerate(routed.layers):
+        length = past_axis_name(index)
+        past_inputs = {}
+        for piece_name in PAST:
+            part = piece_name.removeprefix("past_")
+            shape = [BATCH, length] if part == "valid" else [BATCH, kv_heads, length, head_dim]
+            value = ir.Value(name=past_name(index, part), shape=ir.Shape(shape), type=cache_types[part])
+            inputs.append(value)
+            past_inputs[piece_name] = value
+        prefix = f"decode_layers.{index}/"
+        outputs = assembler.instantiate(
+            block_graph,
+            {**state, **past_inputs},
+            names.layer_resolver(block, routed_layer, prefix),
+            prefix,
+            rename=lambda dim, length=length: dim.replace("past_sequence", length),
+        )
+        state = {**state, **BlockIO.carried(outputs)}
+        present += _present_outputs(outputs, index)
+    logits = assembler.instantiate(
+        epilogue_graph, {BLOCK_HIDDEN: state[BLOCK_HIDDEN]}, names.resolver(epilogue, "epilogue/"), "epilogue/"
+    )["logits"]
+    logits.name = "logits"
+    return assembler.model(inputs, [logits, *present], template=block_graph)
 
 
 class _PieceTracer:
@@ -150,10 +289,18 @@ class _PieceTracer:
         self.opset = opset
         self.optimize = optimize
 
-    def trace(self, module: nn.Module, example: dict[str, torch.Tensor], output_names: tuple[str, ...]) -> ir.Model:
+    def trace(
+        self,
+        module: nn.Module,
+        example: dict[str, torch.Tensor],
+        output_names: tuple[str, ...],
+        dynamic: tuple[dict[int, Any] | None, ...] | None = None,
+    ) -> ir.Model:
+        """`dynamic` names the dynamic axes of each input (default: [B, T, ...] or the dense mask's)."""
         names = list(example)
-        batch, sequence = torch.export.Dim(BATCH), torch.export.Dim(SEQUENCE)
-        dynamic = tuple(_dynamic_axes(tensor, batch, sequence) for tensor in example.values())
+        if dynamic is None:
+            batch, sequence = torch.export.Dim(BATCH), torch.export.Dim(SEQUENCE)
+            dynamic = tuple(_dynamic_axes(tensor, batch, sequence) for tensor in example.values())
         try:
             with _quiet_exporter(), torch.no_grad():
                 program = torch.onnx.export(
@@ -245,9 +392,13 @@ def _module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
 
 def name_output_axes(model: ir.Model, spec: ExportSpec) -> None:
     """The spec's axis names on the graph's outputs (torch.onnx writes its own sympy forms)."""
+    name_axes(model, spec.dynamic_axes)
+
+
+def name_axes(model: ir.Model, dynamic_axes: dict[str, dict[int, str]]) -> None:
     for value in model.graph.outputs:
         if value.shape is not None and value.name is not None:
-            axes = spec.dynamic_axes[value.name]
+            axes = dynamic_axes[value.name]
             value.shape = ir.Shape([axes.get(axis, dim) for axis, dim in enumerate(value.shape)])
 
 

@@ -21,6 +21,9 @@ class ExportOptions:
     dense: bool = False
     last_token_logits: bool = False
     debug_outputs: bool = False
+    # Optimum's text-generation-with-past: the prefill also returns every layer's KV cache, and a
+    # decode graph (decoder.onnx) continues from it one token at a time.
+    with_past: bool = False
     overwrite: bool = False
     trust_remote_code: bool = False
     # Where the PyTorch reference that validates the graph runs (cpu or cuda:N, resolved); the

@@ -15,11 +15,12 @@ with a sentinel value that the stitcher replaces).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
+from ftp_deploy.kv_cache import RoutedCache, cache_index
 from ftp_deploy.routed_model import RoutedModel, TokenFacts, token_facts
 from ftp_deploy.routing import additive_mask, compact_allowed
 
@@ -35,6 +36,16 @@ BLOCK_HIDDEN, BLOCK_SCORE, BLOCK_SPARSITY, BLOCK_INDICES = "hidden", "attention_
 # A block output that the next block reads as its input `name` is called `name` + NEXT: a graph's
 # input and output cannot share a name.
 NEXT = "_next"
+# A with-past block's cache tensors: past (decode inputs) and present (outputs), key/value/valid.
+PAST = ("past_key", "past_value", "past_valid")
+PRESENT = ("present_key", "present_value", "present_valid")
+DECODE_PROLOGUE_OUTPUTS = ("hidden", "cos", "sin")
+
+
+def layer_cache(cache: RoutedCache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's keys, values [B, kv_heads, slots, head_dim] and slot validity [B, slots]."""
+    entry: Any = cache.layers[layer_idx]
+    return entry.keys, entry.values, cache.slot_valid[layer_idx]
 
 
 @dataclass(frozen=True)
@@ -81,12 +92,13 @@ class Prologue(nn.Module):
 class RoutedBlock(nn.Module):
     """One routed decoder block in compact mode, the layer's weights and the router its parameters."""
 
-    def __init__(self, routed: RoutedModel, layer: nn.Module) -> None:
+    def __init__(self, routed: RoutedModel, layer: nn.Module, with_past: bool = False) -> None:
         super().__init__()
         self.layer = layer
         # The router is registered so its weights become initializers shared by every layer.
         self.router = routed.router
         self._routed = [routed]  # a list: not a submodule, so the other layers' weights stay out
+        self.with_past = with_past
 
     @property
     def learned(self) -> bool:
@@ -95,10 +107,11 @@ class RoutedBlock(nn.Module):
     @property
     def io(self) -> BlockIO:
         inputs = (BLOCK_HIDDEN, "attention_mask", *PROLOGUE_OUTPUTS[1:])
+        present = PRESENT if self.with_past else ()
         if self.learned:
-            outputs = (BLOCK_HIDDEN + NEXT, BLOCK_INDICES, BLOCK_SCORE + NEXT)
+            outputs = (BLOCK_HIDDEN + NEXT, BLOCK_INDICES, BLOCK_SCORE + NEXT, *present)
             return BlockIO((*inputs, BLOCK_SCORE, BLOCK_SPARSITY), outputs)
-        return BlockIO(inputs, (BLOCK_HIDDEN + NEXT, BLOCK_INDICES))
+        return BlockIO(inputs, (BLOCK_HIDDEN + NEXT, BLOCK_INDICES, *present))
 
     def forward(
         self,
@@ -114,25 +127,91 @@ class RoutedBlock(nn.Module):
         tokens = TokenFacts(attention_mask, attention_mask.bool(), positions, forced, cos, sin, padded=True)
         if attention_score is None or required_sparsity is None:  # the static router reads neither
             attention_score, required_sparsity = torch.ones_like(positions, dtype=torch.float32), torch.zeros(())
+        # The block's own cache (FTP_SPEC section 9): the keys and values of its kept tokens.
+        cache = RoutedCache() if self.with_past else None
         step = self._routed[0].run_block(
-            self.layer, 0, SENTINEL_SPARSITY_NUM, required_sparsity, hidden, attention_score, tokens
+            self.layer, 0, SENTINEL_SPARSITY_NUM, required_sparsity, hidden, attention_score, tokens, cache=cache
         )
+        present = layer_cache(cache, cache_index(self.layer)) if cache is not None else ()
         if self.learned:
-            return step.hidden, step.selection.indices, step.attention_score
-        return step.hidden, step.selection.indices
+            return step.hidden, step.selection.indices, step.attention_score, *present
+        return step.hidden, step.selection.indices, *present
 
 
 class DenseBlock(nn.Module):
-    """One unrouted decoder block on all tokens, with the prologue's mask."""
+    """One unrouted decoder block on all tokens, with the prologue's mask; with past, its cache of every token."""
 
-    io = BlockIO((BLOCK_HIDDEN, DENSE_MASK, "cos", "sin"), (BLOCK_HIDDEN + NEXT,))
+    def __init__(self, layer: nn.Module, with_past: bool = False) -> None:
+        super().__init__()
+        self.layer = layer
+        self.with_past = with_past
+
+    @property
+    def io(self) -> BlockIO:
+        if self.with_past:
+            return BlockIO((BLOCK_HIDDEN, DENSE_MASK, "cos", "sin", "attention_mask"), (BLOCK_HIDDEN + NEXT, *PRESENT))
+        return BlockIO((BLOCK_HIDDEN, DENSE_MASK, "cos", "sin"), (BLOCK_HIDDEN + NEXT,))
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if attention_mask is None:
+            return self.layer(hidden, attention_mask=mask, position_embeddings=(cos, sin))
+        cache = RoutedCache()
+        hidden = self.layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
+        cache.add_slots(cache_index(self.layer), attention_mask.bool())
+        return hidden, *layer_cache(cache, cache_index(self.layer))
+
+
+class DecodePrologue(nn.Module):
+    """(input_ids [B, 1], position_ids [B, 1]) -> the new token's embedding and rotary tables (decode_step's)."""
+
+    output_names = DECODE_PROLOGUE_OUTPUTS
+
+    def __init__(self, routed: RoutedModel) -> None:
+        super().__init__()
+        self.embed_tokens = routed.base.model.embed_tokens
+        self.rotary_emb = routed.base.model.rotary_emb
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hidden = self.embed_tokens(input_ids)
+        cos, sin = self.rotary_emb(hidden, position_ids)
+        return hidden, cos, sin
+
+
+class DecodeBlock(nn.Module):
+    """One block for one new token per row: it attends to the block's valid cached slots and itself,
+    and its key and value join the cache (cached_generation.decode_step, one layer). No routing happens
+    in decode, so the routed and the dense model share this piece; only their cache lengths differ."""
+
+    io = BlockIO((BLOCK_HIDDEN, "cos", "sin", *PAST), (BLOCK_HIDDEN + NEXT, *PRESENT))
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return self.layer(hidden, attention_mask=mask, position_embeddings=(cos, sin))
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        past_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        layer_idx = cache_index(self.layer)
+        cache = RoutedCache()
+        cache.update(past_key, past_value, layer_idx)
+        cache.add_slots(layer_idx, past_valid)
+        mask = cache.decode_mask(layer_idx, hidden.dtype)
+        hidden = self.layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
+        cache.add_slots(layer_idx, torch.ones_like(past_valid[:, :1]))
+        return hidden, *layer_cache(cache, layer_idx)
 
 
 class Epilogue(nn.Module):

@@ -18,18 +18,23 @@ from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx
 from ftp_deploy.engines.widen import widened_to_fp32
 from ftp_deploy.errors import ExportError, UnsupportedExportError
 from ftp_deploy.export_format import (
+    DATA_FILE,
+    DECODER_FILE,
+    MODEL_FILE,
     BaseModelRecord,
     ExportManifest,
+    GraphRecord,
     SourceRun,
     ValidationRecord,
+    WithPastRecord,
     write_manifest,
 )
 from ftp_deploy.exporters.graphs import cast_weights, export_module
-from ftp_deploy.exporters.onnx_export import export_onnx_file
+from ftp_deploy.exporters.onnx_export import export_decoder_file, export_onnx_file
 from ftp_deploy.exporters.options import ExportOptions
 from ftp_deploy.exporters.output_folder import check_output_folder, staged_folder
-from ftp_deploy.exporters.spec import ExportSpec, sample_inputs
-from ftp_deploy.exporters.validation import validate_export
+from ftp_deploy.exporters.spec import DecodeSpec, ExportSpec, sample_inputs
+from ftp_deploy.exporters.validation import validate_decode, validate_export
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.placement import place_module
 from ftp_deploy.plugins.token_compaction.contract import (
@@ -80,8 +85,9 @@ def export_onnx(
         dtype=opts.dtype,
         opset=opts.opset,
         dense=opts.dense,
-        last_token_logits=opts.last_token_logits,
+        last_token_logits=opts.last_token_logits or opts.with_past,
         debug_outputs=opts.debug_outputs,
+        with_past=opts.with_past,
     )
     if not opts.dense:
         check_exportable(artifact)
@@ -94,6 +100,12 @@ def export_onnx(
         graph = "the dense" if opts.dense else "the routed"
         with progress.phase(f"export {graph} graph ({opts.dtype}, opset {opts.opset})"):
             path = export_onnx_file(routed, spec, vocab_size, folder)
+        decode = DecodeSpec(spec.num_layers) if spec.with_past else None
+        with_past = None
+        if decode is not None:
+            with progress.phase("export the decode graph, save the tokenizer"):
+                export_decoder_file(routed, spec, decode, folder)
+                with_past = _with_past_record(loaded, spec, folder)
         with progress.phase("validate against PyTorch, smoke inference in ONNX Runtime"):
             checked: Path | bytes = path
             if opts.dtype != "fp32":
@@ -109,12 +121,42 @@ def export_onnx(
             )
             smoke_session = SessionFromOnnx(path)() if opts.dtype == "fp16" else session
             smoke = {**smoke_inference(smoke_session, spec, vocab_size), "widened_to_fp32": opts.dtype == "bf16"}
-        manifest = _manifest(run_dir, artifact, spec, validation, smoke, model_ref)
+        if with_past is not None:
+            with progress.phase("validate decoding against PyTorch's cached decode"):
+                validation = validate_decode(folder, with_past, routed, spec, vocab_size, validation)
+        manifest = _manifest(run_dir, artifact, spec, validation, smoke, model_ref, with_past)
         if extend is not None:
             manifest = extend(folder, manifest)
         with progress.phase("write the manifest"):
             manifest = write_manifest(folder, manifest)
     return ExportResult(out, manifest)
+
+
+def _with_past_record(loaded: Any, spec: ExportSpec, folder: Path) -> WithPastRecord:
+    """Save the tokenizer (with its chat template) and generation config beside the graphs, so the
+    folder alone can generate; returns what the generator needs to know."""
+    before = {path.name for path in folder.iterdir()}
+    # Generation appends at the end of every row: prompts of a batch are padded on the left.
+    loaded.tokenizer.padding_side = "left"
+    loaded.tokenizer.save_pretrained(folder)
+    loaded.model.generation_config.save_pretrained(folder)
+    written = sorted({path.name for path in folder.iterdir()} - before)
+    config = loaded.model.config
+    eos = loaded.model.generation_config.eos_token_id
+    if eos is None:
+        eos = loaded.tokenizer.eos_token_id
+    eos_ids = tuple(int(i) for i in (eos if isinstance(eos, list) else [] if eos is None else [eos]))
+    pad = loaded.tokenizer.pad_token_id
+    layer = loaded.model.model.layers[0]
+    return WithPastRecord(
+        num_layers=spec.num_layers,
+        kv_heads=int(config.num_key_value_heads),
+        head_dim=int(layer.self_attn.head_dim),
+        max_positions=int(config.max_position_embeddings),
+        eos_token_ids=eos_ids,
+        pad_token_id=int(pad if pad is not None else (eos_ids[0] if eos_ids else 0)),
+        tokenizer_files=tuple(written),
+    )
 
 
 def check_exportable(artifact: RoutedArtifact) -> None:
@@ -151,8 +193,13 @@ def _manifest(
     validation: ValidationRecord,
     smoke: dict[str, Any],
     model_ref: str,
+    with_past: WithPastRecord | None = None,
 ) -> ExportManifest:
     axes = spec.to_json()
+    graphs = {"prefill": GraphRecord(MODEL_FILE, DATA_FILE, axes["inputs"], axes["outputs"])}
+    if with_past is not None:
+        decode = DecodeSpec(spec.num_layers).to_json()
+        graphs["decode"] = GraphRecord(DECODER_FILE, DATA_FILE, decode["inputs"], decode["outputs"])
     return ExportManifest(
         engine="onnx",
         graph="dense" if spec.dense else "routed",
@@ -184,4 +231,6 @@ def _manifest(
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
         },
+        graphs=graphs,
+        with_past=with_past,
     )

@@ -13,7 +13,16 @@ from typing import Any
 import torch
 
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.export_format import EXPORT_DTYPES, INPUT_NAMES, hidden_name, indices_name
+from ftp_deploy.export_format import (
+    DECODE_INPUT_NAMES,
+    EXPORT_DTYPES,
+    INPUT_NAMES,
+    cache_names,
+    hidden_name,
+    indices_name,
+    past_name,
+    present_name,
+)
 from ftp_deploy.exporters.options import DEFAULT_OPSET, SUPPORTED_OPSETS
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 from ftp_deploy.verification.parity import Tolerance
@@ -24,6 +33,16 @@ BATCH, SEQUENCE = "batch", "sequence"
 def kept_axis_name(sparsity_num: int) -> str:
     """The symbolic length of a block's kept tokens, as the shape arithmetic computes it."""
     return f"{SEQUENCE} - ({SEQUENCE} * {sparsity_num}) // {SPARSITY_DEN}"
+
+
+def past_axis_name(layer: int) -> str:
+    """The decode graph's cache length of layer `layer`: each layer has its own (K_l + generated so far)."""
+    return f"past_sequence_{layer}"
+
+
+def cache_axes(name: str, batch: str, length: str) -> dict[int, str]:
+    """Named axes of a cache tensor: key/value [B, kv_heads, length, head_dim], valid [B, length]."""
+    return {0: batch, 1: length} if name.endswith(".valid") else {0: batch, 2: length}
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,8 @@ class ExportSpec:
     dense: bool = False
     last_token_logits: bool = False
     debug_outputs: bool = False
+    # Also the per-layer present keys/values (prefill) and the decode graph (`DecodeSpec`).
+    with_past: bool = False
     validation_batch: int = 2
     # Kept counts below and above the router's default attention window (32 queries).
     validation_lengths: tuple[int, ...] = (24, 61)
@@ -56,6 +77,12 @@ class ExportSpec:
             )
         if self.dense and self.debug_outputs:
             raise UnsupportedExportError("--debug-outputs exposes routing decisions; the dense model has none")
+        if self.with_past and self.dtype != "fp32":
+            # The decode graph is validated step by step in ONNX Runtime's CPU provider, in fp32 only so far.
+            raise UnsupportedExportError("--with-past is exported in fp32 only for now")
+        if self.with_past and not self.last_token_logits:
+            # Generation reads only the next token's logits; all T positions would cost T x vocab floats.
+            raise UnsupportedExportError("--with-past exports the prefill with last-token logits")
 
     @property
     def tolerance(self) -> Tolerance:
@@ -71,10 +98,11 @@ class ExportSpec:
 
     @property
     def output_names(self) -> tuple[str, ...]:
+        present = cache_names(self.num_layers, present_name) if self.with_past else ()
         if not self.debug_outputs:
-            return ("logits",)
+            return ("logits", *present)
         blocks = range(self.num_layers)
-        return ("logits", *map(indices_name, blocks), *map(hidden_name, blocks))
+        return ("logits", *present, *map(indices_name, blocks), *map(hidden_name, blocks))
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -84,6 +112,11 @@ class ExportSpec:
             for block, num in enumerate(self.thousandths):
                 axes[indices_name(block)] = {0: BATCH, 1: kept_axis_name(num)}
                 axes[hidden_name(block)] = {0: BATCH, 1: SEQUENCE}
+        if self.with_past:
+            for block, num in enumerate(self.thousandths):
+                length = SEQUENCE if self.dense else kept_axis_name(num)
+                for name in cache_names(self.num_layers, present_name)[3 * block : 3 * block + 3]:
+                    axes[name] = cache_axes(name, BATCH, length)
         return axes
 
     def example_inputs(self, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +134,44 @@ class ExportSpec:
             "inputs": {name: axes[name] for name in self.input_names},
             "outputs": {name: axes[name] for name in self.output_names},
             "tolerance": asdict(self.tolerance),
+        }
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """The decode graph of a with-past export: one new token per row and every layer's cache in, its
+    next-token logits and every layer's cache with one more slot out. Positions are explicit inputs:
+    a compacted cache's slot count says nothing about a token's position."""
+
+    num_layers: int
+    # Past lengths 5 (not 0 or 1, which torch.export would specialize) at batch 2.
+    example_batch: int = 2
+    example_past: int = 5
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return (*DECODE_INPUT_NAMES, *cache_names(self.num_layers, past_name))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("logits", *cache_names(self.num_layers, present_name))
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes: dict[str, dict[int, str]] = {name: {0: BATCH} for name in (*DECODE_INPUT_NAMES, "logits")}
+        for layer in range(self.num_layers):
+            length = past_axis_name(layer)
+            for name in cache_names(self.num_layers, past_name)[3 * layer : 3 * layer + 3]:
+                axes[name] = cache_axes(name, BATCH, length)
+            for name in cache_names(self.num_layers, present_name)[3 * layer : 3 * layer + 3]:
+                axes[name] = cache_axes(name, BATCH, f"{length} + 1")
+        return axes
+
+    def to_json(self) -> dict[str, Any]:
+        axes = {name: {str(axis): label for axis, label in named.items()} for name, named in self.dynamic_axes.items()}
+        return {
+            "inputs": {name: axes[name] for name in self.input_names},
+            "outputs": {name: axes[name] for name in self.output_names},
         }
 
 

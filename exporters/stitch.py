@@ -73,8 +73,12 @@ class GraphAssembler:
         weights: WeightResolver,
         prefix: str,
         rewrite: LayerRewrite | None = None,
+        rename: Callable[[str], str] | None = None,
     ) -> dict[str, ir.Value]:
-        """Copy `piece`'s nodes with its inputs bound to `inputs`; returns its outputs by name."""
+        """Copy `piece`'s nodes with its inputs bound to `inputs`; returns its outputs by name.
+
+        `rename` gives the copy's symbolic dimensions the layer's own names (a decode layer's past length).
+        """
         graph = piece.graph
         self.opset_imports.update(piece.opset_imports)
         self.functions.update(piece.functions)
@@ -96,6 +100,9 @@ class GraphAssembler:
                 changed += rewrite.apply(copy)
                 for output in copy.outputs:
                     output.shape = _renamed_dims(output.shape, rewrite.dim_name)
+            if rename is not None:
+                for output in copy.outputs:
+                    output.shape = _renamed_dims(output.shape, rename)
             self.nodes.append(copy)
         if rewrite is not None and changed < 1:
             raise ExportError(f"stitching {prefix}: the block graph has no {DOMAIN}::{COMPACT_OP} to parameterize")

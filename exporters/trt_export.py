@@ -36,7 +36,8 @@ from ftp_deploy.engines.trt_plan import (
     rebuild_command,
     tensorrt_section,
 )
-from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape
+from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, decode_profile, format_shape
+from ftp_deploy.errors import UnsupportedExportError
 from ftp_deploy.export_format import INPUT_NAMES, MODEL_FILE, ExportManifest
 from ftp_deploy.exporters.options import ExportOptions
 from ftp_deploy.exporters.pipeline import ArtifactExtension, ExportResult, export_onnx
@@ -122,7 +123,12 @@ def trt_extension(
         _write_trtexec_inputs(folder, profile)
         atomic_write_text(folder / BUILD_SCRIPT, build_script(profile, manifest.dtype))
         plugins = plan.plugins if plan is not None else tuple(onnx_plugin_ids(folder / MODEL_FILE))
-        return replace(manifest, engine="trt", tensorrt=tensorrt_section(profile, manifest.dtype, plugins, plan))
+        section = tensorrt_section(profile, manifest.dtype, plugins, plan)
+        if manifest.with_past is not None:
+            thousandths = [0] * len(manifest.sparsity_thousandths) if manifest.graph == "dense" else None
+            past = decode_profile(profile, thousandths or manifest.sparsity_thousandths, manifest.with_past)
+            section = replace(section, decode_profile=past)
+        return replace(manifest, engine="trt", tensorrt=section)
 
     return extend
 
@@ -151,6 +157,9 @@ def export_trt(
     reported before the (slow) ONNX export starts.
     """
     trt = trt or TrtOptions()
+    if replace(options or ExportOptions(), **fields).with_past and not trt.onnx_only:
+        # The plan builder makes one engine from model.onnx; a decode engine is not built yet.
+        raise UnsupportedExportError("--with-past with --engine trt needs --onnx-only: no decode engine is built yet")
     if not trt.onnx_only:
         require_tensorrt_gpu("--engine trt", hint=ONNX_ONLY_HINT)
     extension = trt_extension(trt.profile, trt.onnx_only, trt.timing_cache, progress)

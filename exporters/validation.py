@@ -8,12 +8,19 @@ routing decisions. Raises one ExportValidationError listing every failure.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 from polygraphy.backend.base import BaseRunner
 from torch import nn
 
+from ftp_deploy.cached_generation import greedy_trace
 from ftp_deploy.errors import ExportValidationError
-from ftp_deploy.export_format import ValidationRecord
+from ftp_deploy.export_format import DECODER_FILE, MODEL_FILE, ValidationRecord, WithPastRecord
 from ftp_deploy.exporters.spec import ExportSpec
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.schedule import Schedule
 from ftp_deploy.verification.inputs import Feed
 from ftp_deploy.verification.parity import check_parity
 from ftp_deploy.verification.runners import ModuleRunner
@@ -39,3 +46,53 @@ def validate_export(
         routing_agreement=parity.routing_agreement,
         hidden_max_abs_diff=parity.hidden_max_abs_diff,
     )
+
+
+# Greedy steps the decode graph is checked over: the prefill's token and three decode steps.
+DECODE_STEPS = 4
+
+
+def validate_decode(
+    folder: Path,
+    record: WithPastRecord,
+    routed: RoutedModel,
+    spec: ExportSpec,
+    vocab_size: int,
+    validation: ValidationRecord,
+) -> ValidationRecord:
+    """Prefill and decode graphs in ONNX Runtime against PyTorch's routed prefill and cached decode.
+
+    Both are driven by PyTorch's greedy tokens (a near tie cannot make them diverge), on the first
+    validation input (batch 2, one row left-padded); every step's logits must be within the spec's
+    tolerance and every layer's cache as long as PyTorch's. A dense export's reference is the same
+    code at sparsity 0 (every token kept in every block).
+    """
+    from ftp_deploy.engines.onnx_generation import OnnxGenerator
+
+    reference_model = routed
+    if spec.dense:
+        reference_model = RoutedModel(routed.base, Schedule.from_sparsities([0.0] * spec.num_layers))
+        reference_model.ops = routed.ops
+    ids, mask = spec.validation_inputs(vocab_size)[0]
+    trace = greedy_trace(reference_model, ids, mask, DECODE_STEPS)
+    generator = OnnxGenerator.from_files(folder / MODEL_FILE, folder / DECODER_FILE, record, export_id="validation")
+    tolerance = spec.tolerance
+    failures, worst = [], 0.0
+    for step, reference in enumerate(trace.logits):
+        got = (
+            generator.prefill(ids.numpy(), mask.numpy())
+            if step == 0
+            else generator.decode(trace.tokens[:, step - 1 : step].numpy())
+        )
+        want = reference.numpy()
+        diff = np.abs(got - want)
+        worst = max(worst, float(diff.max()))
+        if not bool(((diff <= tolerance.atol) | (diff <= tolerance.rtol * np.abs(want))).all()):
+            failures.append(
+                f"decode step {step}: logits max |diff| {float(diff.max()):.3g}, beyond atol {tolerance.atol:g}"
+            )
+    if generator.layer_lengths() != trace.cache.layer_lengths():
+        failures.append(f"cache lengths {generator.layer_lengths()}, PyTorch's {trace.cache.layer_lengths()}")
+    if failures:
+        raise ExportValidationError(failures)
+    return replace(validation, decode_logits_max_abs_diff=worst, decode_steps=DECODE_STEPS)

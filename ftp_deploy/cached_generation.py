@@ -79,6 +79,29 @@ def decode_step(model: RoutedModel, input_ids: torch.Tensor, cache: RoutedCache)
     return _lm_logits(model, hidden)[:, -1]
 
 
+@dataclass
+class GreedyTrace:
+    """`steps` greedy tokens [B, steps] after the prompt, the logits that chose each (prefill's first), the cache."""
+
+    tokens: torch.Tensor
+    logits: list[torch.Tensor]
+    cache: RoutedCache
+    keep: list[torch.Tensor]
+
+
+@torch.no_grad()
+def greedy_trace(model: RoutedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, steps: int) -> GreedyTrace:
+    """Routed prefill, then `steps - 1` cached decode steps on the greedy tokens: the reference an
+    exported decode graph is compared with, step by step."""
+    prefill = routed_prefill(model, input_ids, attention_mask)
+    logits = [prefill.logits]
+    tokens = [prefill.logits.argmax(-1, keepdim=True)]
+    for _ in range(steps - 1):
+        logits.append(decode_step(model, tokens[-1], prefill.cache))
+        tokens.append(logits[-1].argmax(-1, keepdim=True))
+    return GreedyTrace(torch.cat(tokens, dim=1), logits, prefill.cache, prefill.keep)
+
+
 def extended_keep(prompt_keep: list[torch.Tensor], generated: int) -> list[torch.Tensor]:
     """The prefill's keep masks with `generated` more tokens kept in every block."""
     return [torch.cat([keep, keep.new_ones(keep.shape[0], generated)], dim=1) for keep in prompt_keep]

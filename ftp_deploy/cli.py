@@ -16,6 +16,7 @@ from ftp_deploy.console import console, err_console
 from ftp_deploy.errors import FtpDeployError
 from ftp_deploy.evaluation.command import evaluate
 from ftp_deploy.exporters.command import export
+from ftp_deploy.serving.command import generate
 from ftp_deploy.training.command import train
 from ftp_deploy.verification.command import verify
 
@@ -56,27 +57,38 @@ def run(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "fp32",
 ) -> None:
-    """Run a prompt through the dense model and the routed model; print both outputs and times."""
+    """Run a prompt through the dense and the routed model, both with a KV cache; print outputs, times, cache sizes."""
     from ftp_deploy.demo import compare_dense_routed
     from ftp_deploy.placement import memory_errors, resolve_placement
 
     placement = resolve_placement(device, dtype)
     with memory_errors("--dtype bf16 or a shorter --prompt"):
         rows = compare_dense_routed(prompt, model, sparsity, router, max_new_tokens, trust_remote_code, placement)
-    console.print(f"[bold]prompt:[/] {prompt}")
+    console.print(f"[bold]prompt:[/] {escape(prompt)}")
     where = f"{placement.device}, {placement.dtype}"
-    table = Table(title=f"{model} ({where}): dense vs routed (greedy, no KV cache)")
-    for column in ("model", "continuation", "prefill s", "total s"):
+    table = Table(title=f"{model} ({where}): dense vs routed (greedy, transformers generate with a KV cache)")
+    for column in ("model", "continuation", "first token ms", "decode ms/token", "KV cache KiB", "KV vs dense"):
         table.add_column(column)
+    dense_bytes = rows[0].generation.kv_bytes
     for row in rows:
-        table.add_row(row.name, row.text, f"{row.prefill_seconds:.3f}", f"{row.seconds:.3f}")
+        g = row.generation
+        decode = f"{g.decode_ms_per_token:.1f}" if g.decode_ms_per_token is not None else "-"
+        ratio = f"{g.kv_bytes / dense_bytes:.2f}x" if dense_bytes else "-"
+        table.add_row(row.name, escape(row.text), f"{g.ttft_s * 1e3:.0f}", decode, f"{g.kv_bytes / 1024:.0f}", ratio)
     console.print(table)
+    console.print(
+        "KV cache: keys and values held when generation ended (prompt and new tokens); a routed block caches "
+        "only the prompt tokens it computed.",
+        markup=False,
+        highlight=False,
+    )
 
 
 app.command()(train)
 app.command(name="eval")(evaluate)
 app.command()(export)
 app.command()(verify)
+app.command()(generate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,8 @@
-"""Dense vs routed on one prompt: what `ftp-deploy run` (and `make demo`) shows first."""
+"""Dense vs routed on one prompt: what `ftp-deploy run` (and `make demo`) shows first.
+
+Both generate through transformers' own `generate` with a KV cache: the dense model with its
+DynamicCache, the routed one with the per-layer compacted RoutedCache (FTP_SPEC section 9).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,24 @@ from pathlib import Path
 import torch
 
 from ftp_deploy.artifacts import load_routed
-from ftp_deploy.generation import greedy_generate
+from ftp_deploy.generation import Generation, generate_dense, generate_routed
+from ftp_deploy.generation_settings import GenerationSettings
 from ftp_deploy.models import load_base_model
 from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule, check_sparsity
+from ftp_deploy.serving.pipeline import check_context, eos_ids, model_context, prompt_ids
+from ftp_deploy.serving.source import check_prompt
 
 
 @dataclass
 class DemoRow:
-    """One model's greedy continuation of the prompt and its times."""
+    """One model's greedy continuation of the prompt and its generation's times and cache size."""
 
     name: str
     text: str
-    prefill_seconds: float
-    seconds: float
+    generation: Generation
 
 
 def compare_dense_routed(
@@ -36,6 +42,8 @@ def compare_dense_routed(
     placement: Placement = CPU,
 ) -> list[DemoRow]:
     check_sparsity(sparsity)
+    check_prompt(prompt)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
     if router_dir is not None:
         routed, loaded, artifact = load_routed(router_dir, model, placement, trust_remote_code=trust_remote_code)
         label = f"routed ({router_dir}, mean sparsity {artifact.schedule.mean():.2f})"
@@ -44,18 +52,15 @@ def compare_dense_routed(
         num_layers = len(loaded.model.model.layers)
         routed = RoutedModel(loaded.model, Schedule.uniform(sparsity, num_layers), RouterSpec(kind="static"))
         label = f"routed (static router, sparsity {sparsity:g})"
-    prompt_ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
-    eos = loaded.tokenizer.eos_token_id
-
-    def dense_next(ids: torch.Tensor) -> torch.Tensor:
-        return loaded.model(ids, logits_to_keep=1).logits[:, -1]
-
-    def routed_next(ids: torch.Tensor) -> torch.Tensor:
-        return routed(ids, logits_to_keep=1).logits[:, -1]
-
+    ids = prompt_ids(loaded.tokenizer, prompt, chat=False)
+    check_context(ids.shape[1], max_new_tokens, model_context(loaded.model.config), "the model's context")
+    mask = torch.ones_like(ids)
+    pad, eos = int(loaded.tokenizer.pad_token_id), eos_ids(loaded)
     rows = []
-    for name, fn in (("dense", dense_next), (label, routed_next)):
-        generation = greedy_generate(fn, prompt_ids, max_new_tokens, eos)
-        text = loaded.tokenizer.decode(generation.token_ids, skip_special_tokens=True)
-        rows.append(DemoRow(name, text, generation.prefill_seconds, generation.seconds))
+    for name, generation in (
+        ("dense", generate_dense(loaded.model, ids, mask, settings, pad, eos)),
+        (label, generate_routed(routed, ids, mask, settings, pad, eos)),
+    ):
+        text = loaded.tokenizer.decode(generation.token_ids[0], skip_special_tokens=True)
+        rows.append(DemoRow(name, text, generation))
     return rows

@@ -33,6 +33,18 @@ class BaseModelMismatchError(ArtifactError):
     """A saved router belongs to a different base model than the one given."""
 
 
+class PromptError(UsageError):
+    """A prompt generation cannot take: empty, wrongly padded, or longer than the model's context."""
+
+
+class PrefillOnlyExportError(ArtifactError):
+    """An export without the decode graph (no --with-past) was given to a generator."""
+
+
+class CacheMismatchError(UsageError):
+    """A generation cache made by another export (its graphs' sha256s differ) was given to a generator."""
+
+
 class DataError(UsageError):
     """Training or evaluation data is missing, empty or malformed."""
 

@@ -8,6 +8,7 @@ folder is opened.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,17 @@ from ftp_deploy.fileio import atomic_write_json, read_versioned_json, sha256_fil
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+# The decode graph of a --with-past export; its weights are the same bytes of DATA_FILE.
+DECODER_FILE = "decoder.onnx"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "ftp-deploy/onnx-export"
-MANIFEST_VERSION = 1
+# Version 2 added `graphs` (every graph file with its sha256) and `with_past`.
+MANIFEST_VERSION = 2
 # The graph inputs, both [batch, sequence] int64; the TensorRT optimization profile names them too.
 INPUT_NAMES = ("input_ids", "attention_mask")
+# The decode graph's own inputs besides the per-layer cache: one token per row and its position.
+DECODE_INPUT_NAMES = ("input_ids", "position_ids")
+CACHE_PARTS = ("key", "value", "valid")
 EXPORT_DTYPES = ("fp32", "fp16", "bf16")
 # What ONNX Runtime's CPU provider has kernels for; a bf16 file runs there only widened to fp32.
 CPU_NATIVE_DTYPES = ("fp32", "fp16")
@@ -35,6 +42,80 @@ def indices_name(block: int) -> str:
 def hidden_name(block: int) -> str:
     """The debug output holding the hidden state leaving block `block`."""
     return f"hidden_{block}"
+
+
+def past_name(layer: int, part: str) -> str:
+    """A decode graph input of layer `layer`'s cache: key/value [B, kv_heads, P_l, head_dim], valid [B, P_l]."""
+    return f"past.{layer}.{part}"
+
+
+def present_name(layer: int, part: str) -> str:
+    """A graph output of layer `layer`'s cache after the graph ran (the prefill's K_l slots, or one more)."""
+    return f"present.{layer}.{part}"
+
+
+def cache_names(num_layers: int, name: Callable[[int, str], str]) -> tuple[str, ...]:
+    """Every layer's key, value and valid tensor names, layer by layer."""
+    return tuple(name(layer, part) for layer in range(num_layers) for part in CACHE_PARTS)
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    """One ONNX graph of the artifact: its file, the external data (weights) it reads, its tensors' axes, and the
+    sha256 of both files (the graph file alone would not tell two routers of one schedule apart)."""
+
+    file: str
+    data_file: str
+    inputs: dict[str, dict[str, str]]
+    outputs: dict[str, dict[str, str]]
+    sha256: str = ""
+    data_sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GraphRecord:
+        return cls(
+            file=str(data["file"]),
+            data_file=str(data["data_file"]),
+            inputs=dict(data["inputs"]),
+            outputs=dict(data["outputs"]),
+            sha256=str(data["sha256"]),
+            data_sha256=str(data["data_sha256"]),
+        )
+
+
+@dataclass(frozen=True)
+class WithPastRecord:
+    """What a generation runtime needs beyond the graphs: cache geometry, context length, tokenizer files."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    max_positions: int  # the model's context: positions beyond it have no rotary training
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    tokenizer_files: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "eos_token_ids": list(self.eos_token_ids),
+            "tokenizer_files": list(self.tokenizer_files),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WithPastRecord:
+        return cls(
+            num_layers=int(data["num_layers"]),
+            kv_heads=int(data["kv_heads"]),
+            head_dim=int(data["head_dim"]),
+            max_positions=int(data["max_positions"]),
+            eos_token_ids=tuple(int(i) for i in data["eos_token_ids"]),
+            pad_token_id=int(data["pad_token_id"]),
+            tokenizer_files=tuple(str(name) for name in data["tokenizer_files"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -67,6 +148,9 @@ class ValidationRecord:
     logits_max_abs_diff: float
     routing_agreement: float | None
     hidden_max_abs_diff: float | None
+    # --with-past: the decode graph's logits against PyTorch's cached decode, over `decode_steps` steps.
+    decode_logits_max_abs_diff: float | None = None
+    decode_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,9 +169,14 @@ class TensorRtSection:
     plan_manifest: str | None = None
     built_for: dict[str, Any] | None = None
     strongly_typed: bool = True  # precision comes from the ONNX file's types, not builder flags
+    # --with-past: the decode graph's profile, every input's min/opt/max shape (engines/trt_profile.decode_profile).
+    decode_profile: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.decode_profile is None:  # a prefill-only export's section reads as before
+            del data["decode_profile"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TensorRtSection:
@@ -123,7 +212,15 @@ class ExportManifest:
     versions: dict[str, str]
     model_file: str = MODEL_FILE
     tensorrt: TensorRtSection | None = None
+    # "prefill" (always; the model file) and, for --with-past, "decode"; sha256s filled by write_manifest.
+    graphs: dict[str, GraphRecord] = field(default_factory=dict)
+    with_past: WithPastRecord | None = None
     files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def graph_hashes(self) -> dict[str, str]:
+        """Each graph's and its weights' sha256 by role: what ties a generation cache to the export that made it."""
+        return {role: f"{record.sha256}/{record.data_sha256}" for role, record in self.graphs.items()}
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -151,6 +248,9 @@ class ExportManifest:
         }
         if self.tensorrt is not None:
             data["tensorrt"] = self.tensorrt.to_json()
+        data["graphs"] = {role: record.to_json() for role, record in self.graphs.items()}
+        if self.with_past is not None:
+            data["with_past"] = self.with_past.to_json()
         data["files"] = self.files
         return data
 
@@ -181,6 +281,8 @@ class ExportManifest:
             versions=dict(data["versions"]),
             model_file=str(data.get("model_file", MODEL_FILE)),
             tensorrt=TensorRtSection.from_json(data["tensorrt"]) if data.get("tensorrt") is not None else None,
+            graphs={str(role): GraphRecord.from_json(record) for role, record in data["graphs"].items()},
+            with_past=WithPastRecord.from_json(data["with_past"]) if data.get("with_past") is not None else None,
             files={str(name): str(digest) for name, digest in data.get("files", {}).items()},
         )
 
@@ -188,7 +290,11 @@ class ExportManifest:
 def write_manifest(folder: Path, manifest: ExportManifest) -> ExportManifest:
     """Write `manifest` with the hash of every other file in `folder`; returns what was written."""
     files = {path.name: sha256_file(path) for path in sorted(folder.iterdir()) if path.name != MANIFEST_FILE}
-    written = replace(manifest, files=files)
+    graphs = {
+        role: replace(record, sha256=files[record.file], data_sha256=files[record.data_file])
+        for role, record in manifest.graphs.items()
+    }
+    written = replace(manifest, files=files, graphs=graphs)
     atomic_write_json(folder / MANIFEST_FILE, written.to_json())
     return written
 
@@ -246,3 +352,11 @@ class ExportedArtifact:
     @property
     def model_path(self) -> Path:
         return self.folder / self.manifest.model_file
+
+    def graph_path(self, role: str) -> Path:
+        """The file of the graph `role` ("prefill", "decode"); an ArtifactError if the export has none."""
+        record = self.manifest.graphs.get(role)
+        if record is None:
+            hint = " (export with --with-past for generation)" if role == "decode" else ""
+            raise ArtifactError(f"{self.folder} has no {role} graph{hint}")
+        return self.folder / record.file

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from ftp_deploy import cli as cli_module
 from ftp_deploy import errors
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.cached_generation import extended_keep, masked_forward_with_keep
 from ftp_deploy.cli import app
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
@@ -55,7 +56,7 @@ def run_dir(tmp_path: Path) -> Path:
 def test_help_lists_the_pipeline_commands() -> None:
     result = cli("--help")
     assert result.returncode == 0
-    for command in ("train", "eval", "export", "verify", "info"):
+    for command in ("train", "eval", "export", "verify", "info", "generate"):
         assert command in result.stdout
 
 
@@ -78,7 +79,7 @@ def test_corrupt_router_is_one_line(run_dir: Path) -> None:
 
 
 def greedy_text(model: torch.nn.Module, prompt: str, steps: int) -> str:
-    """Greedy continuation by argmax over full forwards, the way `run` describes its rows."""
+    """Greedy continuation by argmax over full forwards: the dense row of `run`."""
     tokenizer = tiny_tokenizer()
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -86,6 +87,27 @@ def greedy_text(model: torch.nn.Module, prompt: str, steps: int) -> str:
             logits = model(ids).logits[:, -1]
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
     return tokenizer.decode(ids[0, -steps:], skip_special_tokens=True)
+
+
+def section9_tokens(model: RoutedModel, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy tokens [B, steps] by FTP_SPEC section 9's reference: the prompt routed once (its keep
+    decisions from the routed forward), each new token kept in every block, by full masked forwards."""
+    with torch.no_grad():
+        keep = model(ids, mask, mode="compact").keep
+        sequence, full_mask = ids, mask
+        for step in range(steps):
+            logits = masked_forward_with_keep(model, sequence, full_mask, extended_keep(keep, step))[:, -1]
+            token = logits.argmax(-1, keepdim=True)
+            sequence = torch.cat([sequence, token], dim=1)
+            full_mask = torch.cat([full_mask, torch.ones_like(token)], dim=1)
+    return sequence[:, ids.shape[1] :]
+
+
+def section9_text(model: RoutedModel, prompt: str, steps: int) -> str:
+    """The routed row of `run` and the output of `generate`: the cached decode's greedy continuation."""
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    return tokenizer.decode(section9_tokens(model, ids, torch.ones_like(ids), steps)[0], skip_special_tokens=True)
 
 
 def run_rows(*args: str) -> dict[str, str]:
@@ -123,7 +145,7 @@ def test_run_prints_each_routed_models_own_continuation(tmp_path: Path) -> None:
                         "--max-new-tokens", "4")  # fmt: skip
         on_base = RoutedModel(base, schedule, spec, router=routed.router)
         label = f"routed ({tmp_path / name}, mean sparsity {schedule.mean():.2f})"
-        assert rows == {"dense": greedy_text(base, prompt, 4), label: greedy_text(on_base, prompt, 4)}
+        assert rows == {"dense": greedy_text(base, prompt, 4), label: section9_text(on_base, prompt, 4)}
         seen.add(rows[label])
     assert len(seen) == 2  # the two routers continue differently, so each row is its own model's
 

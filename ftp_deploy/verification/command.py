@@ -11,7 +11,7 @@ from rich.markdown import Markdown
 from ftp_deploy.cli_options import DeviceMapOption, ModelOverrideOption, ReferenceDeviceOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.errors import ParityError, UsageError
-from ftp_deploy.verification.options import DEFAULT_LATENCY_LENGTHS, MIN_TIMED_RUNS
+from ftp_deploy.verification.options import DEFAULT_DECODE_STEPS, DEFAULT_LATENCY_LENGTHS, MIN_TIMED_RUNS
 
 
 def _lengths(text: str) -> list[int]:
@@ -36,6 +36,9 @@ def verify(
     inputs: Annotated[Path | None, typer.Option(help="Replay feeds saved by an earlier verify (inputs.json)")] = None,
     runs: Annotated[int, typer.Option(help=f"Timed runs per length (at least {MIN_TIMED_RUNS})")] = MIN_TIMED_RUNS,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads")] = None,
+    decode_steps: Annotated[
+        int, typer.Option(help="Decode steps checked against PyTorch (a --with-past export); 0 to skip")
+    ] = DEFAULT_DECODE_STEPS,
     model: ModelOverrideOption = None,
     trust_remote_code: TrustOption = False,
     device: ReferenceDeviceOption = "auto",
@@ -69,6 +72,7 @@ def verify(
             threads=threads,
             model=model,
             trust_remote_code=trust_remote_code,
+            decode_steps=decode_steps,
             progress=progress,
             placement=placement,
         )
@@ -77,9 +81,10 @@ def verify(
         console.print(Markdown(report_md.read_text(encoding="utf-8")))
     else:
         # Piped, rich cuts the tables at 80 columns: the figures that decide, and where the tables are.
-        for line in [*summary_lines(result.parity, result.latency), f"compared: {result.compared.brief}"]:
+        lines = summary_lines(result.parity, result.latency, result.decode, result.decode_note)
+        for line in [*lines, f"compared: {result.compared.brief}"]:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         console.print(f"tables: {report_md}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: {result.report_dir}", markup=False, highlight=False, soft_wrap=True)
-    if not result.parity.passed:
-        raise ParityError(failure_summary(result.parity))
+    if not result.passed:
+        raise ParityError(failure_summary(result.parity, result.decode))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ftp_deploy.fileio import atomic_write_json, atomic_write_text
+from ftp_deploy.verification.decode import DecodeReport
 from ftp_deploy.verification.latency import LatencyComparison
 from ftp_deploy.verification.parity import STAT_NAMES, ParityReport
 
@@ -71,10 +72,13 @@ def parity_markdown(parity: ParityReport, atol: float, rtol: float) -> str:
     return "\n".join(lines)
 
 
-def summary_lines(parity: ParityReport, latency: LatencyComparison | None) -> list[str]:
+def summary_lines(
+    parity: ParityReport, latency: LatencyComparison | None, decode: DecodeReport | None = None, decode_note: str = ""
+) -> list[str]:
     """The verdict and the figures behind it, each line short enough for any terminal or log."""
     logits = parity.max_abs_diff("logits")
-    lines = [f"verdict: {'PASS' if parity.passed else 'FAIL'}"]
+    passed = parity.passed and (decode is None or decode.passed)
+    lines = [f"verdict: {'PASS' if passed else 'FAIL'}"]
     if logits is not None:
         tol = parity.tolerance
         lines.append(f"logits max |diff|: {logits:.3g} (atol {tol.atol:g}, rtol {tol.rtol:g})")
@@ -82,6 +86,15 @@ def summary_lines(parity: ParityReport, latency: LatencyComparison | None) -> li
     if parity.routing_agreement is not None:
         lines.append(f"routing agreement: {parity.routing_agreement:.3%}")
     lines += [f"failed: {failure}" for failure in parity.failures()]
+    if decode is None:
+        lines.append(decode_note)
+    else:
+        lines.append(
+            f"decode: {decode.steps} steps, tokens {'identical' if decode.tokens_identical else 'DIFFER'}, logits max "
+            f"|diff| {decode.logits_max_abs_diff:.3g}, cache max |diff| {decode.cache_max_abs_diff:.3g}, "
+            f"{decode.decode_median_ms:.2f} ms/step"
+        )
+        lines += [f"failed: {failure}" for failure in decode.failures]
     if latency is not None:
         speedup = latency.speedup()
         for routed in latency.routed:
@@ -132,6 +145,26 @@ def plot_latency(latency: LatencyComparison, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def decode_markdown(decode: DecodeReport | None, note: str) -> str:
+    if decode is None:
+        return note + "."
+    tokens = "yes" if decode.tokens_identical else f"NO (from step {decode.first_token_mismatch})"
+    lines = [
+        f"{note}: batch {decode.batch}, prompt {decode.prompt_len} tokens (left padded), both fed PyTorch's greedy "
+        "tokens.",
+        "",
+        "| check | result |",
+        "|---|---|",
+        f"| greedy tokens identical | {tokens} |",
+        f"| logits vs masked reference, max abs diff | {decode.logits_max_abs_diff:.3g} "
+        f"({'within' if decode.logits_passed else 'BEYOND'} tolerance) |",
+        f"| cache lengths per block | {'equal' if decode.cache_lengths_equal else 'DIFFER'} |",
+        f"| cached keys/values at valid slots, max abs diff | {decode.cache_max_abs_diff:.3g} |",
+        f"| decode step, median ms | {decode.decode_median_ms:.2f} |",
+    ]
+    return "\n".join(lines)
+
+
 def write_report(
     folder: Path,
     header: dict[str, Any],
@@ -139,11 +172,16 @@ def write_report(
     latency: LatencyComparison | None,
     atol: float,
     rtol: float,
+    decode: DecodeReport | None = None,
+    decode_note: str = "",
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    passed = parity.passed and (decode is None or decode.passed)
     data = {
         **header,
+        "passed": passed,
         "parity": parity.to_json(),
+        "decode": {"checked": decode is not None, "note": decode_note, **(decode.to_json() if decode else {})},
         "latency": latency.to_json() if latency else None,
         "tolerance": {"atol": atol, "rtol": rtol},
     }
@@ -151,13 +189,17 @@ def write_report(
     sections = [
         f"# ftp-deploy verify: {header.get('artifact', '')}",
         "",
-        f"Verdict: **{'PASS' if parity.passed else 'FAIL'}**",
+        f"Verdict: **{'PASS' if passed else 'FAIL'}**",
         "",
         "## Parity",
         "",
         f"Compared: {header['compared']}.",
         "",
         parity_markdown(parity, atol, rtol),
+        "",
+        "## Decode",
+        "",
+        decode_markdown(decode, decode_note),
     ]
     if latency is not None:
         plot_latency(latency, folder / "latency.png")

@@ -14,6 +14,7 @@ from polygraphy.logger import G_LOGGER
 
 from ftp_deploy.artifacts import CONFIG_FILE, load_artifact, load_routed
 from ftp_deploy.data_root import data_file
+from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionOptionsLoader
 from ftp_deploy.engines.trt_env import require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import require_plan
@@ -28,8 +29,10 @@ from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
+from ftp_deploy.verification.decode import DecodeReport, OnnxDecoder, check_decode
 from ftp_deploy.verification.inputs import Feed, InputPlan, load_feeds, random_feeds, save_feeds, text_feeds
 from ftp_deploy.verification.latency import LatencyComparison, compare_latency, latency_feed
+from ftp_deploy.verification.options import DEFAULT_DECODE_STEPS
 from ftp_deploy.verification.parity import ParityReport, Tolerance, check_parity
 from ftp_deploy.verification.report import environment, write_report
 from ftp_deploy.verification.runners import RoutedTorchRunner
@@ -40,10 +43,18 @@ HELD_OUT_TEXT = "wikitext2/wiki.test.raw"  # under the data root
 
 @dataclass
 class VerifyResult:
+    """`decode` is None when decoding was not checked; `decode_note` says why, or what was checked."""
+
     parity: ParityReport
     latency: LatencyComparison | None
     report_dir: Path
     compared: Arithmetic
+    decode: DecodeReport | None = None
+    decode_note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.parity.passed and (self.decode is None or self.decode.passed)
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,9 @@ def _candidate(artifact: ExportedArtifact, runtime: str) -> BaseRunner:
         from ftp_deploy.engines.trt_runner import EngineFromPlan, TrtPlanRunner
 
         return TrtPlanRunner(EngineFromPlan(artifact.folder), name="tensorrt")
-    return OrtRunner(SessionFromOnnx(_session_source(artifact)), name="onnxruntime")
+    # A with-past prefill also outputs every layer's cache: the decode check compares that, not parity.
+    outputs = [name for name in artifact.manifest.outputs if not name.startswith("present.")]
+    return OrtRunner(SessionFromOnnx(_session_source(artifact)), name="onnxruntime", outputs=outputs)
 
 
 def _latency_run(
@@ -156,6 +169,7 @@ def verify(
     threads: int | None = None,
     model: str | None = None,
     trust_remote_code: bool = False,
+    decode_steps: int = DEFAULT_DECODE_STEPS,
     progress: Progress = NO_PROGRESS,
     placement: Placement = CPU,
 ) -> VerifyResult:
@@ -169,6 +183,8 @@ def verify(
         require_tensorrt_gpu("--runtime trt")
     if batch < 1 or any(t < 1 for t in seq_lens):
         raise UsageError("--batch and every --seq-lens entry must be >= 1")
+    if decode_steps < 0:
+        raise UsageError(f"--decode-steps must be >= 0, got {decode_steps}")
     with progress.phase("check the artifact against its manifest"):
         artifact = ExportedArtifact.open(art_dir)
         compared = arithmetic(artifact.manifest.dtype, runtime)
@@ -196,6 +212,18 @@ def verify(
         with G_LOGGER.verbosity(G_LOGGER.ERROR):
             results.save(str(out_dir / "run_results.json"))
 
+    decode, decode_note = None, decode_skipped(artifact, runtime, decode_steps)
+    if not decode_note:
+        with progress.phase(f"compare prefill + {decode_steps} decode steps with PyTorch's cached decode"):
+            decode = check_decode(
+                routed,
+                OnnxDecoder(OnnxGenerator.open(art_dir, threads=threads)),
+                *decode_prompt(feeds, decode_steps, artifact),
+                steps=decode_steps,
+                tolerance=tolerance,
+            )
+        decode_note = f"ONNX Runtime prefill + {decode_steps} decode steps against PyTorch (FTP_SPEC section 9)"
+
     latency = None
     if seq_lens:
         vocab = int(loaded.model.config.vocab_size)
@@ -219,10 +247,36 @@ def verify(
         "reference_placement": placement.to_json(),
         "environment": environment(threads or torch.get_num_threads()),
     }
-    write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol)
-    return VerifyResult(parity, latency, out_dir, compared)
+    write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol, decode, decode_note)
+    return VerifyResult(parity, latency, out_dir, compared, decode, decode_note)
 
 
-def failure_summary(parity: ParityReport) -> str:
+def decode_skipped(artifact: ExportedArtifact, runtime: str, steps: int) -> str:
+    """Why decoding is not checked, or "" when it is."""
+    manifest = artifact.manifest
+    if steps == 0:
+        return "decode not checked: --decode-steps 0"
+    if manifest.with_past is None:
+        return f"decode not checked: {artifact.folder} is prefill-only (export with --with-past to generate)"
+    if runtime != "onnxrt":
+        return f"decode not checked: the {runtime} runtime has no decode loop here (onnxrt has)"
+    if manifest.dtype not in CPU_NATIVE_DTYPES:
+        return f"decode not checked: ONNX Runtime's CPU provider has no {manifest.dtype} kernels"
+    return ""
+
+
+def decode_prompt(feeds: Sequence[Feed], steps: int, artifact: ExportedArtifact) -> tuple[torch.Tensor, torch.Tensor]:
+    """The longest parity feed that leaves room for `steps` more positions (left padded, as generation takes it)."""
+    record = artifact.manifest.with_past
+    room = record.max_positions - steps if record is not None else None
+    usable = [f for f in feeds if room is None or f["input_ids"].shape[1] <= room]
+    if not usable:
+        raise UsageError(f"no verify input leaves room for {steps} decode steps in the model's context")
+    feed = max(usable, key=lambda f: int(f["input_ids"].shape[1]))
+    return torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])
+
+
+def failure_summary(parity: ParityReport, decode: DecodeReport | None = None) -> str:
     where = f"; first block over tolerance: {parity.first_failing_block}" if parity.first_failing_block else ""
-    return f"parity failed: {'; '.join(parity.failures())}{where}"
+    failures = parity.failures() + (decode.failures if decode is not None else [])
+    return f"parity failed: {'; '.join(failures)}{where}"

@@ -1,0 +1,283 @@
+"""Generation over the two ONNX Runtime sessions of a --with-past export (FTP_SPEC section 9).
+
+The prefill graph routes the prompt once and returns every layer's compacted cache (K_l slots,
+each layer its own length); the decode graph takes one token per row, its position and every
+layer's cache, and returns the next-token logits and each cache one slot longer. The caches stay
+ORT values between steps (IO binding): a present output is bound as the next step's past input
+without passing through numpy.
+
+onnxruntime-genai's generator cannot drive these graphs: it allocates every layer's present
+key/value with one sequence length (the total length, or a sliding window's cap), and feeds one
+attention mask for all layers (README, "Why not onnxruntime-genai").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from ftp_deploy.engines.onnx_runtime import SessionFromOnnx, SessionOptionsLoader
+from ftp_deploy.errors import CacheMismatchError, PrefillOnlyExportError, PromptError
+from ftp_deploy.export_format import (
+    DECODER_FILE,
+    ExportedArtifact,
+    WithPastRecord,
+    cache_names,
+    past_name,
+    present_name,
+)
+
+TokenCallback = Callable[[np.ndarray, int], None]  # (the new token of every row [B], step index)
+
+
+@dataclass
+class OnnxCache:
+    """Every layer's cache as ORT values (key, value, valid per layer) and each row's next position.
+
+    `export_id` names the export whose graphs made it (their sha256s): a cache only fits those graphs.
+    """
+
+    export_id: str
+    tensors: dict[str, ort.OrtValue]
+    next_position: np.ndarray  # [B] int64: the number of valid tokens so far in each row
+    num_layers: int
+
+    @property
+    def batch(self) -> int:
+        return int(self.next_position.shape[0])
+
+    def layer_lengths(self) -> list[int]:
+        return [int(self.tensors[present_name(layer, "valid")].shape()[1]) for layer in range(self.num_layers)]
+
+    def kv_bytes(self) -> int:
+        """Bytes of the cached keys and values (slot masks excluded: one bool per slot)."""
+        total = 0
+        for layer in range(self.num_layers):
+            for part in ("key", "value"):
+                value = self.tensors[present_name(layer, part)]
+                total += int(np.prod(value.shape())) * np.dtype(_NUMPY_TYPES[value.data_type()]).itemsize
+        return total
+
+    def numpy(self, layer: int, part: str) -> np.ndarray:
+        """A copy of one layer's `part` ("key", "value", "valid") as numpy."""
+        return self.tensors[present_name(layer, part)].numpy()
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+
+
+@dataclass
+class Generation:
+    """`tokens` [B, n] generated after the prompt (rows that ended early are padded with `pad_token_id`),
+    `finished` [B] whether each row produced an end-of-sequence token."""
+
+    tokens: np.ndarray
+    finished: np.ndarray
+    steps: int
+
+
+class OnnxGenerator:
+    """Routed (or dense) generation with a per-layer KV cache over a --with-past export.
+
+        generator = OnnxGenerator.open(art_dir, threads=2)
+        logits = generator.prefill(input_ids, attention_mask)  # [B, vocab], fills generator.cache
+        logits = generator.decode(next_tokens)                   # [B, 1] -> [B, vocab]
+        result = generator.generate(input_ids, attention_mask, max_new_tokens=64)
+
+    Prompts are left-padded (every row's last token valid). The model's context
+    (`record.max_positions`) bounds prompt plus generated tokens.
+    """
+
+    def __init__(
+        self,
+        prefill_session: ort.InferenceSession,
+        decode_session: ort.InferenceSession,
+        record: WithPastRecord,
+        export_id: str,
+    ) -> None:
+        self.prefill_session = prefill_session
+        self.decode_session = decode_session
+        self.record = record
+        self.export_id = export_id
+        self.cache: OnnxCache | None = None
+        self._present = cache_names(record.num_layers, present_name)
+        self._past = cache_names(record.num_layers, past_name)
+
+    @classmethod
+    def open(cls, folder: Path, threads: int | None = None) -> OnnxGenerator:
+        """The generator of an export folder whose files match its manifest; `threads` intra-op threads."""
+        artifact = ExportedArtifact.open(folder)
+        manifest = artifact.manifest
+        if manifest.with_past is None or "decode" not in manifest.graphs:
+            raise PrefillOnlyExportError(
+                f"{folder} is a prefill-only export (no {DECODER_FILE}): re-export it with --with-past to generate"
+            )
+        return cls.from_files(
+            artifact.graph_path("prefill"),
+            artifact.graph_path("decode"),
+            manifest.with_past,
+            export_id=";".join(f"{role}={digest}" for role, digest in sorted(manifest.graph_hashes.items())),
+            threads=threads,
+        )
+
+    @classmethod
+    def from_files(
+        cls, prefill: Path, decode: Path, record: WithPastRecord, export_id: str, threads: int | None = None
+    ) -> OnnxGenerator:
+        """Sessions over the two graph files (export validation uses this before the manifest exists)."""
+        options = SessionOptionsLoader(threads=threads)
+        return cls(
+            SessionFromOnnx(prefill, options=options)(), SessionFromOnnx(decode, options=options)(), record, export_id
+        )
+
+    # -- one step at a time ---------------------------------------------------------------------
+
+    def check_prompt(self, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int = 0) -> None:
+        """PromptError for an empty prompt, a row without tokens, right padding, or too long a sequence."""
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+            raise PromptError(f"the prompt is empty (token ids of shape {list(input_ids.shape)})")
+        if attention_mask.shape != input_ids.shape:
+            raise PromptError(
+                f"attention_mask {list(attention_mask.shape)} and input_ids {list(input_ids.shape)} differ"
+            )
+        if not bool(attention_mask[:, -1].astype(bool).all()):
+            raise PromptError("generation needs left padding: every row's last token must be valid")
+        longest = int(attention_mask.astype(np.int64).sum(1).max()) + max_new_tokens
+        if longest > self.record.max_positions:
+            raise PromptError(
+                f"the prompt ({int(attention_mask.sum(1).max())} tokens) plus {max_new_tokens} new tokens exceeds "
+                f"the model's context of {self.record.max_positions} positions"
+            )
+
+    def prefill(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 0) -> np.ndarray:
+        """Route the prompt once; returns each row's next-token logits [B, vocab] and sets `self.cache`."""
+        ids = np.ascontiguousarray(np.asarray(input_ids, dtype=np.int64))
+        mask = (
+            np.ones_like(ids) if attention_mask is None else np.ascontiguousarray(np.asarray(attention_mask, np.int64))
+        )
+        self.check_prompt(ids, mask, max_new_tokens)
+        binding = self.prefill_session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        outputs = self._run(self.prefill_session, binding)
+        self.cache = OnnxCache(
+            self.export_id,
+            {name: outputs[name] for name in self._present},
+            mask.sum(1).astype(np.int64),
+            self.record.num_layers,
+        )
+        return outputs["logits"].numpy()[:, -1]
+
+    def decode(self, token_ids: Any, cache: OnnxCache | None = None) -> np.ndarray:
+        """One token per row ([B, 1]) through every layer; returns its next-token logits [B, vocab].
+
+        Uses and advances `cache` if given (it becomes `self.cache`), else `self.cache`.
+        """
+        cache = self._usable(cache)
+        tokens = np.ascontiguousarray(np.asarray(token_ids, dtype=np.int64))
+        if tokens.shape != (cache.batch, 1):
+            raise PromptError(f"decode takes one token per row, shape [{cache.batch}, 1], got {list(tokens.shape)}")
+        if int(cache.next_position.max()) >= self.record.max_positions:
+            raise PromptError(f"the sequence reached the model's context of {self.record.max_positions} positions")
+        binding = self.decode_session.io_binding()
+        binding.bind_cpu_input("input_ids", tokens)
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(cache.next_position[:, None]))
+        for past, present in zip(self._past, self._present, strict=True):
+            binding.bind_ortvalue_input(past, cache.tensors[present])
+        outputs = self._run(self.decode_session, binding)
+        cache.tensors = {name: outputs[name] for name in self._present}
+        cache.next_position = cache.next_position + 1
+        self.cache = cache
+        return outputs["logits"].numpy()[:, -1]
+
+    def kv_bytes(self) -> int:
+        return self._usable(None).kv_bytes()
+
+    def layer_lengths(self) -> list[int]:
+        return self._usable(None).layer_lengths()
+
+    def _usable(self, cache: OnnxCache | None) -> OnnxCache:
+        cache = self.cache if cache is None else cache
+        if cache is None:
+            raise PromptError("no cache yet: run prefill first")
+        if cache.export_id != self.export_id:
+            raise CacheMismatchError(
+                "the cache was made by another export (its graphs' sha256s differ); prefill again with this one"
+            )
+        return cache
+
+    @staticmethod
+    def _run(session: ort.InferenceSession, binding: Any) -> dict[str, ort.OrtValue]:
+        names = [node.name for node in session.get_outputs()]
+        for name in names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return dict(zip(names, binding.get_outputs(), strict=True))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        max_new_tokens: int = 32,
+        eos_token_ids: Sequence[int] | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> Generation:
+        """Greedy (or sampled) continuation of a left-padded batch, up to `max_new_tokens` per row.
+
+        A row stops at one of `eos_token_ids` (default: the export's); the loop stops when every
+        row has. `on_token(tokens [B], step)` sees each step's tokens as they come (streaming).
+        """
+        if max_new_tokens < 1:
+            raise PromptError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if do_sample and temperature <= 0:
+            raise PromptError(f"temperature must be > 0 when sampling, got {temperature:g}")
+        eos = np.asarray(self.record.eos_token_ids if eos_token_ids is None else list(eos_token_ids), np.int64)
+        rng = np.random.default_rng(seed)
+        logits = self.prefill(input_ids, attention_mask, max_new_tokens)
+        finished = np.zeros(logits.shape[0], dtype=bool)
+        generated: list[np.ndarray] = []
+        for step in range(max_new_tokens):
+            tokens = _pick(logits, do_sample, temperature, top_k, top_p, rng)
+            tokens = np.where(finished, self.record.pad_token_id, tokens)
+            generated.append(tokens)
+            if on_token is not None:
+                on_token(tokens, step)
+            finished |= np.isin(tokens, eos)
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            logits = self.decode(tokens[:, None])
+        return Generation(np.stack(generated, axis=1), finished, len(generated))
+
+
+def _pick(
+    logits: np.ndarray, do_sample: bool, temperature: float, top_k: int, top_p: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The next token of every row: argmax, or a sample from the temperature / top-k / top-p distribution."""
+    if not do_sample:
+        return logits.argmax(-1).astype(np.int64)
+    scores = logits.astype(np.float64) / temperature
+    if 0 < top_k < scores.shape[-1]:
+        kth = np.partition(scores, -top_k, axis=-1)[:, -top_k][:, None]
+        scores = np.where(scores < kth, -np.inf, scores)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    if top_p < 1.0:
+        order = np.argsort(-probs, axis=-1)
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop = np.cumsum(sorted_probs, axis=-1) - sorted_probs >= top_p
+        np.put_along_axis(probs, order, np.where(drop, 0.0, sorted_probs), axis=-1)
+        probs /= probs.sum(-1, keepdims=True)
+    return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], dtype=np.int64)

@@ -1,0 +1,178 @@
+"""Decode parity: a generation runtime's prefill + cached decode against the PyTorch reference of FTP_SPEC section 9.
+
+Both sides are fed the same tokens (the reference's greedy picks), so a step that disagrees does
+not derail the ones after it. Per step: the candidate's logits against the masked-mode forward
+over prompt + generated tokens with the prefill's keep decisions (`masked_forward_with_keep`),
+its greedy token against the reference's, and at the end its cache, block by block, against
+PyTorch's RoutedCache (lengths, and keys and values at valid slots). Decode steps are timed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ftp_deploy.cached_generation import decode_step, extended_keep, masked_forward_with_keep, routed_prefill
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.verification.parity import Tolerance
+
+
+class CachedDecoder(Protocol):
+    """What a generation runtime offers the check: numpy in, numpy out, one cache held inside."""
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Routes the prompt [B, T] (left padded) and fills the cache; next-token logits [B, vocab]."""
+        ...
+
+    def decode(self, token_ids: np.ndarray) -> np.ndarray:
+        """One token per row [B, 1] through every block; its next-token logits [B, vocab]."""
+        ...
+
+    def cache_layers(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each block's (keys [B, kv_heads, L, head_dim], values, slot validity [B, L])."""
+        ...
+
+
+@dataclass
+class DecodeReport:
+    """`logits_max_abs_diff`: worst over steps (prefill's next-token logits included) against the masked reference;
+    `cache_max_abs_diff`: keys and values at valid slots against PyTorch's cache; `failures` names what failed."""
+
+    steps: int
+    batch: int
+    prompt_len: int
+    tokens_identical: bool
+    first_token_mismatch: int | None
+    logits_max_abs_diff: float
+    logits_passed: bool
+    cache_lengths_equal: bool
+    cache_max_abs_diff: float
+    cache_passed: bool
+    decode_median_ms: float
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _within(candidate: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> bool:
+    """Element-wise, as verify's parity check: each element within atol or within rtol of the reference."""
+    diff = np.abs(candidate - reference)
+    return bool(np.all((diff <= tolerance.atol) | (diff <= tolerance.rtol * np.abs(reference))))
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max(initial=0.0))
+
+
+@torch.no_grad()
+def check_decode(
+    routed: RoutedModel,
+    candidate: CachedDecoder,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    steps: int,
+    tolerance: Tolerance,
+) -> DecodeReport:
+    """Prefill and `steps` decode steps of `candidate` against PyTorch (see the module docstring)."""
+    ids_np, mask_np = input_ids.numpy(), attention_mask.numpy()
+    reference = routed_prefill(routed, input_ids, attention_mask)
+    cand_logits = candidate.prefill(ids_np, mask_np)
+    expected = masked_forward_with_keep(routed, input_ids, attention_mask, reference.keep)[:, -1].numpy()
+    worst = _max_abs(cand_logits, expected)
+    logits_ok = _within(cand_logits, expected, tolerance)
+    tokens = reference.logits.argmax(-1, keepdim=True)
+    mismatch = None if np.array_equal(cand_logits.argmax(-1), tokens[:, 0].numpy()) else 0
+    sequence, mask = input_ids, attention_mask
+    times = []
+    for step in range(1, steps + 1):
+        sequence = torch.cat([sequence, tokens], dim=1)
+        mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)
+        start = time.perf_counter()
+        cand_logits = candidate.decode(tokens.numpy())
+        times.append(time.perf_counter() - start)
+        torch_logits = decode_step(routed, tokens, reference.cache)
+        keep = extended_keep(reference.keep, step)
+        expected = masked_forward_with_keep(routed, sequence, mask, keep)[:, -1].numpy()
+        worst = max(worst, _max_abs(cand_logits, expected))
+        logits_ok = logits_ok and _within(cand_logits, expected, tolerance)
+        tokens = torch_logits.argmax(-1, keepdim=True)
+        if mismatch is None and not np.array_equal(cand_logits.argmax(-1), tokens[:, 0].numpy()):
+            mismatch = step
+    lengths_equal, cache_diff, cache_ok = _compare_cache(candidate.cache_layers(), reference.cache, tolerance)
+    failures = []
+    if mismatch is not None:
+        failures.append(f"decode: greedy token differs from PyTorch's at step {mismatch}")
+    if not logits_ok:
+        failures.append(
+            f"decode: logits max |diff| {worst:.3g} against the masked reference, beyond atol {tolerance.atol:g} "
+            f"and rtol {tolerance.rtol:g}"
+        )
+    if not lengths_equal:
+        failures.append("decode: cache lengths per block differ from PyTorch's")
+    elif not cache_ok:
+        failures.append(f"decode: cached keys/values max |diff| {cache_diff:.3g} at valid slots, beyond tolerance")
+    return DecodeReport(
+        steps=steps,
+        batch=int(input_ids.shape[0]),
+        prompt_len=int(input_ids.shape[1]),
+        tokens_identical=mismatch is None,
+        first_token_mismatch=mismatch,
+        logits_max_abs_diff=worst,
+        logits_passed=logits_ok,
+        cache_lengths_equal=lengths_equal,
+        cache_max_abs_diff=cache_diff,
+        cache_passed=lengths_equal and cache_ok,
+        decode_median_ms=statistics.median(times) * 1e3 if times else 0.0,
+        failures=failures,
+    )
+
+
+def _compare_cache(
+    candidate: list[tuple[np.ndarray, np.ndarray, np.ndarray]], reference: Any, tolerance: Tolerance
+) -> tuple[bool, float, bool]:
+    """(lengths equal, max |diff| of keys and values at valid slots, within tolerance)."""
+    if len(candidate) != len(reference.layers) or [c[0].shape[2] for c in candidate] != reference.layer_lengths():
+        return False, float("nan"), False
+    worst, ok = 0.0, True
+    for (keys, values, valid), (ref_keys, ref_values, _), ref_valid in zip(
+        candidate, reference, reference.slot_valid, strict=True
+    ):
+        slots = ref_valid.numpy().astype(bool)
+        if not np.array_equal(valid.astype(bool), slots):
+            return False, float("nan"), False
+        for got, want in ((keys, ref_keys.numpy()), (values, ref_values.numpy())):
+            # [B, H, L, D] -> the valid slots' [H, D] vectors
+            got_valid, want_valid = got.transpose(0, 2, 1, 3)[slots], want.transpose(0, 2, 1, 3)[slots]
+            worst = max(worst, _max_abs(got_valid, want_valid))
+            ok = ok and _within(got_valid, want_valid, tolerance)
+    return True, worst, ok
+
+
+class OnnxDecoder:
+    """engines.onnx_generation.OnnxGenerator as a CachedDecoder: its cache read back layer by layer."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return np.asarray(self.generator.prefill(input_ids, attention_mask))
+
+    def decode(self, token_ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.generator.decode(token_ids))
+
+    def cache_layers(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        cache = self.generator.cache
+        return [
+            (cache.numpy(layer, "key"), cache.numpy(layer, "value"), cache.numpy(layer, "valid"))
+            for layer in range(cache.num_layers)
+        ]

@@ -1,0 +1,268 @@
+"""`ftp-deploy generate` and `run` with cached generation; the decode check of verify; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.cached_generation import decode_step, routed_prefill
+from ftp_deploy.cli import main
+from ftp_deploy.generation import generate_dense, generate_routed
+from ftp_deploy.generation_settings import GenerationSettings
+from ftp_deploy.models import model_ref_for
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import RouterSpec
+from ftp_deploy.schedule import Schedule
+from ftp_deploy.verification.decode import check_decode
+from ftp_deploy.verification.parity import Tolerance
+from tests.conftest import random_batch, tiny_model, tiny_tokenizer
+from tests.test_cli import HEAVY_MODULES, assert_clean_error, cli, heavy_modules_after, section9_text, section9_tokens
+
+PROMPT = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14"
+SCHEDULE = (0.1, 0.2, 0.3, 0.4)
+
+
+@pytest.fixture
+def run_and_base(tmp_path: Path) -> tuple[Path, Path, RoutedModel]:
+    """A learned-router run folder, the tiny base model's folder, and the routed model they make."""
+    base = tiny_model()
+    base.save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    torch.manual_seed(3)
+    routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec())
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(tmp_path / "base"))), tmp_path / "run")
+    return tmp_path / "run", tmp_path / "base", routed
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """The CLI's main in this process (no interpreter start-up): exit code, stdout, stderr."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    return code, captured.out, captured.err
+
+
+def test_generate_continues_as_the_section_9_reference(
+    run_and_base: tuple[Path, Path, RoutedModel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, _, routed = run_and_base
+    plain = cli("generate", str(run), "--prompt", PROMPT, "--max-new-tokens", "6")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() == section9_text(routed, PROMPT, 6)
+    assert "time to first token" in plain.stderr and "KV cache" in plain.stderr
+    code, out, _ = in_process(capsys, "generate", run, "--prompt", PROMPT, "--max-new-tokens", "6", "--stream")
+    assert code == 0 and out.strip() == plain.stdout.strip()
+
+
+def test_transformers_sampling_is_seeded(run_and_base: tuple[Path, Path, RoutedModel]) -> None:
+    _, _, routed = run_and_base
+    ids = tiny_tokenizer()(PROMPT, return_tensors="pt").input_ids
+    settings = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=7)
+    runs = [generate_routed(routed, ids, torch.ones_like(ids), settings, 0, None).token_ids for _ in range(2)]
+    other = generate_routed(routed, ids, torch.ones_like(ids), GenerationSettings(8, True, 1.5, 1.0, 8), 0, None)
+    assert runs[0] == runs[1] and len(runs[0][0]) == 8
+    assert other.token_ids != runs[0]
+
+
+def test_routed_generate_times_and_caches_less_than_dense(single_thread: None) -> None:
+    base = tiny_model()
+    routed = RoutedModel(base, Schedule.uniform(0.3, 4), RouterSpec(kind="static"))
+    ids, mask = random_batch(2, 40, "left")
+    settings = GenerationSettings(max_new_tokens=5)
+    dense = generate_dense(base, ids, mask, settings, 0, None)
+    ours = generate_routed(routed, ids, mask, settings, 0, None)
+    assert ours.token_ids == section9_tokens(routed, ids, mask, 5).tolist()
+    assert dense.token_ids == base.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                                            pad_token_id=0, eos_token_id=None)[:, 40:].tolist()  # fmt: skip
+    assert ours.ttft_s > 0 and ours.decode_ms_per_token is not None and ours.decode_ms_per_token > 0
+    kept = sum(routed.schedule.kept(block, 40) for block in range(4))
+    # Both caches end with 40 prompt + 4 fed-back tokens per block (the 5th token is never fed back).
+    assert ours.kv_bytes / dense.kv_bytes == (kept + 4 * 4) / (4 * 44)
+
+
+def test_run_reports_cached_generation_for_dense_and_routed(run_and_base: tuple[Path, Path, RoutedModel]) -> None:
+    run, base_dir, routed = run_and_base
+    result = subprocess.run(
+        [sys.executable, "-m", "ftp_deploy.cli", "run", "--model", str(base_dir), "--router", str(run),
+         "--prompt", PROMPT, "--max-new-tokens", "4"],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "COLUMNS": "400"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
+    assert "first token ms" in result.stdout and "decode ms/token" in result.stdout
+    dense, routed_row = rows  # the header row is drawn with another rule character
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    dense_tokens = routed.base.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert dense[1] == tokenizer.decode(dense_tokens[0, ids.shape[1] :], skip_special_tokens=True)
+    assert routed_row[1] == section9_text(routed, PROMPT, 4)
+    assert dense[5] == "1.00x" and float(routed_row[5].rstrip("x")) < 1
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--prompt", "   "], "the prompt is empty"),
+        (["--prompt", "w1", "--runtime", "cuda"], "unknown runtime 'cuda'"),
+        (["--prompt", "w1", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--prompt", "w1", "--do-sample", "--temperature", "-1"], "--temperature must be > 0"),
+        (["--prompt", "w1", "--do-sample", "--top-p", "2"], "--top-p must lie in (0, 1]"),
+        (["--prompt", "w1", "--temperature", "0.7"], "apply with --do-sample only"),
+        (["--prompt", "w1", "--max-new-tokens", "many"], "Invalid value for '--max-new-tokens'"),
+        (["--prompt", "w1", "--threads", "0"], "--threads must be >= 1"),
+    ],
+)
+def test_bad_options_are_one_line_before_any_model_loads(
+    args: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert fragment in " ".join(err.split()) and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_usage_errors_load_no_heavy_module(tmp_path: Path) -> None:
+    argvs = [["generate", "--help"], ["generate", str(tmp_path), "--prompt", ""],
+             ["generate", str(tmp_path), "--prompt", "w1", "--top-p", "0"]]  # fmt: skip
+    script = (
+        "import json, sys\nfrom ftp_deploy.cli import main\n"
+        "codes = [main(argv) for argv in json.loads(sys.argv[1])]\nassert codes == [0, 2, 2], codes"
+    )
+    assert set(heavy_modules_after(script, json.dumps(argvs))) & set(HEAVY_MODULES) == set()
+
+
+def test_bad_folders_and_prompts_are_one_line(
+    run_and_base: tuple[Path, Path, RoutedModel], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, base_dir, _ = run_and_base
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    long_prompt = " ".join(f"w{i % 90}" for i in range(508))  # the tiny model has 512 positions
+    cases = [
+        ([base_dir, "--prompt", "w1"], "neither a run folder"),
+        ([tmp_path / "nowhere", "--prompt", "w1"], "folder not found"),
+        ([run, "--prompt", long_prompt, "--max-new-tokens", "8"], "that is 516, beyond the model's context of 512"),
+        ([run, "--prompt", "w1", "--chat"], "no chat template"),
+        ([run, "--prompt", "w1", "--threads", "2"], "--runtime onnxrt only"),
+    ]
+    for args, fragment in cases:
+        code, _, err = in_process(capsys, "generate", *args)
+        assert code == 2 and fragment in " ".join(err.split()), err
+        assert len(err.strip().splitlines()) == 1
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+class TorchCachedDecoder:
+    """PyTorch's own cached decode as a CachedDecoder, optionally with its logits or keys perturbed."""
+
+    def __init__(self, routed: RoutedModel, logits_error: float = 0.0, key_error: float = 0.0) -> None:
+        self.routed, self.logits_error, self.key_error = routed, logits_error, key_error
+        self.cache = None
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        result = routed_prefill(self.routed, torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        self.cache = result.cache
+        return result.logits.numpy()
+
+    def decode(self, token_ids: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = decode_step(self.routed, torch.from_numpy(token_ids), self.cache).numpy()
+        logits[:, 5] += self.logits_error
+        return logits
+
+    def cache_layers(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        layers = [
+            (k.numpy().copy(), v.numpy(), m.numpy())
+            for (k, v, _), m in zip(self.cache, self.cache.slot_valid, strict=True)
+        ]
+        layers[2][0][0, 0, -1, 0] += self.key_error
+        return layers
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_decode_check_passes_pytorchs_cached_decode_and_catches_errors(arch: str, single_thread: None) -> None:
+    routed = RoutedModel(tiny_model(arch), Schedule.from_sparsities(list(SCHEDULE)), RouterSpec())
+    ids, mask = random_batch(2, 23, "left")
+    tolerance = Tolerance.for_dtype("fp32")
+    good = check_decode(routed, TorchCachedDecoder(routed), ids, mask, 8, tolerance)
+    assert good.passed and good.tokens_identical and good.cache_lengths_equal, good.failures
+    assert good.logits_max_abs_diff <= 1e-4 and good.decode_median_ms > 0
+    bad_logits = check_decode(routed, TorchCachedDecoder(routed, logits_error=0.5), ids, mask, 8, tolerance)
+    assert not bad_logits.logits_passed and any("logits" in f for f in bad_logits.failures)
+    bad_cache = check_decode(routed, TorchCachedDecoder(routed, key_error=0.5), ids, mask, 8, tolerance)
+    assert bad_cache.logits_passed and not bad_cache.cache_passed
+    assert any("cached keys/values" in f for f in bad_cache.failures)
+
+
+@pytest.fixture(scope="module")
+def with_past_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, RoutedModel]:
+    """A tiny learned-router run and its --with-past export: (run folder, artifact folder, routed model)."""
+    from ftp_deploy.exporters.pipeline import export_onnx
+
+    folder = tmp_path_factory.mktemp("with-past")
+    base = tiny_model()
+    base.save_pretrained(folder / "base")
+    tiny_tokenizer().save_pretrained(folder / "base")
+    torch.manual_seed(3)
+    routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec())
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(folder / "base"))), folder / "run")
+    export_onnx(folder / "run", folder / "art", with_past=True)
+    return folder / "run", folder / "art", routed
+
+
+@pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU
+def test_onnx_runtime_generates_what_transformers_generate_does(
+    with_past_export: tuple[Path, Path, RoutedModel],
+) -> None:
+    run, art, routed = with_past_export
+    torch_run = cli("generate", str(run), "--prompt", PROMPT, "--max-new-tokens", "8")
+    onnx_run = cli("generate", str(art), "--prompt", PROMPT, "--max-new-tokens", "8", "--stream", "--threads", "1")
+    assert torch_run.returncode == 0 and onnx_run.returncode == 0, torch_run.stderr + onnx_run.stderr
+    assert onnx_run.stdout.strip() == torch_run.stdout.strip() == section9_text(routed, PROMPT, 8)
+    assert onnx_run.stderr.strip().startswith("onnxrt:") and torch_run.stderr.strip().startswith("torch:")
+    # The same export in PyTorch (its source run) gives the same text as well.
+    torch_from_export = cli("generate", str(art), "--runtime", "torch", "--prompt", PROMPT, "--max-new-tokens", "8")
+    assert torch_from_export.stdout == torch_run.stdout
+
+
+@pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU
+def test_onnx_bad_input_is_one_line(with_past_export: tuple[Path, Path, RoutedModel], tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from ftp_deploy.export_format import DECODER_FILE, read_manifest, write_manifest
+
+    run, art, _ = with_past_export
+    prefill_only = tmp_path / "prefill-only"
+    shutil.copytree(art, prefill_only)
+    (prefill_only / DECODER_FILE).unlink()
+    manifest = read_manifest(prefill_only)
+    write_manifest(prefill_only, replace(manifest, graphs={"prefill": manifest.graphs["prefill"]}, with_past=None))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in prefill_only.iterdir())
+    assert_clean_error(cli("generate", str(prefill_only), "--prompt", "w1"), 2, "prefill-only export")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in prefill_only.iterdir()) == before
+    assert_clean_error(cli("generate", str(run), "--runtime", "onnxrt", "--prompt", "w1"), 2, "export it first")
+    long_prompt = " ".join(f"w{i % 90}" for i in range(508))
+    result = cli("generate", str(art), "--prompt", long_prompt, "--max-new-tokens", "8")
+    assert_clean_error(result, 2, "beyond the exported model's context of 512 tokens")
+
+
+@pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU
+def test_verify_checks_the_onnx_decode(with_past_export: tuple[Path, Path, RoutedModel], tmp_path: Path) -> None:
+    from ftp_deploy.verification.verify import verify
+
+    _, art, _ = with_past_export
+    result = verify(art, seq_lens=[], report=tmp_path / "report", decode_steps=8, threads=1)
+    assert result.passed and result.decode is not None, result.decode
+    assert result.decode.tokens_identical and result.decode.cache_lengths_equal and result.decode.steps == 8
+    assert result.decode.logits_max_abs_diff <= 1e-4 and result.decode.decode_median_ms > 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["decode"]["checked"] and report["decode"]["passed"]
+    assert "## Decode" in (tmp_path / "report" / "report.md").read_text()

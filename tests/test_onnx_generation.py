@@ -1,0 +1,287 @@
+"""The --with-past export and its ONNX Runtime generation loop against PyTorch's cached decode (FTP_SPEC 9)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from ftp_deploy import cli
+from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
+from ftp_deploy.cached_generation import greedy_trace
+from ftp_deploy.engines.onnx_generation import OnnxGenerator
+from ftp_deploy.engines.trt_profile import ShapeProfile
+from ftp_deploy.errors import CacheMismatchError, PrefillOnlyExportError, PromptError, UnsupportedExportError
+from ftp_deploy.export_format import (
+    DECODER_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    read_manifest,
+    write_manifest,
+)
+from ftp_deploy.exporters.attention import use_grouped_attention
+from ftp_deploy.exporters.pipeline import export_onnx
+from ftp_deploy.exporters.trt_export import export_trt, trt_extension
+from ftp_deploy.fileio import sha256_file
+from ftp_deploy.hf_generation import RoutedForCausalLM
+from ftp_deploy.kv_cache import RoutedCache
+from ftp_deploy.models import model_ref_for
+from ftp_deploy.progress import NO_PROGRESS
+from ftp_deploy.routed_model import RoutedModel
+from ftp_deploy.router import RouterSpec
+from ftp_deploy.schedule import Schedule
+from tests.conftest import random_batch, tiny_model, tiny_tokenizer
+from tests.test_export_command import make_run
+
+PROMPT_LEN = 23
+STEPS = 9
+# Per-block sparsities that differ, so every layer's cache has its own length.
+SCHEDULE = (0.3, 0.1, 0.4, 0.2)
+
+
+def export_run(folder: Path, arch: str, kind: str, dense: bool = False) -> tuple[Path, Path]:
+    """A tiny routed run of `arch` and its --with-past export: (run folder, artifact folder)."""
+    base = tiny_model(arch)
+    base.save_pretrained(folder / "base")
+    tiny_tokenizer().save_pretrained(folder / "base")
+    routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec(kind=kind))
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(folder / "base"))), folder / "run")
+    export_onnx(folder / "run", folder / "art", with_past=True, dense=dense)
+    return folder / "run", folder / "art"
+
+
+@pytest.fixture(scope="module")
+def llama_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return export_run(tmp_path_factory.mktemp("llama"), "llama", "static")
+
+
+def compare_decode(run: Path, art: Path) -> None:
+    """ONNX prefill + 9 decode steps (driven by PyTorch's greedy tokens) against routed_prefill + decode_step."""
+    routed, _, _ = load_routed(run)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    trace = greedy_trace(routed, ids, mask, STEPS + 1)
+    generator = OnnxGenerator.open(art, threads=1)
+    worst = 0.0
+    for step, reference in enumerate(trace.logits):
+        if step == 0:
+            logits = generator.prefill(ids.numpy(), mask.numpy())
+        else:
+            logits = generator.decode(trace.tokens[:, step - 1 : step].numpy())
+        worst = max(worst, float(np.abs(logits - reference.numpy()).max()))
+    print(f"max |ONNX - PyTorch| logits over prefill + {STEPS} decode steps: {worst:.2e}")
+    assert worst <= 1e-4
+    kept = [routed.schedule.kept(block, PROMPT_LEN) for block in range(len(routed.layers))]
+    assert len(set(kept)) > 1
+    assert generator.layer_lengths() == [k + STEPS for k in kept] == trace.cache.layer_lengths()
+    cache = generator.cache
+    assert cache is not None
+    for layer, (keys, values, _) in enumerate(trace.cache):
+        valid = trace.cache.slot_valid[layer].numpy()
+        assert np.array_equal(cache.numpy(layer, "valid"), valid)
+        for part, reference in (("key", keys), ("value", values)):
+            got = cache.numpy(layer, part).transpose(0, 2, 1, 3)[valid]  # valid slots: [n, kv_heads, head_dim]
+            assert np.abs(got - reference.numpy().transpose(0, 2, 1, 3)[valid]).max() <= 1e-4
+    assert generator.kv_bytes() == sum(int(k.nbytes + v.nbytes) for k, v, _ in trace.cache)
+
+
+def test_decode_graph_equals_pytorch_decode_step(llama_export: tuple[Path, Path], single_thread: None) -> None:
+    compare_decode(*llama_export)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "kind"), [("mistral", "static"), ("qwen2", "learned"), ("qwen3", "learned")])
+def test_decode_graph_equals_pytorch_on_every_architecture(
+    tmp_path: Path, arch: str, kind: str, single_thread: None
+) -> None:
+    compare_decode(*export_run(tmp_path, arch, kind))
+
+
+def test_onnx_greedy_loop_equals_transformers_generate(llama_export: tuple[Path, Path], single_thread: None) -> None:
+    run, art = llama_export
+    routed, _, _ = load_routed(run)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    with torch.no_grad():
+        theirs = RoutedForCausalLM(routed).eval().generate(
+            ids, attention_mask=mask, cache=RoutedCache(), do_sample=False, pad_token_id=0,
+            max_new_tokens=STEPS + 1, eos_token_id=None,
+        )[:, PROMPT_LEN:]  # fmt: skip
+    streamed: list[np.ndarray] = []
+    ours = OnnxGenerator.open(art, threads=1).generate(
+        ids.numpy(), mask.numpy(), max_new_tokens=STEPS + 1, eos_token_ids=[], on_token=lambda t, _: streamed.append(t)
+    )
+    assert np.array_equal(ours.tokens, theirs.numpy())
+    assert np.array_equal(np.stack(streamed, axis=1), ours.tokens) and ours.steps == STEPS + 1
+
+
+def test_eos_ends_a_row_and_sampling_is_seeded(llama_export: tuple[Path, Path]) -> None:
+    generator = OnnxGenerator.open(llama_export[1], threads=1)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    greedy = generator.generate(ids.numpy(), mask.numpy(), max_new_tokens=6, eos_token_ids=[])
+    stop = int(greedy.tokens[0, 2])
+    first = int(np.flatnonzero(greedy.tokens[0] == stop)[0])
+    ended = generator.generate(ids.numpy(), mask.numpy(), max_new_tokens=6, eos_token_ids=[stop])
+    assert ended.finished[0] and np.array_equal(ended.tokens[0, : first + 1], greedy.tokens[0, : first + 1])
+    assert (ended.tokens[0, first + 1 :] == generator.record.pad_token_id).all()
+    sampled = [
+        generator.generate(ids.numpy(), mask.numpy(), max_new_tokens=5, do_sample=True, top_k=20, top_p=0.9, seed=3)
+        for _ in range(2)
+    ]
+    assert np.array_equal(sampled[0].tokens, sampled[1].tokens)
+
+
+def test_manifest_lists_both_graphs_with_their_hashes(llama_export: tuple[Path, Path]) -> None:
+    art = llama_export[1]
+    manifest = read_manifest(art)
+    assert set(manifest.graphs) == {"prefill", "decode"}
+    for record in manifest.graphs.values():
+        assert record.sha256 == sha256_file(art / record.file)
+        assert record.data_sha256 == sha256_file(art / record.data_file)
+    assert manifest.graphs["decode"].file == DECODER_FILE
+    assert "past.0.key" in manifest.graphs["decode"].inputs and "present.3.valid" in manifest.graphs["prefill"].outputs
+    # The decoder reads the prefill graph's weight file: no second copy of the weights.
+    assert (art / DECODER_FILE).stat().st_size < (art / MODEL_FILE).stat().st_size
+    assert manifest.with_past is not None and set(manifest.with_past.tokenizer_files) <= set(manifest.files)
+    assert manifest.validation.decode_logits_max_abs_diff is not None
+    assert manifest.validation.decode_logits_max_abs_diff <= 1e-4
+
+
+def test_bad_prompts_are_prompt_errors(llama_export: tuple[Path, Path]) -> None:
+    generator = OnnxGenerator.open(llama_export[1], threads=1)
+    with pytest.raises(PromptError, match="empty"):
+        generator.prefill(np.zeros((1, 0), dtype=np.int64))
+    context = generator.record.max_positions
+    with pytest.raises(PromptError, match=f"context of {context}"):
+        generator.prefill(np.full((1, context + 1), 5))
+    with pytest.raises(PromptError, match=f"context of {context}"):
+        generator.generate(np.full((1, context - 2), 5), max_new_tokens=8)
+    ids, mask = random_batch(2, 8, "right")
+    with pytest.raises(PromptError, match="left padding"):
+        generator.prefill(ids.numpy(), mask.numpy())
+    with pytest.raises(PromptError, match="prefill first"):
+        generator.decode(np.zeros((1, 1), dtype=np.int64))
+    generator.prefill(np.full((2, 4), 5))
+    with pytest.raises(PromptError, match="one token per row"):
+        generator.decode(np.zeros((1, 1), dtype=np.int64))
+
+
+def test_a_cache_from_another_export_is_refused(llama_export: tuple[Path, Path]) -> None:
+    generator = OnnxGenerator.open(llama_export[1], threads=1)
+    generator.prefill(np.full((1, 4), 5))
+    assert generator.cache is not None
+    other = OnnxGenerator(generator.prefill_session, generator.decode_session, generator.record, "another export")
+    with pytest.raises(CacheMismatchError, match="another export"):
+        other.decode(np.zeros((1, 1), dtype=np.int64), generator.cache)
+
+
+def test_a_prefill_only_export_is_refused(llama_export: tuple[Path, Path], tmp_path: Path) -> None:
+    """The folder a prefill-only export writes: no decoder, no decode graph in the manifest."""
+    art = tmp_path / "prefill-only"
+    shutil.copytree(llama_export[1], art)
+    manifest = read_manifest(art)
+    (art / DECODER_FILE).unlink()
+    (art / MANIFEST_FILE).unlink()
+    write_manifest(art, replace(manifest, graphs={"prefill": manifest.graphs["prefill"]}, with_past=None))
+    with pytest.raises(PrefillOnlyExportError, match="--with-past"):
+        OnnxGenerator.open(art)
+    assert json.loads((art / MANIFEST_FILE).read_text())["graphs"].keys() == {"prefill"}
+
+
+def test_with_past_is_fp32_only(llama_export: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedExportError, match="fp32 only"):
+        export_onnx(llama_export[0], tmp_path / "art", with_past=True, dtype="fp16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trt_onnx_only_writes_a_decode_profile_over_past_lengths(
+    llama_export: tuple[Path, Path], tmp_path: Path
+) -> None:
+    art = tmp_path / "trt"
+    shutil.copytree(llama_export[1], art)
+    profile = ShapeProfile((1, 1), (1, 512), (4, 2048))
+    manifest = trt_extension(profile, onnx_only=True, timing_cache=None, progress=NO_PROGRESS)(art, read_manifest(art))
+    assert manifest.tensorrt is not None and manifest.tensorrt.decode_profile is not None
+    shapes = manifest.tensorrt.decode_profile["inputs"]
+    assert shapes["input_ids"] == {"min": [1, 1], "opt": [1, 1], "max": [4, 1]}
+    record = manifest.with_past
+    assert record is not None
+    for layer, num in enumerate(manifest.sparsity_thousandths):
+        kept = 512 - 512 * num // 1000  # K_l at the opt prompt length: what a routed layer holds there
+        key = shapes[f"past.{layer}.key"]
+        assert key == {
+            "min": [1, record.kv_heads, 1, record.head_dim],
+            "opt": [1, record.kv_heads, kept, record.head_dim],
+            "max": [4, record.kv_heads, 2047, record.head_dim],
+        }
+        assert shapes[f"past.{layer}.valid"]["max"] == [4, 2047]
+    assert len({shapes[f"past.{layer}.key"]["opt"][2] for layer in range(4)}) > 1
+
+
+def test_with_past_trt_needs_onnx_only(llama_export: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedExportError, match="--onnx-only"):
+        export_trt(llama_export[0], tmp_path / "art", with_past=True)
+
+
+@pytest.mark.slow
+def test_smollm2_with_past_export_decodes_like_pytorch(smollm2, tmp_path: Path) -> None:
+    """The real model: prefill + 8 decode steps, batch 2 left-padded, and a greedy continuation."""
+    routed = RoutedModel(smollm2.model, Schedule.uniform(0.3, smollm2.model.config.num_hidden_layers))
+    save_artifact(RoutedArtifact.from_model(routed, smollm2.ref), tmp_path / "run")
+    export_onnx(tmp_path / "run", tmp_path / "art", with_past=True)
+    generator = OnnxGenerator.open(tmp_path / "art", threads=2)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "art")  # the export's own, left-padding
+    ids = tokenizer(["The capital of France is", "One, two, three, four,"], padding=True, return_tensors="pt")
+    assert ids.attention_mask[1, 0] == 0 or ids.attention_mask[0, 0] == 0
+    trace = greedy_trace(routed, ids.input_ids, ids.attention_mask, 9)
+    ours = generator.generate(ids.input_ids.numpy(), ids.attention_mask.numpy(), max_new_tokens=9, eos_token_ids=[])
+    assert np.array_equal(ours.tokens, trace.tokens.numpy())
+    prompt = ids.attention_mask.shape[1]
+    assert generator.layer_lengths() == [routed.schedule.kept(block, prompt) + 8 for block in range(30)]
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (["--dtype", "fp16"], "--with-past is exported in fp32 only"),
+        (["--engine", "trt"], "needs --onnx-only"),
+    ],
+)
+def test_with_past_refusals_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], fragment: str
+) -> None:
+    run = make_run(tmp_path)
+    code = cli.main(["export", str(run), "--out", str(tmp_path / "art"), "--with-past", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_grouped_attention_equals_eager_attention(arch: str) -> None:
+    """The exporter's attention (no repeated key/value heads) against transformers' eager attention."""
+    model = tiny_model(arch)
+    model.set_attn_implementation("eager")
+    ids, mask = random_batch(2, 20, "left")
+    with torch.no_grad():
+        eager = model(ids, attention_mask=mask).logits
+        use_grouped_attention(model)
+        grouped = model(ids, attention_mask=mask).logits
+    assert (eager - grouped)[mask.bool()].abs().max().item() <= 1e-6
+
+
+@pytest.mark.slow
+def test_dense_with_past_export_decodes_like_the_unrouted_model(tmp_path: Path, single_thread: None) -> None:
+    run, art = export_run(tmp_path, "llama", "static", dense=True)
+    routed, _, _ = load_routed(run)
+    unrouted = RoutedModel(routed.base, Schedule.from_sparsities([0.0] * len(routed.layers)))
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    trace = greedy_trace(unrouted, ids, mask, STEPS + 1)
+    generator = OnnxGenerator.open(art, threads=1)
+    ours = generator.generate(ids.numpy(), mask.numpy(), max_new_tokens=STEPS + 1, eos_token_ids=[])
+    assert np.array_equal(ours.tokens, trace.tokens.numpy())
+    assert generator.layer_lengths() == [PROMPT_LEN + STEPS] * len(routed.layers)
