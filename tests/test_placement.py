@@ -33,6 +33,7 @@ COMMANDS = {
     "eval": ["eval", "{tmp}/run"],
     "verify": ["verify", "{tmp}/art"],
     "export": ["export", "{tmp}/run", "--out", "{tmp}/never"],
+    "generate": ["generate", "{tmp}/run", "--prompt", "w1"],
 }
 
 

@@ -110,6 +110,7 @@ def generate(
     PyTorch runs the model; ONNX Runtime runs the export as it was written, on its CPU provider.
     """
     check_prompt(prompt)
+    placement = resolve_placement(device, dtype)
     source = open_source(source_dir)
     runtime = resolve_runtime(runtime, source)
     if threads is not None and runtime != "onnxrt":
@@ -119,7 +120,6 @@ def generate(
     if runtime == "onnxrt":
         generation, tokenizer = _generate_onnx(source, prompt, settings, chat, threads, on_text, progress)
     else:
-        placement = resolve_placement(device, dtype)
         generation, tokenizer = _generate_torch(
             source, prompt, settings, chat, model, trust_remote_code, on_text, progress, placement
         )
