@@ -130,7 +130,7 @@ def test_shares_cover_the_global_batch_once() -> None:
     rows = list(range(7))
     shares = [rows[Ranks(rank, 3).share(7)] for rank in range(3)]
     assert [row for share in shares for row in share] == rows and [len(s) for s in shares] == [2, 2, 3]
-    with pytest.raises(ConfigError, match="cannot be shared by 4 processes"):
+    with pytest.raises(ConfigError, match=r"--batch-size 3 .* cannot be shared by 4 processes"):
         Ranks(0, 4).share(3)
 
 

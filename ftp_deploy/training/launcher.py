@@ -9,11 +9,13 @@ caused the stop, in one line, rather than N tracebacks.
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
+from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -48,6 +50,12 @@ def launch(num_processes: int, fn: Callable[..., R], *args: Any, timeout_s: floa
     )
     try:
         results = elastic_launch(config, _rank_main)(fn, threads, timeout_s, args)
+    except SignalException as err:  # the launcher has stopped the processes already
+        if err.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from err
+        raise RankFailure(
+            f"stopped by {err.sigval.name}; the run folder keeps its last checkpoint: continue with --resume"
+        ) from err
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with {failure.exitcode}"
@@ -72,3 +80,5 @@ def _rank_main(
             return True, fn(ranks, *args)
     except FtpDeployError as err:
         return False, err
+    except KeyboardInterrupt:  # Ctrl-C reaches every process; the launcher reports it once
+        return False, RankFailure("interrupted")

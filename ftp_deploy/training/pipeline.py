@@ -60,6 +60,7 @@ def run_training(
     Every rank of a multi-process run calls this with the same arguments and its own `ranks`.
     """
     budget = TimeBudget(time_budget)
+    ranks.share(settings.train.batch_size)  # refuses a global batch too small to share, before any work
     folder = RunFolder(out, writes=ranks.is_main)
     state = ranks.from_main(lambda: _resumed_state(folder, settings) if resume else _new_run(folder))
     if state.get("finished"):

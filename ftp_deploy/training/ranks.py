@@ -52,7 +52,10 @@ class Ranks:
     def share(self, count: int) -> slice:
         """This rank's contiguous rows of `count` global rows (shares differ by at most one row)."""
         if count < self.world:
-            raise ConfigError(f"a batch of {count} rows cannot be shared by {self.world} processes; use at least that")
+            raise ConfigError(
+                f"--batch-size {count} (the global batch) cannot be shared by {self.world} processes; "
+                f"use at least {self.world}"
+            )
         return slice(self.rank * count // self.world, (self.rank + 1) * count // self.world)
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
