@@ -64,7 +64,7 @@ class Ranks:
             self._collective(lambda: dist.all_reduce(tensor, dist.ReduceOp.SUM))
         return tensor
 
-    def global_mean(self, local_mean: torch.Tensor, weight: int | torch.Tensor) -> torch.Tensor:
+    def global_mean(self, local_mean: torch.Tensor, weight: int) -> torch.Tensor:
         """The mean over all ranks of per-rank means weighted by their row counts, elementwise.
 
         Its value is the global mean on every rank; its gradient is that of this rank's share
@@ -73,12 +73,11 @@ class Ranks:
         """
         if self.world == 1:
             return local_mean
-        weight = torch.as_tensor(weight, dtype=torch.float64)
-        packed = torch.cat([(local_mean.detach().double() * weight).reshape(-1), weight.reshape(1)]).to(CPU)
-        self.sum_(packed)
-        total = packed[-1].to(local_mean.device)
-        value = (packed[:-1].reshape(local_mean.shape).to(local_mean.device) / total).to(local_mean.dtype)
-        return value + (local_mean - local_mean.detach()) * (weight.to(local_mean.device) / total).to(local_mean.dtype)
+        weights = torch.tensor([weight], dtype=torch.float64)
+        packed = self.sum_(torch.cat([local_mean.detach().to(CPU, torch.float64).reshape(-1) * weight, weights]))
+        value = (packed[:-1] / packed[-1]).reshape(local_mean.shape).to(local_mean.device, local_mean.dtype)
+        share = weight / float(packed[-1])
+        return value + (local_mean - local_mean.detach()) * share
 
     def map(self, fn: Callable[[T], float], items: Sequence[T]) -> list[float]:
         """`[fn(item) for item in items]`, the items dealt out round-robin over the ranks.
