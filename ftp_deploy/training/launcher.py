@@ -9,6 +9,7 @@ caused the stop, in one line, rather than N tracebacks.
 
 from __future__ import annotations
 
+import os
 import signal
 import uuid
 from collections.abc import Callable
@@ -74,11 +75,12 @@ def launch(num_processes: int, fn: Callable[..., R], *args: Any, timeout_s: floa
 def _rank_main(
     fn: Callable[..., R], threads: int, timeout_s: float, args: tuple[Any, ...]
 ) -> tuple[bool, R | FtpDeployError]:
+    # Ctrl-C reaches every process, and the launcher forwards it again: a process ends at once,
+    # as a kill would (the run folder survives that), and the launcher reports it once.
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
     torch.set_num_threads(threads)
     try:
         with joined_ranks(timeout_s) as ranks:
             return True, fn(ranks, *args)
     except FtpDeployError as err:
         return False, err
-    except KeyboardInterrupt:  # Ctrl-C reaches every process; the launcher reports it once
-        return False, RankFailure("interrupted")
