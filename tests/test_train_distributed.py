@@ -235,6 +235,23 @@ def test_num_processes_2_ends_where_one_process_does(
     assert_same_run(run, one_process)
 
 
+@pytest.mark.slow
+def test_bad_input_under_num_processes_is_one_line_and_exit_2(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    done = subprocess.run(
+        [sys.executable, "-m", "ftp_deploy.cli", *train_args(inputs, taken), "--num-processes", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 2
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        f"error: --out {taken} is a file, not a folder"
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
