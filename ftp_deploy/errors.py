@@ -67,6 +67,10 @@ class StorageError(FtpDeployError):
     """A file could not be written (a full disk, a read-only folder); what was saved before stays."""
 
 
+class RankFailure(FtpDeployError):
+    """A process of a multi-process run stopped or did not answer in time; the run folder keeps its last checkpoint."""
+
+
 class ExportError(FtpDeployError):
     """Exporting a model failed for a reason other than bad input (the exporter or the runtime)."""
 

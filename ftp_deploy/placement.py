@@ -68,7 +68,8 @@ def resolve_placement(device: str = "auto", dtype: str = "fp32", device_map: str
             )
         return Placement("cuda:0" if has_cuda else "cpu", dtype, device_map)
     if text == "auto":
-        resolved = "cuda:0" if has_cuda else "cpu"
+        # The current GPU, not cuda:0: each process of a multi-process run has made its own current.
+        resolved = f"cuda:{torch.cuda.current_device()}" if has_cuda else "cpu"
     elif text == "cpu":
         resolved = "cpu"
     elif text == "cuda" or text.startswith("cuda:"):

@@ -6,8 +6,9 @@ the pipeline loads when the command runs, so registering it keeps the CLI quick 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,9 +16,20 @@ from rich.table import Table
 from ftp_deploy.cli_options import DeviceMapOption, DeviceOption, DtypeOption, ModelOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.data_root import DATA_ENV
+from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.schedule import DEFAULT_S_MAX
-from ftp_deploy.training.config import DataConfig, LossWeights, SearchConfig, TrainConfig, default_source
+from ftp_deploy.training.config import (
+    RANK_TIMEOUT_S,
+    DataConfig,
+    LossWeights,
+    SearchConfig,
+    TrainConfig,
+    default_source,
+)
 from ftp_deploy.training.settings import FINETUNE_SEARCH, RunSettings
+
+if TYPE_CHECKING:
+    from ftp_deploy.training.ranks import Ranks
 
 _DATA = DataConfig()
 _SEARCH = SearchConfig()
@@ -93,6 +105,17 @@ def train(
             "(only the router trains): much less memory at long --seq-len, about a third more compute"
         ),
     ] = False,
+    num_processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes to start, as `torchrun --standalone --nproc-per-node N` would (gloo on CPU, NCCL on "
+            "CUDA): the searches' evaluations and each global batch are shared out; same result as one process",
+        ),
+    ] = 1,
+    rank_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds a process of a multi-process run waits for the others")
+    ] = RANK_TIMEOUT_S,
 ) -> None:
     """Search the sparsity schedule, train the router, fine-tune the schedule; write the run folder."""
     settings = RunSettings(
@@ -122,22 +145,20 @@ def train(
             guide=guide_weight, guide_decay=guide_decay, sparsity=sparsity_weight, distill=distill_weight
         ),
     )
-    from ftp_deploy.placement import memory_errors, resolve_placement
-    from ftp_deploy.training.pipeline import run_training
+    from ftp_deploy.placement import resolve_placement
+    from ftp_deploy.training.launcher import launch
+    from ftp_deploy.training.ranks import joined_ranks
     from ftp_deploy.training.report import REPORT_MD, ROUTINGS
 
-    placement = resolve_placement(device, dtype, device_map)
-    with RichProgress() as progress, memory_errors(MEMORY_OPTIONS):
-        state = run_training(
-            settings,
-            out,
-            resume=resume,
-            time_budget=time_budget,
-            progress=progress,
-            trust_remote_code=trust_remote_code,
-            placement=placement,
-            checkpoint_activations=checkpoint_activations,
-        )
+    resolve_placement(device, dtype, device_map)  # a bad placement is one line before any process starts
+    args = (settings, out, resume, time_budget, trust_remote_code, (device, dtype, device_map), checkpoint_activations)
+    if num_processes > 1:
+        state = launch(num_processes, train_rank, *args, timeout_s=rank_timeout)
+    else:
+        with joined_ranks(rank_timeout) as ranks:  # one process, or one of those torchrun started
+            state = train_rank(ranks, *args)
+            if not ranks.is_main:
+                return
     table = Table(title=f"held-out blocks, last {scored} predictions")
     for column in ("routing", "KL to dense", "top-1 agreement", "perplexity"):
         table.add_column(column)
@@ -147,3 +168,37 @@ def train(
         table.add_row(label, f"{row['kl']:.4f}", f"{row['top1_agreement']:.1%}", f"{row['perplexity']:.2f}")
     console.print(table)
     console.print(f"run folder: {out} (ftp_config.json + router.safetensors; {out / REPORT_MD})")
+
+
+def train_rank(
+    ranks: Ranks,
+    settings: RunSettings,
+    out: Path,
+    resume: bool,
+    time_budget: float | None,
+    trust_remote_code: bool,
+    placement_options: tuple[str, str, str | None] = ("auto", "fp32", None),
+    checkpoint_activations: bool = False,
+) -> dict[str, Any]:
+    """One process's share of `train`; rank 0 alone shows progress (and, in the pipeline, writes).
+
+    The placement is resolved here, in the process, after its rank has made its own GPU the
+    current one, so `--device auto` or `cuda` gives each process its own GPU.
+    """
+    from ftp_deploy.placement import memory_errors, resolve_placement
+    from ftp_deploy.training.pipeline import run_training
+
+    placement = resolve_placement(*placement_options)
+    progress_context = RichProgress() if ranks.is_main else nullcontext(NO_PROGRESS)
+    with progress_context as progress, memory_errors(MEMORY_OPTIONS):
+        return run_training(
+            settings,
+            out,
+            resume=resume,
+            time_budget=time_budget,
+            progress=progress,
+            trust_remote_code=trust_remote_code,
+            placement=placement,
+            checkpoint_activations=checkpoint_activations,
+            ranks=ranks,
+        )

@@ -14,6 +14,7 @@ from ftp_deploy.scored import SCORED_POSITIONS
 
 SELF_SOURCE = "self"
 CALIBRATION_TEXT = "calibration_text"  # under the data root
+RANK_TIMEOUT_S = 600.0  # how long a process of a multi-process run waits for the others
 
 
 def default_source() -> str:

@@ -20,13 +20,16 @@ def static_keep(attention_mask: torch.Tensor, schedule: Schedule) -> list[torch.
     return [select_topk(scores, schedule.kept(block, seq_len)).keep_mask(seq_len) for block in range(len(schedule))]
 
 
-def guide_loss(router_logits: list[torch.Tensor], targets: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
-    """Mean BCE between keep probabilities and the static decisions, over valid tokens and blocks."""
+def guide_losses(router_logits: list[torch.Tensor], targets: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+    """[L] mean BCE between keep probabilities and the static decisions over valid tokens, per block.
+
+    The guide loss is their mean over blocks.
+    """
     losses = [
         F.binary_cross_entropy_with_logits(logits[valid], target[valid].float())
         for logits, target in zip(router_logits, targets, strict=True)
     ]
-    return torch.stack(losses).mean()
+    return torch.stack(losses)
 
 
 def soft_sparsity(router_logits: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,10 @@ The phases follow FTP_SPEC section 5's workflow: (1) a genetic schedule search w
 static router, (2) router training on that schedule, (3) a shorter search around it with
 the trained router. Each finished phase is recorded in run.json, and training checkpoints
 every few steps, so `resume=True` picks up where an interrupted run stopped.
+
+Several processes (`ranks`) share the work: the searches' fitness evaluations and the
+training batches are split over them, every decision is the same on every rank, and only
+rank 0 reads and writes the run folder and scores the held-out blocks at the end.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ftp_deploy.router import FactorRouter, RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.budget import TimeBudget
 from ftp_deploy.training.data import TokenData, load_token_data
+from ftp_deploy.training.ranks import ONE_PROCESS, Ranks
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.report import write_report
 from ftp_deploy.training.runfolder import RunFolder, storage
@@ -49,6 +54,7 @@ def run_training(
     trust_remote_code: bool = False,
     placement: Placement = CPU,
     checkpoint_activations: bool = False,
+    ranks: Ranks = ONE_PROCESS,
 ) -> dict[str, Any]:
     """Train a router into `out` and return the run state; `time_budget` is in minutes.
 
@@ -56,10 +62,12 @@ def run_training(
     been checked. `on_step` sees every training step's metrics (tests use it to stop a run).
     `placement` and `checkpoint_activations` change where and how the frozen model computes,
     not what the run is: a run may resume with others.
+    Every rank of a multi-process run calls this with the same arguments and its own `ranks`.
     """
     budget = TimeBudget(time_budget)
-    folder = RunFolder(out)
-    state = _resumed_state(folder, settings) if resume else _new_run(folder)
+    ranks.share(settings.train.batch_size)  # refuses a global batch too small to share, before any work
+    folder = RunFolder(out, writes=ranks.is_main)
+    state = ranks.from_main(lambda: _resumed_state(folder, settings) if resume else _new_run(folder))
     if state.get("finished"):
         progress.note(f"{out} already holds a finished run; nothing to do")
         return state
@@ -67,22 +75,26 @@ def run_training(
         loaded = load_base_model(settings.model, placement, trust_remote_code=trust_remote_code)
     _check_model(state, loaded, out)
     with progress.phase(f"read {settings.data}"):
-        data = load_token_data(
-            settings.data,
-            loaded.tokenizer,
-            settings.data_config,
-            settings.seed,
-            lambda count, seq_len, seed: self_sampled_blocks(
-                loaded.model, loaded.tokenizer, loaded.ref, count, seq_len, seed
-            ),
+        data = ranks.from_main(
+            lambda: load_token_data(
+                settings.data,
+                loaded.tokenizer,
+                settings.data_config,
+                settings.seed,
+                lambda count, seq_len, seed: self_sampled_blocks(
+                    loaded.model, loaded.tokenizer, loaded.ref, count, seq_len, seed
+                ),
+            )
         )
     _check_data(state, data, out)
     state.update(settings=settings.to_json(), model=loaded.ref.to_json(), data=data.describe())
     state["placement"] = placement.to_json()  # of this invocation: a run may resume on other hardware
     state.setdefault("phases", {})
     folder.write_state(state)
-    run = _Run(settings, folder, state, loaded, data, budget, progress, on_step, checkpoint_activations)
-    run.finish(run.train_and_tune())
+    run = _Run(settings, folder, state, loaded, data, budget, progress, on_step, ranks, checkpoint_activations)
+    outcome = run.train_and_tune()
+    if ranks.is_main:
+        run.finish(outcome)
     return state
 
 
@@ -134,6 +146,7 @@ class _Run:
         budget: TimeBudget,
         progress: Progress,
         on_step: StepHook | None,
+        ranks: Ranks,
         checkpoint_activations: bool = False,
     ) -> None:
         self.settings = settings
@@ -147,6 +160,7 @@ class _Run:
         self.budget = budget
         self.progress = progress
         self.on_step = on_step
+        self.ranks = ranks
         seq_len = settings.data_config.seq_len
         weights = dense_block_weights(self.base.config, seq_len)
         self.space = ScheduleSpace(settings.sparsity, weights, settings.s_max, settings.monotone_schedules)
@@ -196,8 +210,9 @@ class _Run:
                 start,
                 config,
                 self.settings.seed + SEARCH_PHASES.index(phase),
-                should_stop=lambda: self.budget.over(phase),
+                should_stop=lambda: self.ranks.agree(self.budget.over(phase)),
                 on_generation=record,
+                ranks=self.ranks,
             )
         self.phases[phase] = {**result.to_json(), "seconds": time.monotonic() - began}
         self.folder.write_state(self.state)
@@ -219,12 +234,14 @@ class _Run:
             self.settings.losses,
             new_router(self.settings.seed),
             self.settings.seed,
+            self.ranks,
             checkpoint_activations=self.checkpoint_activations,
         )
         if "checkpoint" in phase:
-            trainer.load_state_tensors(self.folder.load_checkpoint(phase["checkpoint"]), phase["checkpoint"]["step"])
+            tensors = self.ranks.from_main(lambda: self.folder.load_checkpoint(phase["checkpoint"]))
+            trainer.load_state_tensors(tensors, phase["checkpoint"]["step"])
         else:
-            phase["validation"] = [[0, trainer.validate(self.calibration.kl)]]
+            phase["validation"] = [[0, trainer.validate(self._calibration_kl)]]
         if not phase.get("done"):
             self._train_steps(trainer, phase)
         trainer.use_best()
@@ -235,11 +252,11 @@ class _Run:
         self.folder.keep_metrics(lambda r: r["phase"] != "train" or r["step"] < trainer.step)
         began, seconds_before = time.monotonic(), phase["seconds"]
         with self.progress.phase("router training", settings.steps, completed=trainer.step) as advance:
-            while trainer.step < settings.steps and not self.budget.over("train"):
+            while trainer.step < settings.steps and not self.ranks.agree(self.budget.over("train")):
                 metrics = trainer.train_step()
                 self.folder.append_metrics(metrics.to_json())
                 if trainer.step % settings.eval_every == 0:
-                    phase["validation"].append([trainer.step, trainer.validate(self.calibration.kl)])
+                    phase["validation"].append([trainer.step, trainer.validate(self._calibration_kl)])
                 advance(
                     status=f"loss {metrics.loss:.4f}  KL {metrics.distill:.4f}  guide w {metrics.guide_weight:.2f}  "
                     f"sparsity {metrics.hard_sparsity:.3f} (soft {metrics.soft_sparsity:.3f})  "
@@ -251,7 +268,7 @@ class _Run:
                     phase["seconds"] = seconds_before + time.monotonic() - began
                     self._checkpoint(trainer, phase)
         if phase["validation"][-1][0] != trainer.step:
-            phase["validation"].append([trainer.step, trainer.validate(self.calibration.kl)])
+            phase["validation"].append([trainer.step, trainer.validate(self._calibration_kl)])
         phase.update(
             done=True,
             seconds=seconds_before + time.monotonic() - began,
@@ -259,6 +276,10 @@ class _Run:
             best_step=trainer.best_step,
         )
         self._checkpoint(trainer, phase)
+
+    def _calibration_kl(self, routed: RoutedModel) -> float:
+        """The validation of a router during training: the calibration chunks shared over the ranks."""
+        return self.calibration.kl(routed, self.ranks)
 
     def _checkpoint(self, trainer: RouterTrainer, phase: dict[str, Any]) -> None:
         phase["checkpoint"] = self.folder.save_checkpoint(trainer.step, trainer.state_tensors())

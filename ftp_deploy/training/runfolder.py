@@ -3,6 +3,9 @@
 Every file is written atomically, and a checkpoint's tensors are written before the
 `run.json` that names them (with their sha256), so a run killed at any point, or a disk
 that fills up, leaves the folder at its last complete checkpoint.
+
+In a multi-process run only rank 0 writes: the other ranks hold a `RunFolder(path, writes=False)`,
+whose writing methods do nothing, so the phases run the same code on every rank.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ RUN_FORMAT_VERSION = 1
 
 
 class RunFolder:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writes: bool = True) -> None:
         self.path = path
+        self.writes = writes
 
     @property
     def metrics_path(self) -> Path:
@@ -55,11 +59,15 @@ class RunFolder:
         return state
 
     def write_state(self, state: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         header = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION}
         with storage(self.path / RUN_FILE):
             atomic_write_json(self.path / RUN_FILE, {**header, **state})
 
     def append_metrics(self, record: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         with storage(self.metrics_path), open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -77,6 +85,8 @@ class RunFolder:
 
     def keep_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Drop the records of work a resumed run will redo."""
+        if not self.writes:
+            return
         kept = [json.dumps(r) + "\n" for r in self.read_metrics() if keep(r)]
         with storage(self.metrics_path):
             atomic_write_text(self.metrics_path, "".join(kept))
@@ -84,6 +94,8 @@ class RunFolder:
     def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Write step `step`'s tensors; the caller then records the returned entry in run.json."""
         name = f"{CHECKPOINT_DIR}/step-{step:07d}.safetensors"
+        if not self.writes:
+            return {"step": step, "file": name}
         path = self.path / name
         with storage(path):
             atomic_write_bytes(path, save_safetensors(tensors))
@@ -99,6 +111,8 @@ class RunFolder:
             raise ArtifactError(f"checkpoint {path} could not be read: {err}") from err
 
     def remove_checkpoints_except(self, entry: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         for path in (self.path / CHECKPOINT_DIR).glob("step-*.safetensors"):
             if path.name != Path(str(entry["file"])).name:
                 path.unlink(missing_ok=True)

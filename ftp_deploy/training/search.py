@@ -16,6 +16,7 @@ import numpy as np
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 from ftp_deploy.schedule import DEFAULT_S_MAX, Schedule, check_sparsity
 from ftp_deploy.training.config import SearchConfig
+from ftp_deploy.training.ranks import ONE_PROCESS, Ranks
 
 Fitness = Callable[[Schedule], float]
 
@@ -123,12 +124,15 @@ def genetic_search(
     seed: int,
     should_stop: Callable[[], bool] = lambda: False,
     on_generation: Callable[[Generation], None] = lambda g: None,
+    ranks: Ranks = ONE_PROCESS,
 ) -> SearchResult:
     """Minimize `fitness` over `space`; the start schedule is always in the first population.
 
-    Fitness values are cached per genome, so elites are never re-evaluated. `should_stop` is
-    asked before each evaluation after the start's; once it answers True the best genome so
-    far is returned.
+    Fitness values are cached per genome, so elites are never re-evaluated. A generation's new
+    genomes are scored in rounds of one genome per rank (`ranks.map`); every rank gets every
+    value and so breeds the same next generation. `should_stop` is asked before each round
+    after the start's (with several ranks it must answer alike on all of them); once it
+    answers True the best genome so far is returned.
     """
     rng = np.random.default_rng(seed)
     base = np.asarray(start.thousandths, dtype=np.float64)
@@ -138,25 +142,29 @@ def genetic_search(
     cache: dict[tuple[int, ...], float] = {}
     result = SearchResult(best=space.schedule(population[0]), best_fitness=float("inf"), start_fitness=float("nan"))
 
-    def score(genome: np.ndarray, may_stop: bool = True) -> float:
-        key = tuple(int(n) for n in genome)
-        if key not in cache:
+    def score(genomes: list[np.ndarray], may_stop: bool = True) -> list[float]:
+        keys = [tuple(int(n) for n in genome) for genome in genomes]
+        fresh = [key for key in dict.fromkeys(keys) if key not in cache]
+        for first in range(0, len(fresh), ranks.world):
             if may_stop and should_stop():
                 raise _Stop
-            cache[key] = fitness(space.schedule(genome))
-            result.evaluations += 1
-            if cache[key] < result.best_fitness:
-                result.best, result.best_fitness = space.schedule(genome), cache[key]
-        return cache[key]
+            batch = fresh[first : first + ranks.world]
+            values = ranks.map(fitness, [space.schedule(np.asarray(key)) for key in batch])
+            for key, value in zip(batch, values, strict=True):
+                cache[key] = value
+                result.evaluations += 1
+                if value < result.best_fitness:
+                    result.best, result.best_fitness = space.schedule(np.asarray(key)), value
+        return [cache[key] for key in keys]
 
     # The start is always scored, so even a search stopped at once returns a measured schedule.
-    result.start_fitness = score(population[0], may_stop=False)
+    result.start_fitness = score(population[:1], may_stop=False)[0]
     scores: list[float] = []
     try:
         for index in range(config.generations):
             if index:
                 population = _breed(population, scores, space, config, rng)
-            scores = [score(g) for g in population]
+            scores = score(population)
             generation = Generation(index, min(scores), float(np.mean(scores)), list(result.best.thousandths))
             result.history.append(generation)
             on_generation(generation)

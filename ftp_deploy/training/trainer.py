@@ -20,7 +20,8 @@ from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import FACTOR_NAMES, FactorRouter, RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.config import TrainConfig
-from ftp_deploy.training.losses import LossWeights, guide_loss, soft_sparsity, sparsity_loss, static_keep
+from ftp_deploy.training.losses import LossWeights, guide_losses, soft_sparsity, sparsity_loss, static_keep
+from ftp_deploy.training.ranks import ONE_PROCESS, Ranks
 
 ROUTER_PREFIX = "router."
 OPTIMIZER_PREFIX = "optimizer."
@@ -76,7 +77,12 @@ def new_router(seed: int, slope: float = INIT_SLOPE) -> FactorRouter:
 
 
 class RouterTrainer:
-    """Trains `router` over a frozen base model on `blocks` [N, T]; the step count lives here."""
+    """Trains `router` over a frozen base model on `blocks` [N, T]; the step count lives here.
+
+    With several `ranks`, each rank runs its share of every global batch and the router's
+    gradients are summed over the ranks before each update, so every rank holds the router
+    one process would train on the whole global batch (to rounding).
+    """
 
     def __init__(
         self,
@@ -87,6 +93,7 @@ class RouterTrainer:
         weights: LossWeights,
         router: FactorRouter,
         seed: int,
+        ranks: Ranks = ONE_PROCESS,
         checkpoint_activations: bool = False,
     ) -> None:
         for parameter in base.parameters():
@@ -98,6 +105,7 @@ class RouterTrainer:
         self.config = config
         self.weights = weights
         self.seed = seed
+        self.ranks = ranks
         self.router = router
         self.routed = RoutedModel(base, schedule, ROUTER_SPEC, router=router, checkpoint_blocks=checkpoint_activations)
         self.optimizer = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -122,7 +130,7 @@ class RouterTrainer:
         self.router.load_state_dict(self.best_state)
 
     def batch(self, step: int) -> torch.Tensor:
-        """Blocks of `step`: epochs of seeded permutations, so any step's batch is known without replay."""
+        """The global batch of `step`: epochs of seeded permutations, so any step's batch is known without replay."""
         count = self.blocks.shape[0]
         first = step * self.config.batch_size
         picks = []
@@ -133,22 +141,26 @@ class RouterTrainer:
         return self.blocks[picks]
 
     def train_step(self) -> StepMetrics:
-        ids = self.batch(self.step)
+        """One update on this rank's share of the step's global batch; the metrics are the global batch's."""
+        ids = self.batch(self.step)[self.ranks.share(self.config.batch_size)]
         mask = torch.ones_like(ids)
         valid = mask.bool()
+        tokens = int(valid.sum())
         scored = self.config.scored
+        mean = self.ranks.global_mean
         dense = dense_log_probs(self.base, ids, scored)
         out = self.routed(ids, mask, mode="masked", gate_gradient=True, logits_to_keep=logits_to_keep(scored))
-        distill = kl_to_dense(dense, scored_logits(out.logits, scored))
-        guide = guide_loss(out.router_logits, static_keep(mask, self.schedule), valid)
-        soft = soft_sparsity(out.router_logits, valid)
+        distill = mean(kl_to_dense(dense, scored_logits(out.logits, scored)), ids.shape[0])
+        guide = mean(guide_losses(out.router_logits, static_keep(mask, self.schedule), valid), tokens).mean()
+        soft = mean(soft_sparsity(out.router_logits, valid), tokens)
         penalty = sparsity_loss(soft, self.schedule)
         guide_weight = self.weights.guide_weight(self.step, self.config.steps)
         loss = guide_weight * guide + self.weights.sparsity * penalty + self.weights.distill * distill
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._sum_gradients()
         self.optimizer.step()
-        hard = torch.stack([1 - keep[valid].float().mean() for keep in out.keep]).mean()
+        hard = mean(torch.stack([1 - keep[valid].float().mean() for keep in out.keep]), tokens).mean()
         metrics = StepMetrics(
             step=self.step,
             loss=float(loss.detach()),
@@ -161,6 +173,15 @@ class RouterTrainer:
         )
         self.step += 1
         return metrics
+
+    def _sum_gradients(self) -> None:
+        """Each rank's gradient is its share's part of the global loss's: their sum is the whole."""
+        if self.ranks.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.router.parameters()]
+        flat = self.ranks.sum_(torch.cat([g.reshape(-1) for g in grads]))
+        for parameter, part in zip(self.router.parameters(), flat.split([g.numel() for g in grads]), strict=True):
+            parameter.grad = part.view_as(parameter)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Router weights, AdamW moments and the best router so far, flat and named, for safetensors."""
