@@ -136,8 +136,6 @@ def _with_past_record(loaded: Any, spec: ExportSpec, folder: Path) -> WithPastRe
     """Save the tokenizer (with its chat template) and generation config beside the graphs, so the
     folder alone can generate; returns what the generator needs to know."""
     before = {path.name for path in folder.iterdir()}
-    # Generation appends at the end of every row: prompts of a batch are padded on the left.
-    loaded.tokenizer.padding_side = "left"
     loaded.tokenizer.save_pretrained(folder)
     loaded.model.generation_config.save_pretrained(folder)
     written = sorted({path.name for path in folder.iterdir()} - before)
