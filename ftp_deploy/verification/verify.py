@@ -257,7 +257,7 @@ def decode_skipped(artifact: ExportedArtifact, runtime: str, steps: int) -> str:
     if steps == 0:
         return "decode not checked: --decode-steps 0"
     if manifest.with_past is None:
-        return f"decode not checked: {artifact.folder} is prefill-only (export with --with-past to generate)"
+        return "decode not checked: a prefill-only export (export --with-past to generate)"
     if runtime != "onnxrt":
         return f"decode not checked: the {runtime} runtime has no decode loop here (onnxrt has)"
     if manifest.dtype not in CPU_NATIVE_DTYPES:
