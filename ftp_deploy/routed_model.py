@@ -90,7 +90,11 @@ class TokenFacts:
 
 
 def token_facts(
-    rotary_emb: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, always_mask: bool
+    rotary_emb: nn.Module,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    always_mask: bool,
+    sink_fraction: float = 0.0,
 ) -> TokenFacts:
     """Positions (among valid tokens), forced keeps and rotary tables of a batch.
 
@@ -103,7 +107,7 @@ def token_facts(
         attention_mask=attention_mask,
         valid=attention_mask.bool(),
         positions=positions,
-        forced=forced_keep_mask(attention_mask),
+        forced=forced_keep_mask(attention_mask, sink_fraction),
         cos=cos,
         sin=sin,
         padded=always_mask or not bool(attention_mask.bool().all()),
@@ -232,7 +236,9 @@ class RoutedModel(nn.Module):
         return BlockStep(hidden, selection, attention_score, raw)
 
     def token_facts(self, hidden: torch.Tensor, attention_mask: torch.Tensor, always_mask: bool) -> TokenFacts:
-        return token_facts(self.base.model.rotary_emb, hidden, attention_mask, always_mask)
+        return token_facts(
+            self.base.model.rotary_emb, hidden, attention_mask, always_mask, self.router_spec.sink_fraction
+        )
 
     def _raw_scores(
         self, block: int, tokens: TokenFacts, attention_score: torch.Tensor, sparsity: float | torch.Tensor

@@ -43,13 +43,23 @@ def first_valid_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), arange, seq_len).min(dim=1).values
 
 
-def forced_keep_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """The first valid token (the attention sink) and the last valid one, kept in every block."""
+def forced_keep_mask(attention_mask: torch.Tensor, sink_fraction: float = 0.0) -> torch.Tensor:
+    """The first valid token (the attention sink) and the last valid one, kept in every block.
+
+    `sink_fraction` > 0 also keeps the first `ceil(sink_fraction * valid tokens)` valid tokens:
+    a longer attention-sink prefix, which the static order (x_0, then the most recent tokens)
+    otherwise drops first.
+    """
     seq_len = attention_mask.shape[1]
     arange = torch.arange(seq_len, device=attention_mask.device).unsqueeze(0)
     first = first_valid_index(attention_mask).unsqueeze(1)
     last = last_valid_index(attention_mask).unsqueeze(1)
-    return (arange == first) | (arange == last)
+    forced = (arange == first) | (arange == last)
+    if sink_fraction > 0:
+        valid = attention_mask.bool()
+        sink = torch.ceil(valid.sum(1, keepdim=True).float() * sink_fraction)
+        forced = forced | (valid & ((arange - first).float() < sink))
+    return forced
 
 
 def routing_scores(raw: torch.Tensor, attention_mask: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,11 @@ def new_router(seed: int, slope: float = INIT_SLOPE) -> FactorRouter:
 
 
 class RouterTrainer:
-    """Trains `router` over a frozen base model on `blocks` [N, T]; the step count lives here."""
+    """Trains `router` over a frozen base model on `blocks` [N, T]; the step count lives here.
+
+    `spec`'s sink prefix is kept in every block and is part of the guide loss's targets, so the
+    router starts from, and is guided towards, the static routing with that prefix.
+    """
 
     def __init__(
         self,
@@ -87,6 +91,7 @@ class RouterTrainer:
         weights: LossWeights,
         router: FactorRouter,
         seed: int,
+        spec: RouterSpec = ROUTER_SPEC,
     ) -> None:
         for parameter in base.parameters():
             parameter.requires_grad_(False)
@@ -98,7 +103,8 @@ class RouterTrainer:
         self.weights = weights
         self.seed = seed
         self.router = router
-        self.routed = RoutedModel(base, schedule, ROUTER_SPEC, router=router)
+        self.spec = spec
+        self.routed = RoutedModel(base, schedule, spec, router=router)
         self.optimizer = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.best_kl = float("inf")
@@ -139,7 +145,7 @@ class RouterTrainer:
         dense = dense_log_probs(self.base, ids, scored)
         out = self.routed(ids, mask, mode="masked", gate_gradient=True, logits_to_keep=logits_to_keep(scored))
         distill = kl_to_dense(dense, scored_logits(out.logits, scored))
-        guide = guide_loss(out.router_logits, static_keep(mask, self.schedule), valid)
+        guide = guide_loss(out.router_logits, static_keep(mask, self.schedule, self.spec.sink_fraction), valid)
         soft = soft_sparsity(out.router_logits, valid)
         penalty = sparsity_loss(soft, self.schedule)
         guide_weight = self.weights.guide_weight(self.step, self.config.steps)
