@@ -36,6 +36,7 @@ from ftp_deploy.routing import (
     Selection,
     additive_mask,
     compact_allowed,
+    demote_skipped,
     forced_keep_mask,
     routing_scores,
     select_threshold,
@@ -173,6 +174,7 @@ class RoutedModel(nn.Module):
         hidden = backbone.embed_tokens(input_ids)
         tokens = self.token_facts(hidden, attention_mask, always_mask)
         attention_score = torch.ones_like(tokens.positions, dtype=torch.float32)
+        live = tokens.valid if self.routing_mode == "monotone" else None
         out = RoutedOutput(logits=hidden)
         for block, layer in enumerate(self.layers):
             step = self.run_block(
@@ -186,11 +188,14 @@ class RoutedModel(nn.Module):
                 mode=mode,
                 gate_gradient=gate_gradient,
                 cache=cache,
+                live=live,
             )
             hidden, attention_score = step.hidden, step.attention_score
             if step.raw is not None and self.router is not None:
                 out.router_logits.append(step.raw)
             out.keep.append(step.selection.keep_mask(hidden.shape[1]))
+            if live is not None:
+                live = live & out.keep[-1]
             out.indices.append(step.selection.indices)
             if return_block_outputs:
                 out.block_outputs.append(hidden)
@@ -212,17 +217,21 @@ class RoutedModel(nn.Module):
         mode: str = "compact",
         gate_gradient: bool = False,
         cache: RoutedCache | None = None,
+        live: torch.Tensor | None = None,
     ) -> BlockStep:
         """One routed decoder block: scores, selection, the block on its kept tokens, the factor update.
 
         `sparsity_num` (thousandths) sets the kept count and `sparsity` is the router's
         required-sparsity factor; the exporter traces one block with them as parameters and
-        instantiates the graph for every layer. `block` seeds the random router only.
+        instantiates the graph for every layer. `block` seeds the random router only. `live`
+        (monotone routing) marks the tokens every earlier block kept.
         """
         raw = self._raw_scores(block, tokens, attention_score, sparsity)
         scores = routing_scores(
             raw if raw is not None else static_scores(tokens.positions), tokens.attention_mask, tokens.forced
         )
+        if live is not None:
+            scores = demote_skipped(scores, live, tokens.valid)
         if mode == "compact":
             hidden, selection, compact_in = self._compact_block(layer, sparsity_num, hidden, scores, raw, tokens, cache)
         elif cache is not None:

@@ -8,7 +8,9 @@ import torch
 
 from ftp_deploy.plugins.token_compaction.reference import select_top_rows
 
-ROUTING_MODES = ("topk", "threshold")
+# monotone: top-k, but a token that skipped a block ranks below every live token afterwards, so it
+# stays out (unless a later block keeps more tokens than are live): no stale re-entry.
+ROUTING_MODES = ("topk", "threshold", "monotone")
 # Finite, so fp16/bf16 exports never see inf - inf; far above any router logit.
 FORCED_SCORE = 1.0e6
 
@@ -67,6 +69,16 @@ def routing_scores(raw: torch.Tensor, attention_mask: torch.Tensor, forced: torc
     scores = raw.float().clamp(-FORCED_SCORE / 2, FORCED_SCORE / 2)
     scores = torch.where(forced, torch.full_like(scores, FORCED_SCORE), scores)
     return torch.where(attention_mask.bool(), scores, torch.full_like(scores, -FORCED_SCORE))
+
+
+def demote_skipped(scores: torch.Tensor, live: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Scores (from `routing_scores`) with valid tokens not `live` below every live token, above padding.
+
+    Live scores are at least -FORCED_SCORE / 2 and padding's is -FORCED_SCORE; the demoted ones
+    land in between (-0.8125 to -0.6875 x FORCED_SCORE), still in their own order.
+    """
+    demoted = scores.clamp(-FORCED_SCORE / 2, FORCED_SCORE / 2) / 8 - 0.75 * FORCED_SCORE
+    return torch.where(live | ~valid, scores, demoted)
 
 
 def select_topk(scores: torch.Tensor, kept: int) -> Selection:

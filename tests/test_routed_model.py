@@ -216,3 +216,25 @@ def test_sink_prefix_is_kept_in_every_block_and_masked_agrees_with_compact(paddi
 def test_sink_fraction_must_leave_tokens_to_route() -> None:
     with pytest.raises(ConfigError, match="attention-sink fraction"):
         RouterSpec(kind="static", sink_fraction=1.0)
+
+
+@pytest.mark.parametrize("padding", [None, "left"])
+def test_monotone_routing_never_lets_a_skipped_token_reenter(padding: str | None) -> None:
+    rising = (0.1, 0.3, 0.3, 0.5)
+    ids, mask = random_batch(2, 30, padding)
+    # The learned router with attention factors re-admits tokens under top-k routing ...
+    found, base = {}, tiny_model("llama")
+    for mode in ("topk", "monotone"):
+        torch.manual_seed(3)  # a random router whose attention factors matter (23 re-entries in topk mode)
+        model = RoutedModel(base, Schedule.from_sparsities(rising), RouterSpec(kind="learned"), mode)
+        with torch.no_grad():
+            found[mode] = model(ids, mask)
+            masked = model(ids, mask, mode="masked")
+        assert torch.allclose(found[mode].logits, masked.logits, atol=1e-4)
+    assert reentries(found["topk"].keep, mask.bool())[0] > 0
+    # ... and under monotone routing it keeps the same counts without any re-entry.
+    assert reentries(found["monotone"].keep, mask.bool())[0] == 0
+    for topk_keep, monotone_keep in zip(found["topk"].keep, found["monotone"].keep, strict=True):
+        assert torch.equal((topk_keep & mask.bool()).sum(1), (monotone_keep & mask.bool()).sum(1))
+    # The first block has no earlier skips: both modes choose alike there.
+    assert torch.equal(found["topk"].keep[0], found["monotone"].keep[0])
