@@ -16,23 +16,20 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WIKITEXT, wikitext_windows, write_json
+from common import WIKITEXT, calibration_data, wikitext_windows, write_json
 
-from ftp_deploy.data_root import data_file
 from ftp_deploy.evaluation.stats import describe
 from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.training.config import CALIBRATION_TEXT, DataConfig, LossWeights, TrainConfig
-from ftp_deploy.training.data import load_token_data
+from ftp_deploy.training.config import LossWeights, TrainConfig
 from ftp_deploy.training.heldout import scores_from_totals
 from ftp_deploy.training.importance import fit_router, importance_batch
 from ftp_deploy.training.reference import DenseReference
@@ -62,9 +59,7 @@ def main() -> None:
     base = loaded.model
     for parameter in base.parameters():
         parameter.requires_grad_(False)
-    data = load_token_data(
-        str(data_file(CALIBRATION_TEXT)), loaded.tokenizer, DataConfig(seq_len=args.seq_len), args.seed, _no_self
-    )
+    data = calibration_data(loaded.tokenizer, args.seq_len, args.seed)
     uniform = Schedule.uniform(args.sparsity, base.config.num_hidden_layers)
     spec = RouterSpec(kind="learned", sink_fraction=args.sink_fraction)
     scored = TrainConfig.scored
@@ -128,10 +123,6 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
         },
     )
-
-
-def _no_self(count: int, seq_len: int, seed: int) -> Any:
-    raise SystemExit("this benchmark reads the calibration text, not the model's own samples")
 
 
 if __name__ == "__main__":
