@@ -10,10 +10,12 @@ import torch
 
 from ftp_deploy.data_root import data_file
 from ftp_deploy.timing import interleaved_times, summarize
+from ftp_deploy.training.config import CALIBRATION_TEXT, DataConfig
+from ftp_deploy.training.data import TokenData, load_token_data
 
 WIKITEXT = data_file("wikitext2/wiki.test.raw")
 
-__all__ = ["WIKITEXT", "interleaved_times", "summarize", "wikitext_windows", "write_json"]
+__all__ = ["WIKITEXT", "calibration_data", "interleaved_times", "summarize", "wikitext_windows", "write_json"]
 
 
 def write_json(path: Path | None, figures: dict[str, Any]) -> None:
@@ -29,3 +31,12 @@ def wikitext_windows(tokenizer: object, count: int, length: int) -> torch.Tensor
     windows = ids[: ids.numel() // length * length].view(-1, length)
     picks = torch.linspace(0, windows.shape[0] - 1, count).round().long()
     return windows[picks]
+
+
+def calibration_data(tokenizer: Any, seq_len: int, seed: int) -> TokenData:
+    """The training blocks `ftp-deploy train` reads by default (the calibration text), split as it splits them."""
+
+    def no_self(count: int, length: int, seed: int) -> torch.Tensor:
+        raise SystemExit("the calibration text is read here, not the model's own samples")
+
+    return load_token_data(str(data_file(CALIBRATION_TEXT)), tokenizer, DataConfig(seq_len=seq_len), seed, no_self)

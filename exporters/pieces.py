@@ -70,6 +70,7 @@ class Prologue(nn.Module):
         self.rotary_emb = routed.base.model.rotary_emb
         self.dense = dense
         self.learned = learned
+        self.sink_fraction = routed.router_spec.sink_fraction
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -79,7 +80,7 @@ class Prologue(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         hidden = self.embed_tokens(input_ids)
-        facts = token_facts(self.rotary_emb, hidden, attention_mask, always_mask=True)
+        facts = token_facts(self.rotary_emb, hidden, attention_mask, always_mask=True, sink_fraction=self.sink_fraction)
         outputs = (hidden, facts.positions, facts.forced, facts.cos, facts.sin)
         if self.dense:
             # The dense model's mask is the same for every layer: built once, as HF's model does.

@@ -136,6 +136,7 @@ def load_artifact(folder: Path) -> RoutedArtifact:
             hidden=int(router_data["hidden"]),
             attention_window=int(router_data["attention_window"]),
             seed=int(router_data.get("seed", 0)),
+            sink_fraction=float(router_data.get("sink_fraction", 0.0)),
         )
         routing_mode = str(config["routing_mode"])
         files = dict(config.get("files", {}))

@@ -9,7 +9,7 @@ predictions. A forward computes `scored + 1` logits (`logits_to_keep`) and drops
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,10 +35,15 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def kl_per_row(dense_log_probs: torch.Tensor, routed_logits: torch.Tensor) -> torch.Tensor:
+    """[B] mean over each sequence's scored positions of KL(dense || routed)."""
+    routed = log_probs(routed_logits)
+    return (dense_log_probs.exp() * (dense_log_probs - routed)).sum(-1).mean(-1)
+
+
 def kl_to_dense(dense_log_probs: torch.Tensor, routed_logits: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(dense || routed); differentiable in `routed_logits`."""
-    routed = log_probs(routed_logits)
-    return (dense_log_probs.exp() * (dense_log_probs - routed)).sum(-1).mean()
+    return kl_per_row(dense_log_probs, routed_logits).mean()
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -48,19 +53,25 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Fidelity:
-    """Running totals over batches; `add` takes scored logits, `summary` gives the figures."""
+    """Running totals over batches; `add` takes scored logits, `summary` gives the figures.
+
+    `window_kl` keeps each sequence's KL, the unit that paired comparisons resample.
+    """
 
     positions: int = 0
     kl_sum: float = 0.0
     agree_sum: int = 0
     dense_nll_sum: float = 0.0
     routed_nll_sum: float = 0.0
+    window_kl: list[float] = field(default_factory=list)
 
     def add(self, dense_logits: torch.Tensor, routed_logits: torch.Tensor, targets: torch.Tensor) -> None:
         count = targets.numel()
         dense = log_probs(dense_logits)
         self.positions += count
-        self.kl_sum += float(kl_to_dense(dense, routed_logits)) * count
+        rows = kl_per_row(dense, routed_logits)
+        self.window_kl += rows.tolist()
+        self.kl_sum += float(rows.mean()) * count
         self.agree_sum += int((dense_logits.argmax(-1) == routed_logits.argmax(-1)).sum())
         self.dense_nll_sum += float(-dense.gather(-1, targets.unsqueeze(-1)).sum())
         self.routed_nll_sum += float(token_nll(routed_logits, targets).sum())

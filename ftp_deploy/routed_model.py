@@ -40,6 +40,7 @@ from ftp_deploy.routing import (
     Selection,
     additive_mask,
     compact_allowed,
+    demote_skipped,
     forced_keep_mask,
     routing_scores,
     select_threshold,
@@ -98,7 +99,11 @@ class TokenFacts:
 
 
 def token_facts(
-    rotary_emb: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, always_mask: bool
+    rotary_emb: nn.Module,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    always_mask: bool,
+    sink_fraction: float = 0.0,
 ) -> TokenFacts:
     """Positions (among valid tokens), forced keeps and rotary tables of a batch.
 
@@ -111,7 +116,7 @@ def token_facts(
         attention_mask=attention_mask,
         valid=attention_mask.bool(),
         positions=positions,
-        forced=forced_keep_mask(attention_mask),
+        forced=forced_keep_mask(attention_mask, sink_fraction),
         cos=cos,
         sin=sin,
         padded=always_mask or not bool(attention_mask.bool().all()),
@@ -190,6 +195,7 @@ class RoutedModel(nn.Module):
         hidden = backbone.embed_tokens(_to(input_ids, first))
         tokens = self.token_facts(hidden, _to(attention_mask, first), always_mask)
         attention_score = torch.ones_like(tokens.positions, dtype=torch.float32)
+        live = tokens.valid if self.routing_mode == "monotone" else None
         out = RoutedOutput(logits=hidden)
         run_block = self.run_block
         if self.checkpoint_blocks and torch.is_grad_enabled():
@@ -198,6 +204,7 @@ class RoutedModel(nn.Module):
             device = module_device(layer)
             if hidden.device != device:  # the next GPU of a device map
                 hidden, attention_score, tokens = hidden.to(device), attention_score.to(device), tokens.to(device)
+                live = None if live is None else live.to(device)
             step = run_block(
                 layer,
                 block,
@@ -209,11 +216,15 @@ class RoutedModel(nn.Module):
                 mode=mode,
                 gate_gradient=gate_gradient,
                 cache=cache,
+                live=live,
             )
             hidden, attention_score = step.hidden, step.attention_score
             if step.raw is not None and self.router is not None:
                 out.router_logits.append(_to(step.raw, source))
-            out.keep.append(_to(step.selection.keep_mask(hidden.shape[1]), source))
+            keep = step.selection.keep_mask(hidden.shape[1])
+            if live is not None:
+                live = live & keep
+            out.keep.append(_to(keep, source))
             out.indices.append(_to(step.selection.indices, source))
             if return_block_outputs:
                 out.block_outputs.append(_to(hidden, source))
@@ -235,17 +246,21 @@ class RoutedModel(nn.Module):
         mode: str = "compact",
         gate_gradient: bool = False,
         cache: RoutedCache | None = None,
+        live: torch.Tensor | None = None,
     ) -> BlockStep:
         """One routed decoder block: scores, selection, the block on its kept tokens, the factor update.
 
         `sparsity_num` (thousandths) sets the kept count and `sparsity` is the router's
         required-sparsity factor; the exporter traces one block with them as parameters and
-        instantiates the graph for every layer. `block` seeds the random router only.
+        instantiates the graph for every layer. `block` seeds the random router only. `live`
+        (monotone routing) marks the tokens every earlier block kept.
         """
         raw = self._raw_scores(block, tokens, attention_score, sparsity)
         scores = routing_scores(
             raw if raw is not None else static_scores(tokens.positions), tokens.attention_mask, tokens.forced
         )
+        if live is not None:
+            scores = demote_skipped(scores, live, tokens.valid)
         if mode == "compact":
             hidden, selection, compact_in = self._compact_block(layer, sparsity_num, hidden, scores, raw, tokens, cache)
         elif cache is not None:
@@ -259,7 +274,9 @@ class RoutedModel(nn.Module):
         return BlockStep(hidden, selection, attention_score, raw)
 
     def token_facts(self, hidden: torch.Tensor, attention_mask: torch.Tensor, always_mask: bool) -> TokenFacts:
-        return token_facts(self.base.model.rotary_emb, hidden, attention_mask, always_mask)
+        return token_facts(
+            self.base.model.rotary_emb, hidden, attention_mask, always_mask, self.router_spec.sink_fraction
+        )
 
     def _raw_scores(
         self, block: int, tokens: TokenFacts, attention_score: torch.Tensor, sparsity: float | torch.Tensor

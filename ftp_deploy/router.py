@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ftp_deploy.schedule import check_sink_fraction
+
 FACTOR_NAMES = ("position", "attention_score", "attention_rank", "required_sparsity")
 ROUTER_KINDS = ("learned", "static", "random")
 
@@ -19,6 +21,12 @@ class RouterSpec:
     hidden: int = 64
     attention_window: int = 32
     seed: int = 0
+    # Fraction of the leading tokens kept in every block as attention sinks, whatever the scores
+    # (routing.forced_keep_mask); 0 keeps only x_0, as FTP_SPEC section 4's static order.
+    sink_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_sink_fraction(self.sink_fraction)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -27,6 +35,7 @@ class RouterSpec:
             "hidden": self.hidden,
             "attention_window": self.attention_window,
             "seed": self.seed,
+            "sink_fraction": self.sink_fraction,
         }
 
 

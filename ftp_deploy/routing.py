@@ -8,7 +8,9 @@ import torch
 
 from ftp_deploy.plugins.token_compaction.reference import select_top_rows
 
-ROUTING_MODES = ("topk", "threshold")
+# monotone: top-k, but a token that skipped a block ranks below every live token afterwards, so it
+# stays out (unless a later block keeps more tokens than are live): no stale re-entry.
+ROUTING_MODES = ("topk", "threshold", "monotone")
 # Finite, so fp16/bf16 exports never see inf - inf; far above any router logit.
 FORCED_SCORE = 1.0e6
 
@@ -43,13 +45,23 @@ def first_valid_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), arange, seq_len).min(dim=1).values
 
 
-def forced_keep_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """The first valid token (the attention sink) and the last valid one, kept in every block."""
+def forced_keep_mask(attention_mask: torch.Tensor, sink_fraction: float = 0.0) -> torch.Tensor:
+    """The first valid token (the attention sink) and the last valid one, kept in every block.
+
+    `sink_fraction` > 0 also keeps the first `ceil(sink_fraction * valid tokens)` valid tokens:
+    a longer attention-sink prefix, which the static order (x_0, then the most recent tokens)
+    otherwise drops first.
+    """
     seq_len = attention_mask.shape[1]
     arange = torch.arange(seq_len, device=attention_mask.device).unsqueeze(0)
     first = first_valid_index(attention_mask).unsqueeze(1)
     last = last_valid_index(attention_mask).unsqueeze(1)
-    return (arange == first) | (arange == last)
+    forced = (arange == first) | (arange == last)
+    if sink_fraction > 0:
+        valid = attention_mask.bool()
+        sink = torch.ceil(valid.sum(1, keepdim=True).float() * sink_fraction)
+        forced = forced | (valid & ((arange - first).float() < sink))
+    return forced
 
 
 def routing_scores(raw: torch.Tensor, attention_mask: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
@@ -57,6 +69,16 @@ def routing_scores(raw: torch.Tensor, attention_mask: torch.Tensor, forced: torc
     scores = raw.float().clamp(-FORCED_SCORE / 2, FORCED_SCORE / 2)
     scores = torch.where(forced, torch.full_like(scores, FORCED_SCORE), scores)
     return torch.where(attention_mask.bool(), scores, torch.full_like(scores, -FORCED_SCORE))
+
+
+def demote_skipped(scores: torch.Tensor, live: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Scores (from `routing_scores`) with valid tokens not `live` below every live token, above padding.
+
+    Live scores are at least -FORCED_SCORE / 2 and padding's is -FORCED_SCORE; the demoted ones
+    land in between (-0.8125 to -0.6875 x FORCED_SCORE), still in their own order.
+    """
+    demoted = scores.clamp(-FORCED_SCORE / 2, FORCED_SCORE / 2) / 8 - 0.75 * FORCED_SCORE
+    return torch.where(live | ~valid, scores, demoted)
 
 
 def select_topk(scores: torch.Tensor, kept: int) -> Selection:

@@ -16,6 +16,12 @@ def check_sparsity(sparsity: float, s_max: float = DEFAULT_S_MAX, what: str = "s
         raise ConfigError(f"{what} {sparsity:g} is outside [0, s_max={s_max:g}]")
 
 
+def check_sink_fraction(fraction: float) -> None:
+    """The share of leading tokens every block keeps (RouterSpec.sink_fraction) must leave tokens to route."""
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"the attention-sink fraction must be in [0, 1), got {fraction:g}")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Required sparsity of each decoder block, held as integer thousandths.

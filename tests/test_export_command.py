@@ -99,7 +99,12 @@ def test_trt_engine_without_tensorrt_fails_before_exporting(
 
 
 @pytest.mark.parametrize(
-    ("kind", "mode", "fragment"), [("random", "topk", "random router"), ("learned", "threshold", "top-k routing")]
+    ("kind", "mode", "fragment"),
+    [
+        ("random", "topk", "random router"),
+        ("learned", "threshold", "top-k routing"),
+        ("learned", "monotone", "monotone routing carries"),
+    ],
 )
 def test_routers_that_cannot_export(run_export, tmp_path: Path, kind: str, mode: str, fragment: str) -> None:
     code, err = run_export(make_run(tmp_path, kind, mode), "--out", tmp_path / "art")

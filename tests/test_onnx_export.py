@@ -30,13 +30,14 @@ from ftp_deploy.schedule import Schedule
 from tests.conftest import VOCAB, tiny_model, tiny_tokenizer
 
 
-def make_run(folder: Path, arch: str, kind: str, sparsities: list[float]) -> RoutedModel:
+def make_run(folder: Path, arch: str, kind: str, sparsities: list[float], sink_fraction: float = 0.0) -> RoutedModel:
     """A tiny base model saved as a HF folder and a run folder naming it; returns the routed model."""
     base = tiny_model(arch, num_layers=len(sparsities))
     base.save_pretrained(folder / "base")
     tiny_tokenizer().save_pretrained(folder / "base")
     torch.manual_seed(1)
-    routed = RoutedModel(base, Schedule.from_sparsities(sparsities), RouterSpec(kind=kind))
+    spec = RouterSpec(kind=kind, sink_fraction=sink_fraction)
+    routed = RoutedModel(base, Schedule.from_sparsities(sparsities), spec)
     save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(folder / "base"))), folder / "run")
     return routed
 
@@ -121,6 +122,21 @@ def test_a_moved_artifact_runs_and_matches_pytorch(
         assert np.abs(outputs["logits"] - expected.logits.numpy()).max() <= 1e-4
         kept = keep_masks([outputs["indices_0"], outputs["indices_1"]], length)
         assert torch.equal(kept, torch.stack(expected.keep))
+
+
+@pytest.mark.slow
+def test_a_sink_prefix_exports_and_keeps_what_pytorch_keeps(tmp_path: Path) -> None:
+    routed = make_run(tmp_path, "llama", "static", [0.5, 0.6], sink_fraction=0.25)
+    export_onnx(tmp_path / "run", tmp_path / "artifact", debug_outputs=True)
+    for seed, length in enumerate((13, 29)):  # ceil(0.25 * valid) differs from a rounded or floored count
+        input_ids, attention_mask = sample_inputs(2, length, VOCAB, seed=seed)
+        outputs = run_file(tmp_path / "artifact" / MODEL_FILE, input_ids, attention_mask)
+        with torch.no_grad():
+            expected = routed(input_ids, attention_mask)
+        kept = keep_masks([outputs["indices_0"], outputs["indices_1"]], length)
+        assert torch.equal(kept & attention_mask.bool(), torch.stack(expected.keep) & attention_mask.bool())
+        valid = attention_mask.bool().numpy()
+        assert np.abs(outputs["logits"] - expected.logits.numpy())[valid].max() <= 1e-4
 
 
 # --- slow: 4-layer models, the learned router, other dtypes, the dense baseline -------------------

@@ -188,3 +188,53 @@ def test_router_is_small() -> None:
     model = routed("llama")
     assert model.router is not None
     assert sum(p.numel() for p in model.router.parameters()) == 4 * 64 + 64 + 64 + 1
+
+
+@pytest.mark.parametrize("padding", [None, "left"])
+def test_sink_prefix_is_kept_in_every_block_and_masked_agrees_with_compact(padding: str | None) -> None:
+    seq_len, fraction = 30, 0.2  # ceil(0.2 * valid) leading valid tokens
+    base = tiny_model("llama")
+    spec = RouterSpec(kind="static", sink_fraction=fraction)
+    model = RoutedModel(base, Schedule.from_sparsities(SCHEDULE), spec)
+    plain = RoutedModel(base, Schedule.from_sparsities(SCHEDULE), RouterSpec(kind="static"))
+    ids, mask = random_batch(2, seq_len, padding)
+    with torch.no_grad():
+        out, without = model(ids, mask), plain(ids, mask)
+        masked = model(ids, mask, mode="masked")
+    assert torch.allclose(out.logits, masked.logits, atol=1e-4)
+    for row in range(2):
+        valid = torch.nonzero(mask[row]).flatten()
+        sink = valid[: int(torch.ceil(torch.tensor(fraction * len(valid))))]
+        for block, (keep, plain_keep) in enumerate(zip(out.keep, without.keep, strict=True)):
+            assert bool(keep[row, sink].all()), f"block {block}"
+            # The same number of tokens is kept: the prefix displaces the oldest recent tokens.
+            assert int(keep[row].sum()) == int(plain_keep[row].sum())
+        # Block 1 (sparsity 0.5) keeps few enough tokens that the plain static order drops the prefix.
+        assert not bool(without.keep[1][row, sink[1:]].all())
+
+
+def test_sink_fraction_must_leave_tokens_to_route() -> None:
+    with pytest.raises(ConfigError, match="attention-sink fraction"):
+        RouterSpec(kind="static", sink_fraction=1.0)
+
+
+@pytest.mark.parametrize("padding", [None, "left"])
+def test_monotone_routing_never_lets_a_skipped_token_reenter(padding: str | None) -> None:
+    rising = (0.1, 0.3, 0.3, 0.5)
+    ids, mask = random_batch(2, 30, padding)
+    # The learned router with attention factors re-admits tokens under top-k routing ...
+    found, base = {}, tiny_model("llama")
+    for mode in ("topk", "monotone"):
+        torch.manual_seed(3)  # a random router whose attention factors matter (23 re-entries in topk mode)
+        model = RoutedModel(base, Schedule.from_sparsities(rising), RouterSpec(kind="learned"), mode)
+        with torch.no_grad():
+            found[mode] = model(ids, mask)
+            masked = model(ids, mask, mode="masked")
+        assert torch.allclose(found[mode].logits, masked.logits, atol=1e-4)
+    assert reentries(found["topk"].keep, mask.bool())[0] > 0
+    # ... and under monotone routing it keeps the same counts without any re-entry.
+    assert reentries(found["monotone"].keep, mask.bool())[0] == 0
+    for topk_keep, monotone_keep in zip(found["topk"].keep, found["monotone"].keep, strict=True):
+        assert torch.equal((topk_keep & mask.bool()).sum(1), (monotone_keep & mask.bool()).sum(1))
+    # The first block has no earlier skips: both modes choose alike there.
+    assert torch.equal(found["topk"].keep[0], found["monotone"].keep[0])

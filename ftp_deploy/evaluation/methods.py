@@ -6,7 +6,8 @@ from ftp_deploy.errors import ConfigError
 
 DENSE = "dense"
 FTP = "ftp"
-BASELINES = (DENSE, "random", "static", "shortgpt")
+STATIC = "static"
+BASELINES = (DENSE, "random", STATIC, "shortgpt")
 DEFAULT_BASELINES = ",".join(BASELINES)
 
 

@@ -30,7 +30,8 @@ def choice_metrics(items: list[ChoiceItem], scores: list[LogLikelihood]) -> dict
         predictions.append(_argmax(logprobs))
         normalized.append(_argmax([lp / len(c.encode("utf-8")) for lp, c in zip(logprobs, item.choices, strict=True)]))
     n = len(items)
-    acc = sum(p == item.label for p, item in zip(predictions, items, strict=True)) / n
+    correct = [int(p == item.label) for p, item in zip(predictions, items, strict=True)]
+    acc = sum(correct) / n
     acc_norm = sum(p == item.label for p, item in zip(normalized, items, strict=True)) / n
     return {
         "acc": acc,
@@ -38,6 +39,7 @@ def choice_metrics(items: list[ChoiceItem], scores: list[LogLikelihood]) -> dict
         "acc_norm": acc_norm,
         "acc_norm_stderr": _stderr(acc_norm, n),
         "items": n,
+        "correct": correct,
         "predictions": predictions,
         "predictions_norm": normalized,
     }
@@ -46,12 +48,14 @@ def choice_metrics(items: list[ChoiceItem], scores: list[LogLikelihood]) -> dict
 def target_metrics(scores: list[LogLikelihood]) -> dict[str, Any]:
     """LAMBADA: accuracy = the target is the greedy continuation; perplexity = exp(-mean log-likelihood)."""
     n = len(scores)
-    acc = sum(s.greedy for s in scores) / n
+    correct = [int(s.greedy) for s in scores]
+    acc = sum(correct) / n
     return {
         "acc": acc,
         "acc_stderr": _stderr(acc, n),
         "ppl": math.exp(-sum(s.logprob for s in scores) / n),
         "items": n,
+        "correct": correct,
     }
 
 

@@ -17,7 +17,8 @@ from ftp_deploy.artifacts import ROUTER_FILE, RoutedArtifact, load_artifact, loa
 from ftp_deploy.data_root import data_root
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.evaluation.baselines import build_methods
-from ftp_deploy.evaluation.methods import DEFAULT_BASELINES, DENSE, parse_baselines
+from ftp_deploy.evaluation.comparisons import comparisons
+from ftp_deploy.evaluation.methods import DEFAULT_BASELINES, DENSE, STATIC, parse_baselines
 from ftp_deploy.evaluation.report import write_report
 from ftp_deploy.evaluation.retention import retention_summary
 from ftp_deploy.evaluation.runner import EvalSettings, evaluate_methods, prepare
@@ -104,6 +105,7 @@ def evaluate_model(
         "methods": scores,
         "retention": details["average"],
         "retention_details": details,
+        "comparisons": comparisons(scores, data, details["headline_tasks"], [DENSE, STATIC]),
         "wall_seconds": time.perf_counter() - start,
     }
 

@@ -8,17 +8,26 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from ftp_deploy.evaluation.comparisons import AVERAGE
 from ftp_deploy.evaluation.methods import DENSE
+from ftp_deploy.evaluation.stats import describe
 from ftp_deploy.evaluation.tasks import short_name
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 CHART_FILE = "retention.png"
+AVERAGE_LABEL = "headline average"
 
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _accuracy(metrics: dict[str, Any]) -> str:
+    """Accuracy % with its standard error, `54.0 ±2.2`, where the results carry one."""
+    stderr = metrics.get("acc_stderr")
+    return _percent(metrics["acc"]) + ("" if stderr is None else f" ±{100 * stderr:.1f}")
 
 
 def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -33,7 +42,7 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row = [name]
         for task, facts in data.items():
             metrics = result["tasks"][task]
-            row.append(f"{metrics['ppl_scored']:.2f}" if facts["kind"] == "perplexity" else _percent(metrics["acc"]))
+            row.append(f"{metrics['ppl_scored']:.2f}" if facts["kind"] == "perplexity" else _accuracy(metrics))
         measured = result["measured"]
         row += [
             _percent(details["average_accuracy"][name]),
@@ -53,12 +62,35 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def comparison_lines(results: dict[str, Any]) -> list[str]:
+    """One table per reference (dense, static): each method's accuracy difference in points, with its interval."""
+    found = results.get("comparisons") or {}
+    lines: list[str] = []
+    for reference, per_method in found.items():
+        columns = list(dict.fromkeys(task for diffs in per_method.values() for task in diffs))
+        if not columns:
+            continue
+        header = ["method", *(AVERAGE_LABEL if c == AVERAGE else short_name(c) for c in columns)]
+        lines += [
+            f"Accuracy minus {reference}, in points, with the paired bootstrap 95% interval over the same items; "
+            "'(noise)' marks a difference whose interval contains zero.",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for method, diffs in per_method.items():
+            cells = [describe(diffs[c], 100) if c in diffs else "-" for c in columns]
+            lines.append("| " + " | ".join([method, *cells]) + " |")
+        lines.append("")
+    return lines
+
+
 def _notes(results: dict[str, Any]) -> list[str]:
     details, settings = results["retention_details"], results["settings"]
     headline = ", ".join(map(short_name, details["headline_tasks"])) or "none"
     notes = [
-        f"Accuracy is `{details['metric']}` (summed log-likelihood of each choice), in %; `acc_norm` "
-        "(per byte) and standard errors are in results.json.",
+        f"Accuracy is `{details['metric']}` (summed log-likelihood of each choice), in %, ± its standard error; "
+        "`acc_norm` (per byte) is in results.json.",
         f"Retention = method accuracy / dense accuracy, averaged over the tasks where dense is at least "
         f"{100 * details['min_margin_over_chance']:.0f} points above chance: {headline}. "
         "Chance-normalized: (method - chance) / (dense - chance) over the same tasks.",
@@ -81,6 +113,7 @@ def markdown_report(results: dict[str, Any], chart: bool) -> str:
         for task, facts in results["data"].items()
     )
     lines += [f"Evaluated (items or windows / available): {counts}.", "", markdown_table(results), ""]
+    lines += comparison_lines(results)
     lines += [f"- {note}" for note in _notes(results)]
     if chart:
         lines += ["", f"![retention per task]({CHART_FILE})"]

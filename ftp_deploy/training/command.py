@@ -145,6 +145,7 @@ def train(
             guide=guide_weight, guide_decay=guide_decay, sparsity=sparsity_weight, distill=distill_weight
         ),
     )
+    from ftp_deploy.evaluation.stats import describe
     from ftp_deploy.placement import resolve_placement
     from ftp_deploy.training.launcher import launch
     from ftp_deploy.training.ranks import joined_ranks
@@ -160,12 +161,21 @@ def train(
             if not ranks.is_main:
                 return
     table = Table(title=f"held-out blocks, last {scored} predictions")
-    for column in ("routing", "KL to dense", "top-1 agreement", "perplexity"):
+    for column in ("routing", "KL to dense ± s.e.", "minus static uniform [95%]", "top-1 agreement", "perplexity"):
         table.add_column(column)
-    table.add_row("dense", "", "", f"{state['heldout']['trained']['dense_perplexity']:.2f}")
+    table.add_row("dense", "", "", "", f"{state['heldout']['trained']['dense_perplexity']:.2f}")
     for key, label in ROUTINGS:
-        row = state["heldout"][key]
-        table.add_row(label, f"{row['kl']:.4f}", f"{row['top1_agreement']:.1%}", f"{row['perplexity']:.2f}")
+        row = state["heldout"].get(key)
+        if row is None:
+            continue
+        versus = row.get("kl_minus", {}).get("static_uniform")
+        table.add_row(
+            label,
+            f"{row['kl']:.4f} ± {row.get('kl_stderr', float('nan')):.4f}",
+            "" if versus is None else describe(versus, digits=4),
+            f"{row['top1_agreement']:.1%}",
+            f"{row['perplexity']:.2f}",
+        )
     console.print(table)
     console.print(f"run folder: {out} (ftp_config.json + router.safetensors; {out / REPORT_MD})")
 

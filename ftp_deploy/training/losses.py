@@ -11,10 +11,12 @@ from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.config import LossWeights as LossWeights  # defined torch-free for the CLI
 
 
-def static_keep(attention_mask: torch.Tensor, schedule: Schedule) -> list[torch.Tensor]:
-    """Per block, the [B, T] keep decisions of the static router: the guide loss's targets."""
+def static_keep(attention_mask: torch.Tensor, schedule: Schedule, sink_fraction: float = 0.0) -> list[torch.Tensor]:
+    """Per block, the [B, T] keep decisions of the static router (with its sink prefix): the guide loss's targets."""
     scores = routing_scores(
-        static_scores(token_positions(attention_mask)), attention_mask, forced_keep_mask(attention_mask)
+        static_scores(token_positions(attention_mask)),
+        attention_mask,
+        forced_keep_mask(attention_mask, sink_fraction),
     )
     seq_len = attention_mask.shape[1]
     return [select_topk(scores, schedule.kept(block, seq_len)).keep_mask(seq_len) for block in range(len(schedule))]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from ftp_deploy.router import FactorRouter, RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.budget import TimeBudget
 from ftp_deploy.training.data import TokenData, load_token_data
+from ftp_deploy.training.heldout import heldout_scores
 from ftp_deploy.training.ranks import ONE_PROCESS, Ranks
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.report import write_report
@@ -166,6 +167,15 @@ class _Run:
         self.space = ScheduleSpace(settings.sparsity, weights, settings.s_max, settings.monotone_schedules)
         self.uniform = Schedule.uniform(settings.sparsity, len(self.base.model.layers), settings.s_max)
         self._calibration: DenseReference | None = None
+        # The routing prior: the static order plus the run's sink prefix; the router starts from it.
+        self.static = replace(STATIC, sink_fraction=settings.sink_fraction)
+        self.learned = replace(ROUTER_SPEC, sink_fraction=settings.sink_fraction)
+
+    def _prior_rows(self) -> dict[str, RoutedModel]:
+        """With a sink prefix, the held-out table also shows the prior alone on the uniform schedule."""
+        if self.static == STATIC:
+            return {}
+        return {"prior_uniform": RoutedModel(self.base, self.uniform, self.static)}
 
     @property
     def calibration(self) -> DenseReference:
@@ -181,7 +191,7 @@ class _Run:
             "schedule search (static router)",
             self.settings.search,
             self.uniform,
-            lambda s: self.calibration.kl(RoutedModel(self.base, s, STATIC)),
+            lambda s: self.calibration.kl(RoutedModel(self.base, s, self.static)),
         )
         router = self.train(searched.best)
         tuned = self.search(
@@ -189,7 +199,7 @@ class _Run:
             "schedule fine-tune (trained router)",
             self.settings.finetune,
             searched.best,
-            lambda s: self.calibration.kl(RoutedModel(self.base, s, ROUTER_SPEC, router=router)),
+            lambda s: self.calibration.kl(RoutedModel(self.base, s, self.learned, router=router)),
         )
         return searched, router, tuned
 
@@ -236,6 +246,7 @@ class _Run:
             self.settings.seed,
             self.ranks,
             checkpoint_activations=self.checkpoint_activations,
+            spec=self.learned,
         )
         if "checkpoint" in phase:
             tensors = self.ranks.from_main(lambda: self.folder.load_checkpoint(phase["checkpoint"]))
@@ -288,14 +299,18 @@ class _Run:
 
     def finish(self, outcome: tuple[SearchResult, FactorRouter, SearchResult]) -> None:
         searched, router, tuned = outcome
-        routed = RoutedModel(self.base, tuned.best, ROUTER_SPEC, router=router)
+        routed = RoutedModel(self.base, tuned.best, self.learned, router=router)
         with self.progress.phase("score the held-out blocks"):
             heldout = DenseReference(self.base, self.data.heldout, self.settings.train.scored)
-            self.state["heldout"] = {
-                "static_uniform": heldout.fidelity(RoutedModel(self.base, self.uniform, STATIC)).summary(),
-                "static_searched": heldout.fidelity(RoutedModel(self.base, searched.best, STATIC)).summary(),
-                "trained": heldout.fidelity(routed).summary(),
-            }
+            self.state["heldout"] = heldout_scores(
+                heldout,
+                {
+                    "static_uniform": RoutedModel(self.base, self.uniform, STATIC),
+                    **self._prior_rows(),
+                    "static_searched": RoutedModel(self.base, searched.best, self.static),
+                    "trained": routed,
+                },
+            )
         artifact = RoutedArtifact.from_model(routed, self.ref, self._metadata(searched, tuned))
         with storage(self.folder.path):
             save_artifact(artifact, self.folder.path)

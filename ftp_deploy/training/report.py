@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # chosen before pyplot loads: files only, no display
 import matplotlib.pyplot as plt
 
+from ftp_deploy.evaluation.stats import describe
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text
 from ftp_deploy.training.runfolder import storage
 
@@ -19,7 +20,8 @@ LOSSES_PNG = "losses.png"
 REPORT_MD = "report.md"
 ROUTINGS = (
     ("static_uniform", "static router, uniform schedule"),
-    ("static_searched", "static router, searched schedule"),
+    ("prior_uniform", "static router + sink prefix, uniform schedule"),
+    ("static_searched", "static router (+ the run's sink prefix), searched schedule"),
     ("trained", "trained router, fine-tuned schedule"),
 )
 
@@ -111,13 +113,25 @@ def report_markdown(state: dict[str, Any]) -> str:
         "",
         f"## Held-out blocks (the last {scored} predictions of each block)",
         "",
-        "| routing | KL to dense | top-1 agreement | perplexity |",
-        "|---|---|---|---|",
-        f"| dense | | | {heldout['trained']['dense_perplexity']:.2f} |",
+        "| routing | KL to dense ± s.e. | KL minus static uniform [95%] | top-1 agreement | perplexity |",
+        "|---|---|---|---|---|",
+        f"| dense | | | | {heldout['trained']['dense_perplexity']:.2f} |",
     ]
     for key, label in ROUTINGS:
+        if key not in heldout:
+            continue
         row = heldout[key]
-        lines.append(f"| {label} | {row['kl']:.4f} | {row['top1_agreement']:.1%} | {row['perplexity']:.2f} |")
+        versus = row.get("kl_minus", {}).get("static_uniform")
+        lines.append(
+            f"| {label} | {row['kl']:.4f} ± {row.get('kl_stderr', float('nan')):.4f} | "
+            f"{'' if versus is None else describe(versus, digits=4)} | {row['top1_agreement']:.1%} | "
+            f"{row['perplexity']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Standard errors and paired bootstrap intervals are over the {data['heldout_blocks']} held-out blocks "
+        "(the same blocks for every routing); '(noise)' marks a difference whose interval contains zero.",
+    ]
     final = phases["finetune"]["best_thousandths"]
     lines += [
         "",

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ftp_deploy.errors import ConfigError
-from ftp_deploy.schedule import DEFAULT_S_MAX, check_sparsity
+from ftp_deploy.schedule import DEFAULT_S_MAX, check_sink_fraction, check_sparsity
 from ftp_deploy.training.config import DataConfig, LossWeights, SearchConfig, TrainConfig
 
 # The fine-tune search starts at the trained schedule and moves in smaller steps.
@@ -23,6 +23,7 @@ class RunSettings:
     seed: int = 0
     s_max: float = DEFAULT_S_MAX
     monotone_schedules: bool = True  # see ScheduleSpace: decreasing steps re-admit stale tokens
+    sink_fraction: float = 0.0  # leading tokens every block keeps (RouterSpec.sink_fraction)
     data_config: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     finetune: SearchConfig = FINETUNE_SEARCH
@@ -31,6 +32,7 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity, self.s_max)
+        check_sink_fraction(self.sink_fraction)
         if self.data_config.seq_len <= self.train.scored + 1:
             raise ConfigError(
                 f"--seq-len {self.data_config.seq_len} leaves no context before the "

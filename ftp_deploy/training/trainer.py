@@ -82,6 +82,8 @@ class RouterTrainer:
     With several `ranks`, each rank runs its share of every global batch and the router's
     gradients are summed over the ranks before each update, so every rank holds the router
     one process would train on the whole global batch (to rounding).
+    `spec`'s sink prefix is kept in every block and is part of the guide loss's targets, so the
+    router starts from, and is guided towards, the static routing with that prefix.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class RouterTrainer:
         seed: int,
         ranks: Ranks = ONE_PROCESS,
         checkpoint_activations: bool = False,
+        spec: RouterSpec = ROUTER_SPEC,
     ) -> None:
         for parameter in base.parameters():
             parameter.requires_grad_(False)
@@ -107,7 +110,8 @@ class RouterTrainer:
         self.seed = seed
         self.ranks = ranks
         self.router = router
-        self.routed = RoutedModel(base, schedule, ROUTER_SPEC, router=router, checkpoint_blocks=checkpoint_activations)
+        self.spec = spec
+        self.routed = RoutedModel(base, schedule, spec, router=router, checkpoint_blocks=checkpoint_activations)
         self.optimizer = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.best_kl = float("inf")
@@ -151,7 +155,8 @@ class RouterTrainer:
         dense = dense_log_probs(self.base, ids, scored)
         out = self.routed(ids, mask, mode="masked", gate_gradient=True, logits_to_keep=logits_to_keep(scored))
         distill = mean(kl_to_dense(dense, scored_logits(out.logits, scored)), ids.shape[0])
-        guide = mean(guide_losses(out.router_logits, static_keep(mask, self.schedule), valid), tokens).mean()
+        prior = static_keep(mask, self.schedule, self.spec.sink_fraction)
+        guide = mean(guide_losses(out.router_logits, prior, valid), tokens).mean()
         soft = mean(soft_sparsity(out.router_logits, valid), tokens)
         penalty = sparsity_loss(soft, self.schedule)
         guide_weight = self.weights.guide_weight(self.step, self.config.steps)
