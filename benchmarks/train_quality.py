@@ -19,6 +19,7 @@ import itertools
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +142,7 @@ def one_seed(
         sink_fraction=args.sink_fraction,
         data_config=DataConfig(seq_len=args.seq_len),
         search=SearchConfig(population=args.ga_population, generations=args.ga_generations),
-        finetune=SearchConfig(
-            population=FINETUNE_SEARCH.population,
-            generations=args.finetune_generations,
-            mutation_sigma=FINETUNE_SEARCH.mutation_sigma,
-            init_sigma=FINETUNE_SEARCH.init_sigma,
-        ),
+        finetune=replace(FINETUNE_SEARCH, generations=args.finetune_generations),
         train=TrainConfig(steps=args.steps, batch_size=args.batch_size),
     )
     out = args.out / f"seed{seed}" if args.out else Path(tempfile.mkdtemp(prefix=f"train-quality-seed{seed}-"))
