@@ -21,10 +21,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WIKITEXT, calibration_data, wikitext_windows, write_json
+from common import (
+    calibration_data,
+    dense_references,
+    heldout_totals,
+    require_wikitext,
+    versus_static,
+    wikitext_windows,
+    write_json,
+)
 
-from ftp_deploy.evaluation.stats import describe
-from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -52,8 +58,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if not WIKITEXT.is_file():
-        sys.exit(f"wikitext-2 test text not found at {WIKITEXT}")
+    require_wikitext()
     timings: dict[str, float] = {}
     loaded = load_base_model(args.model)
     base = loaded.model
@@ -97,21 +102,15 @@ def main() -> None:
     for mode in ("topk", "monotone"):
         rows[f"fitted_{mode}"] = RoutedModel(base, uniform, spec, mode, router=router)
     windows = wikitext_windows(loaded.tokenizer, args.windows, args.window_len)
-    totals = {name: Fidelity() for name in rows}
     started = time.monotonic()
-    for chunk in windows.split(4):
-        reference = DenseReference(base, chunk, SCORED_POSITIONS)
-        for name, model in rows.items():
-            reference.fidelity(model, totals[name])
+    totals = heldout_totals(dense_references(base, windows), rows)
     timings["heldout"] = time.monotonic() - started
     results = scores_from_totals(totals)
     print("calibration KL: " + ", ".join(f"{k} {v:.4f}" for k, v in calibration_kl.items()))
     print(f"fit loss: first {fit_history[0]:.4f}, last {fit_history[-1]:.4f}; seconds: {timings}")
     print(f"{'routing':<24} {'KL +- s.e.':>18}  KL minus static uniform [95%]")
     for name, row in results.items():
-        versus = row["kl_minus"].get("static_uniform")
-        interval = "" if versus is None else describe(versus, 1, 4)
-        print(f"{name:<24} {row['kl']:>8.4f} +- {row['kl_stderr']:.4f}  {interval}")
+        print(f"{name:<24} {row['kl']:>8.4f} +- {row['kl_stderr']:.4f}  {versus_static(row)}")
     write_json(
         args.json,
         {

@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WIKITEXT, wikitext_windows, write_json
+from common import require_wikitext, wikitext_windows, write_json
 
 from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity, logits_to_keep, scored_logits, scored_targets
 from ftp_deploy.models import load_base_model
@@ -78,8 +78,7 @@ def main() -> None:
     parser.add_argument("--window-len", type=int, default=512)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if not WIKITEXT.is_file():
-        sys.exit(f"wikitext-2 test text not found at {WIKITEXT}")
+    require_wikitext()
 
     loaded = load_base_model(args.model)
     base = loaded.model

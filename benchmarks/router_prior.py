@@ -19,18 +19,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WIKITEXT, wikitext_windows, write_json
+from common import dense_references, heldout_totals, require_wikitext, versus_static, wikitext_windows, write_json
 
 from ftp_deploy.artifacts import load_artifact
-from ftp_deploy.evaluation.stats import describe
-from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity
+from ftp_deploy.fidelity import SCORED_POSITIONS
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.routing import reentries
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.heldout import scores_from_totals
-from ftp_deploy.training.reference import DenseReference
 
 
 def main() -> None:
@@ -43,8 +41,7 @@ def main() -> None:
     parser.add_argument("--window-len", type=int, default=512)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if not WIKITEXT.is_file():
-        sys.exit(f"wikitext-2 test text not found at {WIKITEXT}")
+    require_wikitext()
     loaded = load_base_model(args.model)
     base = loaded.model
     uniform = Schedule.uniform(args.sparsity, base.config.num_hidden_layers)
@@ -62,24 +59,18 @@ def main() -> None:
                 base, uniform, trained.router_spec, mode, router=trained.router
             )
     windows = wikitext_windows(loaded.tokenizer, args.windows, args.window_len)
-    totals = {name: Fidelity() for name in routings}
     reentered = dict.fromkeys(routings, 0)
     started = time.monotonic()
+    totals = heldout_totals(dense_references(base, windows), routings)
     for chunk in windows.split(4):
-        reference = DenseReference(base, chunk, SCORED_POSITIONS)
         for name, model in routings.items():
-            reference.fidelity(model, totals[name])
             if model.router is not None:  # the static order on a flat schedule never re-admits a token
                 with torch.no_grad():
                     reentered[name] += reentries(model(chunk).keep, torch.ones_like(chunk, dtype=torch.bool))[0]
     results = scores_from_totals(totals)
     print(f"{'routing':<40} {'KL +- s.e.':>18} {'re-entries':>10}  KL minus static uniform [95%]")
     for name, row in results.items():
-        versus = row["kl_minus"].get("static_uniform")
-        print(
-            f"{name:<40} {row['kl']:>8.4f} +- {row['kl_stderr']:.4f} {reentered[name]:>10}  "
-            f"{'' if versus is None else describe(versus, digits=4)}"
-        )
+        print(f"{name:<40} {row['kl']:>8.4f} +- {row['kl_stderr']:.4f} {reentered[name]:>10}  {versus_static(row)}")
     seconds = time.monotonic() - started
     print(f"{args.windows} windows of {args.window_len} tokens, last {SCORED_POSITIONS} scored; {seconds:.0f} s")
     write_json(

@@ -20,10 +20,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WIKITEXT, calibration_data, wikitext_windows, write_json
+from common import (
+    calibration_data,
+    dense_references,
+    heldout_totals,
+    require_wikitext,
+    versus_static,
+    wikitext_windows,
+    write_json,
+)
 
-from ftp_deploy.evaluation.stats import describe
-from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity
 from ftp_deploy.fileio import atomic_write_bytes
 from ftp_deploy.flops import dense_block_weights
 from ftp_deploy.models import load_base_model
@@ -54,8 +60,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
-    if not WIKITEXT.is_file():
-        sys.exit(f"wikitext-2 test text not found at {WIKITEXT}")
+    require_wikitext()
     loaded = load_base_model(args.model)
     base = loaded.model
     data = calibration_data(loaded.tokenizer, args.seq_len, args.seed)
@@ -81,12 +86,7 @@ def main() -> None:
         "searched": RoutedModel(base, result.best, spec),
     }
     windows = wikitext_windows(loaded.tokenizer, args.windows, args.window_len)
-    totals = {name: Fidelity() for name in rows}
-    for chunk in windows.split(4):
-        reference = DenseReference(base, chunk, SCORED_POSITIONS)
-        for name, model in rows.items():
-            reference.fidelity(model, totals[name])
-    results = scores_from_totals(totals)
+    results = scores_from_totals(heldout_totals(dense_references(base, windows), rows))
     won = results["searched"]["kl_minus"]["static_uniform"]
     kept = "searched" if won["high"] < 0 else "uniform"
     print(
@@ -95,9 +95,7 @@ def main() -> None:
     )
     print(f"best knots {[round(k, 3) for k in result.best_knots]}; schedule {list(result.best.thousandths)}")
     for name, row in results.items():
-        versus = row["kl_minus"].get("static_uniform")
-        interval = "" if versus is None else describe(versus, 1, 4)
-        print(f"held-out {name:<16} KL {row['kl']:.4f} +- {row['kl_stderr']:.4f}  minus uniform {interval}")
+        print(f"held-out {name:<16} KL {row['kl']:.4f} +- {row['kl_stderr']:.4f}  minus uniform {versus_static(row)}")
     print(f"kept: {kept} (the searched schedule is kept only if its held-out interval is below uniform's)")
     if args.plot is not None:
         atomic_write_bytes(args.plot, _curve_png(result.curve, results["static_uniform"]["kl"]))

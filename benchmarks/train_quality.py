@@ -19,6 +19,7 @@ import itertools
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WIKITEXT, wikitext_windows, write_json
+from common import dense_references, heldout_totals, require_wikitext, versus_static, wikitext_windows, write_json
 
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.data_root import data_file
-from ftp_deploy.evaluation.stats import describe, spread
+from ftp_deploy.evaluation.stats import spread
 from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
@@ -78,20 +79,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder of the seed<N> run folders")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if not WIKITEXT.is_file():
-        sys.exit(f"wikitext-2 test text not found at {WIKITEXT}")
+    require_wikitext()
     if args.seeds < 1:
         sys.exit(f"--seeds must be at least 1, got {args.seeds}")
 
     base_loaded = load_base_model(args.model)
     windows = wikitext_windows(base_loaded.tokenizer, args.windows, args.window_len)
-    references = [DenseReference(base_loaded.model, chunk, SCORED_POSITIONS) for chunk in windows.split(4)]
+    references = list(dense_references(base_loaded.model, windows))
     uniform = Schedule.uniform(args.sparsity, base_loaded.model.config.num_hidden_layers)
     fixed = {"static_uniform": RoutedModel(base_loaded.model, uniform, RouterSpec(kind="static"))}
     if args.sink_fraction > 0:
         prior = RouterSpec(kind="static", sink_fraction=args.sink_fraction)
         fixed["prior_uniform"] = RoutedModel(base_loaded.model, uniform, prior)
-    fixed_totals = score(references, fixed)  # seed-independent rows, scored once
+    fixed_totals = heldout_totals(references, fixed)  # seed-independent rows, scored once
 
     runs = []
     for seed in range(args.seed, args.seed + args.seeds):
@@ -116,14 +116,6 @@ def main() -> None:
     )
 
 
-def score(references: list[DenseReference], routed: dict[str, RoutedModel]) -> dict[str, Fidelity]:
-    totals = {name: Fidelity() for name in routed}
-    for reference in references:  # dense once per chunk, shared by every routing
-        for name, model in routed.items():
-            reference.fidelity(model, totals[name])
-    return totals
-
-
 def one_seed(
     args: argparse.Namespace,
     seed: int,
@@ -141,12 +133,7 @@ def one_seed(
         sink_fraction=args.sink_fraction,
         data_config=DataConfig(seq_len=args.seq_len),
         search=SearchConfig(population=args.ga_population, generations=args.ga_generations),
-        finetune=SearchConfig(
-            population=FINETUNE_SEARCH.population,
-            generations=args.finetune_generations,
-            mutation_sigma=FINETUNE_SEARCH.mutation_sigma,
-            init_sigma=FINETUNE_SEARCH.init_sigma,
-        ),
+        finetune=replace(FINETUNE_SEARCH, generations=args.finetune_generations),
         train=TrainConfig(steps=args.steps, batch_size=args.batch_size),
     )
     out = args.out / f"seed{seed}" if args.out else Path(tempfile.mkdtemp(prefix=f"train-quality-seed{seed}-"))
@@ -156,7 +143,7 @@ def one_seed(
     searched = Schedule(tuple(state["phases"]["search"]["best_thousandths"]))
     prior = RouterSpec(kind="static", sink_fraction=args.sink_fraction)
     eval_started = time.monotonic()
-    seeded = score(
+    seeded = heldout_totals(
         references,
         {
             "random_uniform": RoutedModel(base, uniform, RouterSpec(kind="random", seed=seed)),
@@ -198,10 +185,9 @@ def print_seed(args: argparse.Namespace, run: dict[str, Any]) -> None:
             continue
         row = results[name]
         change = row["perplexity"] / dense_ppl - 1
-        versus = row["kl_minus"].get("static_uniform")
         print(
             f"{label:<52} {row['perplexity']:>10.2f} {change:>+8.1%} {row['kl']:>8.4f} +- {row['kl_stderr']:.4f} "
-            f"{row['top1_agreement']:>6.1%}  {'' if versus is None else describe(versus, digits=4)}"
+            f"{row['top1_agreement']:>6.1%}  {versus_static(row)}"
         )
     phases = run["phase_seconds"]
     print(

@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,7 @@ def main() -> None:
         sparsity=0.3,
         data_config=DataConfig(seq_len=args.seq_len),
         search=SearchConfig(population=args.ga_population, generations=args.ga_generations),
-        finetune=SearchConfig(
-            population=FINETUNE_SEARCH.population,
-            generations=args.finetune_generations,
-            mutation_sigma=FINETUNE_SEARCH.mutation_sigma,
-            init_sigma=FINETUNE_SEARCH.init_sigma,
-        ),
+        finetune=replace(FINETUNE_SEARCH, generations=args.finetune_generations),
         train=TrainConfig(steps=args.steps, batch_size=args.batch_size, search_batch=args.search_batch),
     )
     root = Path(tempfile.mkdtemp(prefix="train-scaling-"))

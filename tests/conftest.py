@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +102,40 @@ def random_batch(batch: int, seq_len: int, padding: str | None, seed: int = 0) -
     return ids.masked_fill(mask == 0, 0), mask
 
 
-@pytest.fixture
-def single_thread():
+@contextmanager
+def one_thread() -> Iterator[None]:
     """Tiny models spend their time in OpenMP hand-offs, not arithmetic: on a shared CPU, where
     spinning threads wait on each other, one thread runs them several times faster."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def single_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def train_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny two-layer LLaMA folder and a 400-word text for `ftp-deploy train`."""
+    root = tmp_path_factory.mktemp("train-inputs")
+    tiny_model(num_layers=2).save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    (root / "text.txt").write_text(" ".join(f"w{i * 7 % 90}" for i in range(400)))
+    return root / "base", root / "text.txt"
+
+
+def tiny_train_args(
+    inputs: tuple[Path, Path], out: Path, *, steps: int, batch_size: int, search_batch: int, population: int
+) -> list[str]:
+    """`ftp-deploy train` arguments small enough for a test: short sequences, two GA generations."""
+    model, text = inputs
+    small = ["--seq-len", "24", "--scored", "8", "--steps", str(steps), "--batch-size", str(batch_size)]
+    search = ["--search-batch", str(search_batch), "--ga-population", str(population)]
+    generations = ["--ga-generations", "2", "--finetune-generations", "2"]
+    return ["train", "--model", str(model), "--data", str(text), "--out", str(out), *small, *search, *generations]

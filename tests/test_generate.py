@@ -31,16 +31,20 @@ PROMPT = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14"
 SCHEDULE = (0.1, 0.2, 0.3, 0.4)
 
 
-@pytest.fixture
-def run_and_base(tmp_path: Path) -> tuple[Path, Path, RoutedModel]:
+def learned_run(folder: Path) -> tuple[Path, Path, RoutedModel]:
     """A learned-router run folder, the tiny base model's folder, and the routed model they make."""
     base = tiny_model()
-    base.save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    base.save_pretrained(folder / "base")
+    tiny_tokenizer().save_pretrained(folder / "base")
     torch.manual_seed(3)
     routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec())
-    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(tmp_path / "base"))), tmp_path / "run")
-    return tmp_path / "run", tmp_path / "base", routed
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(folder / "base"))), folder / "run")
+    return folder / "run", folder / "base", routed
+
+
+@pytest.fixture
+def run_and_base(tmp_path: Path) -> tuple[Path, Path, RoutedModel]:
+    return learned_run(tmp_path)
 
 
 def in_process(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
@@ -208,14 +212,9 @@ def with_past_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     from ftp_deploy.exporters.pipeline import export_onnx
 
     folder = tmp_path_factory.mktemp("with-past")
-    base = tiny_model()
-    base.save_pretrained(folder / "base")
-    tiny_tokenizer().save_pretrained(folder / "base")
-    torch.manual_seed(3)
-    routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec())
-    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(folder / "base"))), folder / "run")
-    export_onnx(folder / "run", folder / "art", with_past=True)
-    return folder / "run", folder / "art", routed
+    run, _, routed = learned_run(folder)
+    export_onnx(run, folder / "art", with_past=True)
+    return run, folder / "art", routed
 
 
 @pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from ftp_deploy.training.ranks import ONE_PROCESS, Ranks
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.search import ScheduleSpace, SearchConfig, genetic_search
 from ftp_deploy.training.trainer import RouterTrainer, TrainConfig, new_router
-from tests.conftest import VOCAB, tiny_model, tiny_tokenizer
+from tests.conftest import VOCAB, one_thread, tiny_model, tiny_train_args
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -92,12 +93,8 @@ def _rank(rank: int, store: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("ranks")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # before the fork: forked children must not inherit a busy OpenMP pool
-    try:
+    with one_thread():  # before the fork: forked children must not inherit a busy OpenMP pool
         mp.start_processes(_rank, args=(str(out / "store"), str(out)), nprocs=2, start_method="fork")
-    finally:
-        torch.set_num_threads(threads)
     results = []
     for rank in range(2):
         result = json.loads((out / f"result-{rank}.json").read_text())
@@ -157,31 +154,14 @@ sys.exit(cli.main(sys.argv[3:]))
 """
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("inputs")
-    tiny_model(num_layers=2).save_pretrained(root / "base")
-    tiny_tokenizer().save_pretrained(root / "base")
-    (root / "text.txt").write_text(" ".join(f"w{i * 7 % 90}" for i in range(400)))
-    return root / "base", root / "text.txt"
-
-
-def train_args(inputs: tuple[Path, Path], out: Path) -> list[str]:
-    model, text = inputs
-    small = ["--seq-len", "24", "--scored", "8", "--steps", "6", "--batch-size", "4", "--search-batch", "8"]
-    search = ["--ga-population", "4", "--ga-generations", "2", "--finetune-generations", "2"]
-    return ["train", "--model", str(model), "--data", str(text), "--out", str(out), *small, *search]
+train_args = partial(tiny_train_args, steps=6, batch_size=4, search_batch=8, population=4)
 
 
 @pytest.fixture(scope="module")
-def one_process(inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def one_process(train_inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("one") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert cli.main([*train_args(inputs, out), "--checkpoint-every", "2"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread():
+        assert cli.main([*train_args(train_inputs, out), "--checkpoint-every", "2"]) == 0
     return out
 
 
@@ -212,7 +192,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 @pytest.mark.slow
 def test_num_processes_2_ends_where_one_process_does(
-    inputs: tuple[Path, Path], one_process: Path, tmp_path: Path
+    train_inputs: tuple[Path, Path], one_process: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
     done = subprocess.run(
@@ -220,7 +200,7 @@ def test_num_processes_2_ends_where_one_process_does(
             sys.executable,
             "-m",
             "ftp_deploy.cli",
-            *train_args(inputs, run),
+            *train_args(train_inputs, run),
             "--checkpoint-every",
             "2",
             "--num-processes",
@@ -236,11 +216,11 @@ def test_num_processes_2_ends_where_one_process_does(
 
 
 @pytest.mark.slow
-def test_bad_input_under_num_processes_is_one_line_and_exit_2(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_bad_input_under_num_processes_is_one_line_and_exit_2(train_inputs: tuple[Path, Path], tmp_path: Path) -> None:
     taken = tmp_path / "taken"
     taken.write_text("not a folder")
     done = subprocess.run(
-        [sys.executable, "-m", "ftp_deploy.cli", *train_args(inputs, taken), "--num-processes", "2"],
+        [sys.executable, "-m", "ftp_deploy.cli", *train_args(train_inputs, taken), "--num-processes", "2"],
         capture_output=True,
         text=True,
         check=False,
@@ -274,10 +254,10 @@ def start_ranks(args: list[str], how: str, step: int) -> list[subprocess.Popen[s
 
 @pytest.mark.slow
 def test_killing_rank_1_mid_training_leaves_a_run_that_resumes(
-    inputs: tuple[Path, Path], one_process: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    train_inputs: tuple[Path, Path], one_process: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    first, second = start_ranks([*train_args(inputs, run), "--checkpoint-every", "2"], "SIGKILL", step=3)
+    first, second = start_ranks([*train_args(train_inputs, run), "--checkpoint-every", "2"], "SIGKILL", step=3)
     _, err = first.communicate(timeout=300)
     assert second.wait(timeout=60) == -signal.SIGKILL
     # The survivor does not hang: it ends with one line and exit 1.
@@ -287,15 +267,17 @@ def test_killing_rank_1_mid_training_leaves_a_run_that_resumes(
     state = json.loads((run / "run.json").read_text())
     assert state["phases"]["train"]["checkpoint"]["step"] == 2 and not state.get("finished")
 
-    assert cli.main([*train_args(inputs, run), "--checkpoint-every", "2", "--resume"]) == 0, capsys.readouterr().err
+    assert cli.main([*train_args(train_inputs, run), "--checkpoint-every", "2", "--resume"]) == 0, (
+        capsys.readouterr().err
+    )
     assert_same_run(run, one_process)
 
 
 @pytest.mark.slow
 def test_a_rank_that_stops_answering_ends_the_others_after_the_timeout(
-    inputs: tuple[Path, Path], tmp_path: Path
+    train_inputs: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    args = [*train_args(inputs, tmp_path / "run"), "--rank-timeout", "15"]
+    args = [*train_args(train_inputs, tmp_path / "run"), "--rank-timeout", "15"]
     first, second = start_ranks(args, "SIGSTOP", step=1)
     try:
         began = time.monotonic()

@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import torch
 from ftp_deploy import cli
 from ftp_deploy.artifacts import CONFIG_FILE, ROUTER_FILE, load_artifact
 from ftp_deploy.errors import ArtifactError
-from tests.conftest import tiny_model, tiny_tokenizer
+from tests.conftest import one_thread, tiny_train_args
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -48,20 +49,7 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("resume")
-    tiny_model(num_layers=2).save_pretrained(root / "base")
-    tiny_tokenizer().save_pretrained(root / "base")
-    (root / "text.txt").write_text(" ".join(f"w{i * 7 % 90}" for i in range(400)))
-    return root / "base", root / "text.txt"
-
-
-def train_args(inputs: tuple[Path, Path], out: Path) -> list[str]:
-    model, text = inputs
-    small = ["--seq-len", "24", "--scored", "8", "--steps", "3", "--batch-size", "2", "--search-batch", "2"]
-    search = ["--ga-population", "3", "--ga-generations", "2", "--finetune-generations", "2"]
-    return ["train", "--model", str(model), "--data", str(text), "--out", str(out), *small, *search]
+train_args = partial(tiny_train_args, steps=3, batch_size=2, search_batch=2, population=3)
 
 
 def train(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -72,14 +60,10 @@ def train(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def straight(inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def straight(train_inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("straight") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert cli.main(train_args(inputs, out)) == 0
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread():
+        assert cli.main(train_args(train_inputs, out)) == 0
     return out
 
 
@@ -93,11 +77,14 @@ def state(run: Path) -> dict:
 
 @pytest.mark.parametrize("point", ["search", "finetune", "save"])
 def test_resume_after_sigkill_ends_where_a_straight_run_does(
-    point: str, inputs: tuple[Path, Path], straight: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    point: str, train_inputs: tuple[Path, Path], straight: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
     killed = subprocess.run(
-        [sys.executable, "-c", KILLER, point, *train_args(inputs, run)], capture_output=True, text=True, check=False
+        [sys.executable, "-c", KILLER, point, *train_args(train_inputs, run)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     phases = state(run)["phases"]
@@ -111,7 +98,7 @@ def test_resume_after_sigkill_ends_where_a_straight_run_does(
             load_artifact(run)
     assert not state(run).get("finished")
 
-    train(capsys, *train_args(inputs, run), "--resume")
+    train(capsys, *train_args(train_inputs, run), "--resume")
     assert state(run)["finished"]
     resumed, reference = load_artifact(run), load_artifact(straight)
     assert resumed.schedule.thousandths == reference.schedule.thousandths
@@ -122,9 +109,9 @@ def test_resume_after_sigkill_ends_where_a_straight_run_does(
 
 
 def test_resuming_a_finished_run_changes_nothing(
-    inputs: tuple[Path, Path], straight: Path, capsys: pytest.CaptureFixture[str]
+    train_inputs: tuple[Path, Path], straight: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = {p: p.read_bytes() for p in sorted(straight.rglob("*")) if p.is_file()}
-    out = train(capsys, *train_args(inputs, straight), "--resume")
+    out = train(capsys, *train_args(train_inputs, straight), "--resume")
     assert "already holds a finished run; nothing to do" in " ".join(out.split())
     assert {p: p.read_bytes() for p in sorted(straight.rglob("*")) if p.is_file()} == before

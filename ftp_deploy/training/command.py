@@ -7,6 +7,7 @@ the pipeline loads when the command runs, so registering it keeps the CLI quick 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -127,12 +128,7 @@ def train(
         monotone_schedules=monotone,
         data_config=DataConfig(seq_len=seq_len),
         search=SearchConfig(population=ga_population, generations=ga_generations, mutation_sigma=ga_mutation_sigma),
-        finetune=SearchConfig(
-            population=FINETUNE_SEARCH.population,
-            generations=finetune_generations,
-            mutation_sigma=FINETUNE_SEARCH.mutation_sigma,
-            init_sigma=FINETUNE_SEARCH.init_sigma,
-        ),
+        finetune=replace(FINETUNE_SEARCH, generations=finetune_generations),
         train=TrainConfig(
             steps=steps,
             batch_size=batch_size,
