@@ -160,15 +160,10 @@ def _with_past_record(loaded: Any, spec: ExportSpec, folder: Path) -> WithPastRe
 def check_exportable(artifact: RoutedArtifact) -> None:
     if artifact.router_spec.kind == "random":
         raise UnsupportedExportError("the random router is a baseline for experiments and is not exported")
-    if artifact.routing_mode == "monotone":
+    if artifact.routing_mode == "threshold":
         raise UnsupportedExportError(
-            "monotone routing carries which tokens are still live from block to block, which the exported "
-            "per-block graph does not; export the router with top-k routing or use it from PyTorch"
-        )
-    if artifact.routing_mode != "topk":
-        raise UnsupportedExportError(
-            f"{artifact.routing_mode} routing keeps a data-dependent number of tokens; the exported graph "
-            "needs top-k routing, whose kept counts are shape arithmetic"
+            "threshold routing keeps a data-dependent number of tokens; the exported graph needs top-k "
+            "(or monotone) routing, whose kept counts are shape arithmetic"
         )
 
 

@@ -37,6 +37,7 @@ from ftp_deploy.router import (
 )
 from ftp_deploy.routing import (
     ROUTING_MODES,
+    SKIPPED_SCORE,
     Selection,
     additive_mask,
     compact_allowed,
@@ -150,6 +151,11 @@ class RoutedModel(nn.Module):
             raise ConfigError(f"unknown routing mode {routing_mode!r}; choose one of {', '.join(ROUTING_MODES)}")
         if routing_mode == "threshold" and spec.kind != "learned":
             raise ConfigError("threshold routing needs the learned router (static and random scores are not gates)")
+        if routing_mode == "monotone" and spec.kind != "learned":
+            raise ConfigError(
+                "monotone routing needs the learned router: it reads which tokens are live from the "
+                "attention-score table only that router keeps (the static order never re-admits a token)"
+            )
         check_full_attention(base.config)
         schedule.check_layers(len(base.model.layers))
         self.base: Any = base
@@ -195,7 +201,6 @@ class RoutedModel(nn.Module):
         hidden = backbone.embed_tokens(_to(input_ids, first))
         tokens = self.token_facts(hidden, _to(attention_mask, first), always_mask)
         attention_score = torch.ones_like(tokens.positions, dtype=torch.float32)
-        live = tokens.valid if self.routing_mode == "monotone" else None
         out = RoutedOutput(logits=hidden)
         run_block = self.run_block
         if self.checkpoint_blocks and torch.is_grad_enabled():
@@ -204,7 +209,6 @@ class RoutedModel(nn.Module):
             device = module_device(layer)
             if hidden.device != device:  # the next GPU of a device map
                 hidden, attention_score, tokens = hidden.to(device), attention_score.to(device), tokens.to(device)
-                live = None if live is None else live.to(device)
             step = run_block(
                 layer,
                 block,
@@ -216,15 +220,11 @@ class RoutedModel(nn.Module):
                 mode=mode,
                 gate_gradient=gate_gradient,
                 cache=cache,
-                live=live,
             )
             hidden, attention_score = step.hidden, step.attention_score
             if step.raw is not None and self.router is not None:
                 out.router_logits.append(_to(step.raw, source))
-            keep = step.selection.keep_mask(hidden.shape[1])
-            if live is not None:
-                live = live & keep
-            out.keep.append(_to(keep, source))
+            out.keep.append(_to(step.selection.keep_mask(hidden.shape[1]), source))
             out.indices.append(_to(step.selection.indices, source))
             if return_block_outputs:
                 out.block_outputs.append(_to(hidden, source))
@@ -246,21 +246,22 @@ class RoutedModel(nn.Module):
         mode: str = "compact",
         gate_gradient: bool = False,
         cache: RoutedCache | None = None,
-        live: torch.Tensor | None = None,
     ) -> BlockStep:
         """One routed decoder block: scores, selection, the block on its kept tokens, the factor update.
 
         `sparsity_num` (thousandths) sets the kept count and `sparsity` is the router's
         required-sparsity factor; the exporter traces one block with them as parameters and
-        instantiates the graph for every layer. `block` seeds the random router only. `live`
-        (monotone routing) marks the tokens every earlier block kept.
+        instantiates the graph for every layer. `block` seeds the random router only. Under
+        monotone routing the attention-score table also says which tokens every earlier block
+        kept (`routing.SKIPPED_SCORE` marks the others), so a block's inputs and outputs are the
+        same in every routing mode and the exported per-block graph carries it as it is.
         """
         raw = self._raw_scores(block, tokens, attention_score, sparsity)
         scores = routing_scores(
             raw if raw is not None else static_scores(tokens.positions), tokens.attention_mask, tokens.forced
         )
-        if live is not None:
-            scores = demote_skipped(scores, live, tokens.valid)
+        if self.routing_mode == "monotone":
+            scores = demote_skipped(scores, attention_score >= 0, tokens.valid)
         if mode == "compact":
             hidden, selection, compact_in = self._compact_block(layer, sparsity_num, hidden, scores, raw, tokens, cache)
         elif cache is not None:
@@ -380,4 +381,8 @@ class RoutedModel(nn.Module):
             self.router_spec.attention_window,
         )
         current = torch.gather(attention_score, 1, index)
-        return attention_score.scatter(1, index, torch.where(seen, score, current))
+        updated = attention_score.scatter(1, index, torch.where(seen, score, current))
+        if self.routing_mode == "monotone":
+            kept = selection.keep_mask(attention_score.shape[1])
+            updated = torch.where(kept | ~tokens.valid, updated, torch.full_like(updated, SKIPPED_SCORE))
+        return updated

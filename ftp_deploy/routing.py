@@ -11,6 +11,9 @@ from ftp_deploy.plugins.token_compaction.reference import select_top_rows
 # monotone: top-k, but a token that skipped a block ranks below every live token afterwards, so it
 # stays out (unless a later block keeps more tokens than are live): no stale re-entry.
 ROUTING_MODES = ("topk", "threshold", "monotone")
+# The attention-score table's entry for a token an earlier block skipped, under monotone routing.
+# Real scores are >= 0, so the table alone says which tokens are live.
+SKIPPED_SCORE = -1.0
 # Finite, so fp16/bf16 exports never see inf - inf; far above any router logit.
 FORCED_SCORE = 1.0e6
 

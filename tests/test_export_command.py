@@ -103,7 +103,6 @@ def test_trt_engine_without_tensorrt_fails_before_exporting(
     [
         ("random", "topk", "random router"),
         ("learned", "threshold", "top-k routing"),
-        ("learned", "monotone", "monotone routing carries"),
     ],
 )
 def test_routers_that_cannot_export(run_export, tmp_path: Path, kind: str, mode: str, fragment: str) -> None:

@@ -25,19 +25,27 @@ from ftp_deploy.models import model_ref_for
 from ftp_deploy.plugins.token_compaction.contract import COMPACT_OP, DOMAIN, SCATTER_OP
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec, token_positions
-from ftp_deploy.routing import Selection
+from ftp_deploy.routing import Selection, reentries
 from ftp_deploy.schedule import Schedule
 from tests.conftest import VOCAB, tiny_model, tiny_tokenizer
 
 
-def make_run(folder: Path, arch: str, kind: str, sparsities: list[float], sink_fraction: float = 0.0) -> RoutedModel:
+def make_run(
+    folder: Path,
+    arch: str,
+    kind: str,
+    sparsities: list[float],
+    sink_fraction: float = 0.0,
+    routing_mode: str = "topk",
+    router_seed: int = 1,
+) -> RoutedModel:
     """A tiny base model saved as a HF folder and a run folder naming it; returns the routed model."""
     base = tiny_model(arch, num_layers=len(sparsities))
     base.save_pretrained(folder / "base")
     tiny_tokenizer().save_pretrained(folder / "base")
-    torch.manual_seed(1)
+    torch.manual_seed(router_seed)
     spec = RouterSpec(kind=kind, sink_fraction=sink_fraction)
-    routed = RoutedModel(base, Schedule.from_sparsities(sparsities), spec)
+    routed = RoutedModel(base, Schedule.from_sparsities(sparsities), spec, routing_mode)
     save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(folder / "base"))), folder / "run")
     return routed
 
@@ -137,6 +145,25 @@ def test_a_sink_prefix_exports_and_keeps_what_pytorch_keeps(tmp_path: Path) -> N
         assert torch.equal(kept & attention_mask.bool(), torch.stack(expected.keep) & attention_mask.bool())
         valid = attention_mask.bool().numpy()
         assert np.abs(outputs["logits"] - expected.logits.numpy())[valid].max() <= 1e-4
+
+
+def test_monotone_routing_exports_and_never_readmits_a_token(tmp_path: Path) -> None:
+    """The live set travels in the attention-score table, so the per-block graph needs nothing more."""
+    rising = [0.1, 0.3, 0.5]
+    routed = make_run(tmp_path, "llama", "learned", rising, routing_mode="monotone", router_seed=3)
+    export_onnx(tmp_path / "run", tmp_path / "artifact", debug_outputs=True)
+    input_ids, attention_mask = sample_inputs(2, 30, VOCAB, seed=0)
+    outputs = run_file(tmp_path / "artifact" / MODEL_FILE, input_ids, attention_mask)
+    with torch.no_grad():
+        expected = routed(input_ids, attention_mask)
+        readmitting = RoutedModel(routed.base, routed.schedule, routed.router_spec, "topk", router=routed.router)
+        topk = readmitting(input_ids, attention_mask)
+    valid = attention_mask.bool()
+    kept = keep_masks([outputs[f"indices_{block}"] for block in range(len(rising))], 30)
+    assert torch.equal(kept & valid, torch.stack(expected.keep) & valid)
+    assert reentries(list(kept), valid)[0] == 0
+    assert reentries(topk.keep, valid)[0] > 0  # this router would re-admit tokens under top-k routing
+    assert np.abs(outputs["logits"] - expected.logits.numpy())[valid.numpy()].max() <= 1e-4
 
 
 # --- slow: 4-layer models, the learned router, other dtypes, the dense baseline -------------------

@@ -38,8 +38,9 @@ class RoutedScoring:
     def __init__(self, routed: RoutedModel) -> None:
         self.routed = routed
         self.config = routed.base.config
-        # Threshold routing decides token by token, so padding leaves a row's routing as it is alone.
-        self.exact_lengths = routed.routing_mode == "topk"
+        # Threshold routing decides token by token, so padding leaves a row's routing as it is alone;
+        # top-k capacities (topk, monotone) depend on the padded length.
+        self.exact_lengths = routed.routing_mode != "threshold"
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_last: int) -> Forward:
         out = self.routed(input_ids, attention_mask, mode="compact", logits_to_keep=keep_last)
