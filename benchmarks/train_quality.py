@@ -44,13 +44,14 @@ from ftp_deploy.training.pipeline import run_training
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.search import SearchConfig
 from ftp_deploy.training.settings import FINETUNE_SEARCH, RunSettings
-from ftp_deploy.training.trainer import TrainConfig
+from ftp_deploy.training.trainer import TrainConfig, new_router
 
 ROWS = (
     ("random_uniform", "(a) random routing, uniform schedule"),
     ("static_uniform", "(b) static router, uniform schedule"),
     ("prior_uniform", "(b') static router + sink prefix, uniform schedule"),
     ("static_searched", "(c) static router (+ prefix), searched schedule"),
+    ("prior_searched", "(c') attention prior, untrained, searched schedule"),
     ("trained", "(d) trained router, searched + fine-tuned schedule"),
 )
 ORDER = ("random_uniform", "static_uniform", "static_searched", "trained")  # the KL order claimed, worst first
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument(
         "--sink-fraction", type=float, default=DEFAULT_SINK, help="sink prefix of the prior (0: none, row b' left out)"
     )
+    parser.add_argument("--routing", default="monotone", help="routing of the trained router (monotone or topk)")
     parser.add_argument("--out", type=Path, default=None, help="folder of the seed<N> run folders")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -131,6 +133,7 @@ def one_seed(
         sparsity=args.sparsity,
         seed=seed,
         sink_fraction=args.sink_fraction,
+        routing_mode=args.routing,
         data_config=DataConfig(seq_len=args.seq_len),
         search=SearchConfig(population=args.ga_population, generations=args.ga_generations),
         finetune=replace(FINETUNE_SEARCH, generations=args.finetune_generations),
@@ -142,13 +145,21 @@ def one_seed(
     train_seconds = time.monotonic() - started
     searched = Schedule(tuple(state["phases"]["search"]["best_thousandths"]))
     prior = RouterSpec(kind="static", sink_fraction=args.sink_fraction)
+    weight = state["phases"]["prior"]["attention_weight"]
+    trained = load_artifact(out)
+    attention_prior = {}
+    if weight:  # the chosen starting router, to show what training added to it
+        router = new_router(seed, attention_weight=weight)
+        spec = trained.router_spec
+        attention_prior["prior_searched"] = RoutedModel(base, searched, spec, args.routing, router=router)
     eval_started = time.monotonic()
     seeded = heldout_totals(
         references,
         {
             "random_uniform": RoutedModel(base, uniform, RouterSpec(kind="random", seed=seed)),
             "static_searched": RoutedModel(base, searched, prior),
-            "trained": load_artifact(out).build(base),
+            **attention_prior,
+            "trained": trained.build(base),
         },
     )
     eval_seconds = time.monotonic() - eval_started
@@ -166,6 +177,8 @@ def one_seed(
         "phase_seconds": {name: phases[name]["seconds"] for name in ("search", "train", "finetune")},
         "search_evaluations": phases["search"]["evaluations"],
         "router_from_step": phases["train"]["best_step"],
+        "prior_attention_weight": weight,
+        "prior_candidates": phases["prior"]["candidates"],
         "steps_done": phases["train"]["checkpoint"]["step"],
         "eval_seconds": eval_seconds,
         "kl_order_met": all(a > b for a, b in itertools.pairwise(kls)),
@@ -193,21 +206,33 @@ def print_seed(args: argparse.Namespace, run: dict[str, Any]) -> None:
     print(
         f"{args.windows} windows of {args.window_len} tokens, last {SCORED_POSITIONS} predictions scored; training "
         f"run {run['train_seconds']:.0f} s (search {phases['search']:.0f} s / {run['search_evaluations']} "
-        f"evaluations, training {phases['train']:.0f} s for {run['steps_done']} steps, router kept from step "
-        f"{run['router_from_step']}, fine-tune {phases['finetune']:.0f} s), scoring {run['eval_seconds']:.0f} s"
+        f"evaluations, prior attention weight {run['prior_attention_weight']:g} of "
+        f"{[w for w, _ in run['prior_candidates']]}, training {phases['train']:.0f} s for {run['steps_done']} steps, "
+        f"router kept from step {run['router_from_step']}, fine-tune {phases['finetune']:.0f} s), "
+        f"scoring {run['eval_seconds']:.0f} s"
     )
 
 
 def print_summary(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
     print(f"\nheld-out KL over {len(runs)} seed(s): mean, std, min, max")
     for name, label in ROWS:
-        if name in runs[0]["results"]:
-            figures = spread([run["results"][name]["kl"] for run in runs])
+        values = [run["results"][name]["kl"] for run in runs if name in run["results"]]
+        if values:
+            figures = spread(values)
             print(
                 f"{label:<52} {figures['mean']:.4f}  {figures['std']:.4f}  {figures['min']:.4f}  {figures['max']:.4f}"
+                + (f"  ({len(values)} seeds)" if len(values) < len(runs) else "")
             )
     met = sum(run["kl_order_met"] for run in runs)
     print(f"targets: KL (d) < (c) < (b) < (a) met in {met} of {len(runs)} seed(s)")
+    for run in runs:
+        results = run["results"]
+        ratio = results["trained"]["kl"] / results["static_uniform"]["kl"]
+        ppl = results["trained"]["perplexity"] / run["dense_perplexity"]
+        print(
+            f"seed {run['seed']}: KL (d) / (b) = {ratio:.3f} (target <= 0.8); perplexity (d) / dense = {ppl:.3f} "
+            "(target <= 1.05)"
+        )
 
 
 if __name__ == "__main__":

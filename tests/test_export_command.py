@@ -102,7 +102,7 @@ def test_trt_engine_without_tensorrt_fails_before_exporting(
     ("kind", "mode", "fragment"),
     [
         ("random", "topk", "random router"),
-        ("learned", "threshold", "top-k routing"),
+        ("learned", "threshold", "needs top-k"),
     ],
 )
 def test_routers_that_cannot_export(run_export, tmp_path: Path, kind: str, mode: str, fragment: str) -> None:

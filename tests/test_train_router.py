@@ -41,6 +41,34 @@ def test_the_initial_router_routes_exactly_like_the_static_one(padding: str | No
     assert all(torch.equal(a, b) for a, b in zip(static_keep(mask, SCHEDULE), static.keep, strict=True))
 
 
+def test_an_attention_prior_adds_its_weight_times_the_score_above_uniform() -> None:
+    """At the uniform share (score 1) the prior's logit is the static one's; each unit above adds `weight`."""
+    factors = torch.tensor([[0.2, 1.0, 0.5, 0.3], [0.2, 3.0, 0.5, 0.3], [0.9, 0.0, 0.1, 0.3]])
+    with torch.no_grad():
+        static, prior = new_router(0)(factors), new_router(0, attention_weight=8.0)(factors)
+    assert prior[0] == pytest.approx(float(static[0]), abs=1e-3)
+    assert prior[1] - static[1] == pytest.approx(16.0, abs=1e-2)
+    assert prior[2] - static[2] == pytest.approx(-8.0, abs=1e-1)  # GELU bends a little near 4
+
+
+def test_the_guide_loss_targets_an_attention_priors_own_decisions() -> None:
+    base, ids = tiny_model(), blocks(2, 24)
+    mask = torch.ones_like(ids)
+    run = RouterTrainer(
+        base, SCHEDULE, blocks(), CONFIG, LossWeights(), new_router(0, attention_weight=1000.0), 0,
+        routing_mode="monotone", prior=new_router(0, attention_weight=1000.0),
+    )  # fmt: skip
+    with torch.no_grad():
+        prior = RoutedModel(base, SCHEDULE, ROUTER_SPEC, "monotone", router=new_router(0, attention_weight=1000.0))
+        expected = prior(ids, mask).keep
+    targets = run.guide_targets(ids, mask)
+    assert all(torch.equal(a, b) for a, b in zip(targets, expected, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(targets, static_keep(mask, SCHEDULE), strict=True))
+    for _ in range(2):
+        run.train_step()
+    assert all(torch.equal(a, b) for a, b in zip(run.guide_targets(ids, mask), expected, strict=True))
+
+
 def test_the_llm_stays_frozen_and_bit_identical() -> None:
     base = tiny_model()
     for parameter in base.parameters():

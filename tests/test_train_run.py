@@ -88,6 +88,28 @@ def test_a_run_leaves_the_routed_model_report_and_metrics(
     assert state["finished"] and set(state["heldout"]) == {"static_uniform", "static_searched", "trained"}
 
 
+@pytest.mark.parametrize("routing", ["monotone", "topk"])
+def test_the_prior_with_the_lowest_calibration_kl_is_the_one_trained(
+    tiny_model_dir: Path, text_file: Path, tmp_path: Path, routing: str
+) -> None:
+    out = tmp_path / "run"
+    state = run_training(
+        settings(tiny_model_dir, text_file, routing_mode=routing, train=TrainConfig(steps=1, scored=8, search_batch=2)),
+        out,
+    )
+    prior = state["phases"]["prior"]
+    artifact = load_artifact(out)
+    assert artifact.routing_mode == routing
+    if routing == "topk":  # the attention factors would bring back stale tokens: the static order alone
+        assert prior["candidates"] == [] and prior["attention_weight"] == 0.0
+        return
+    scores = dict(prior["candidates"])
+    assert sorted(scores) == [0.0, 8.0, 32.0, 128.0]
+    assert prior["attention_weight"] == min(scores, key=scores.__getitem__)
+    assert artifact.training["prior_attention_weight"] == prior["attention_weight"]
+    assert state["phases"]["train"]["validation"][0][1] == pytest.approx(scores[prior["attention_weight"]])
+
+
 def test_resume_after_a_kill_gives_identical_losses(tiny_model_dir: Path, text_file: Path, tmp_path: Path) -> None:
     run_training(settings(tiny_model_dir, text_file), tmp_path / "straight")
 

@@ -27,7 +27,7 @@ from ftp_deploy.training.config import (
     TrainConfig,
     default_source,
 )
-from ftp_deploy.training.settings import FINETUNE_SEARCH, RunSettings
+from ftp_deploy.training.settings import ATTENTION_PRIORS, FINETUNE_SEARCH, RunSettings, parse_weights
 
 if TYPE_CHECKING:
     from ftp_deploy.training.ranks import Ranks
@@ -38,6 +38,7 @@ _TRAIN = TrainConfig()
 _LOSSES = LossWeights()
 GA = "Schedule search"
 LOSS = "Loss weights"
+DEFAULT_ATTENTION_PRIORS = ",".join(f"{weight:g}" for weight in ATTENTION_PRIORS)
 MEMORY_OPTIONS = (
     "--checkpoint-activations, --dtype bf16, a smaller --batch-size, --search-batch or --seq-len, "
     "or --device-map auto over more GPUs; --resume continues the run"
@@ -73,6 +74,20 @@ def train(
     monotone: Annotated[
         bool, typer.Option(help="Search only schedules whose sparsity never falls from one block to the next")
     ] = True,
+    routing: Annotated[
+        str,
+        typer.Option(
+            help="Routing of the trained router: monotone (a token skipped once stays skipped, so the attention "
+            "factors cannot bring back stale tokens) or topk"
+        ),
+    ] = "monotone",
+    attention_priors: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated attention-score weights of the router's starting point, scored on the "
+            "calibration batch (monotone routing; 0 is the static order)"
+        ),
+    ] = DEFAULT_ATTENTION_PRIORS,
     ga_population: Annotated[int, typer.Option(help="Genomes per generation", rich_help_panel=GA)] = _SEARCH.population,
     ga_generations: Annotated[
         int, typer.Option(help="Generations, the initial one included", rich_help_panel=GA)
@@ -126,6 +141,8 @@ def train(
         seed=seed,
         s_max=s_max,
         monotone_schedules=monotone,
+        routing_mode=routing,
+        attention_priors=parse_weights(attention_priors),
         data_config=DataConfig(seq_len=seq_len),
         search=SearchConfig(population=ga_population, generations=ga_generations, mutation_sigma=ga_mutation_sigma),
         finetune=replace(FINETUNE_SEARCH, generations=finetune_generations),

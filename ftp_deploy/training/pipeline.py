@@ -177,6 +177,13 @@ class _Run:
             return {}
         return {"prior_uniform": RoutedModel(self.base, self.uniform, self.static)}
 
+    def _attention_prior_rows(self, schedule: Schedule) -> dict[str, RoutedModel]:
+        """With an attention-weighted prior, the held-out table also shows that prior untrained (step 0)."""
+        weight = self.phases["prior"]["attention_weight"]
+        if not weight:
+            return {}
+        return {"prior_searched": self._routed(schedule, new_router(self.settings.seed, attention_weight=weight))}
+
     @property
     def calibration(self) -> DenseReference:
         """The searches' fixed batch; its dense log-probs are computed on first use only."""
@@ -199,7 +206,7 @@ class _Run:
             "schedule fine-tune (trained router)",
             self.settings.finetune,
             searched.best,
-            lambda s: self.calibration.kl(RoutedModel(self.base, s, self.learned, router=router)),
+            lambda s: self.calibration.kl(self._routed(s, router)),
         )
         return searched, router, tuned
 
@@ -228,25 +235,58 @@ class _Run:
         self.folder.write_state(self.state)
         return result
 
+    def _routed(self, schedule: Schedule, router: FactorRouter) -> RoutedModel:
+        return RoutedModel(self.base, schedule, self.learned, self.settings.routing_mode, router=router)
+
+    def choose_prior(self, schedule: Schedule) -> float:
+        """The attention weight of the router's starting point: the candidate best on the calibration batch.
+
+        Candidates are scored in their order (the static order, 0, first by default) while the
+        training phase's time share lasts. Recorded in run.json, so a resumed run starts from the
+        same prior without scoring again.
+        """
+        phase = self.phases.setdefault("prior", {})
+        if "attention_weight" not in phase:
+            began = time.monotonic()
+            seed = self.settings.seed
+            candidates = self.settings.priors
+            scores: dict[float, float] = {}
+            with self.progress.phase("router prior (attention weight)", len(candidates)) as advance:
+                for weight in candidates if len(candidates) > 1 else ():
+                    if scores and self.ranks.agree(self.budget.over("train")):
+                        break  # the training phase's share is spent: the candidates scored so far decide
+                    prior = self._routed(schedule, new_router(seed, attention_weight=weight))
+                    scores[weight] = self._calibration_kl(prior)
+                    advance(status=f"weight {weight:g}: KL {scores[weight]:.4f}")
+            best = min(scores, key=lambda w: (scores[w], w)) if scores else candidates[0]
+            candidates_kl = [[w, kl] for w, kl in scores.items()]
+            phase.update(candidates=candidates_kl, attention_weight=best, seconds=time.monotonic() - began)
+            self.folder.write_state(self.state)
+        return float(phase["attention_weight"])
+
     def train(self, schedule: Schedule) -> FactorRouter:
-        """Train on `schedule`; return the router weights that scored best on the calibration batch.
+        """Train on `schedule` from the chosen prior; return the weights that scored best on the calibration batch.
 
         Validations go into run.json with the checkpoints, so a resumed run has exactly the
         validations (and best weights) its checkpoint had.
         """
         settings = self.settings.train
+        weight = self.choose_prior(schedule)
         phase = self.phases.setdefault("train", {"seconds": 0.0})
+        seed = self.settings.seed
         trainer = RouterTrainer(
             self.base,
             schedule,
             self.data.train,
             settings,
             self.settings.losses,
-            new_router(self.settings.seed),
-            self.settings.seed,
+            new_router(seed, attention_weight=weight),
+            seed,
             self.ranks,
             checkpoint_activations=self.checkpoint_activations,
             spec=self.learned,
+            routing_mode=self.settings.routing_mode,
+            prior=new_router(seed, attention_weight=weight) if weight else None,
         )
         if "checkpoint" in phase:
             tensors = self.ranks.from_main(lambda: self.folder.load_checkpoint(phase["checkpoint"]))
@@ -299,7 +339,7 @@ class _Run:
 
     def finish(self, outcome: tuple[SearchResult, FactorRouter, SearchResult]) -> None:
         searched, router, tuned = outcome
-        routed = RoutedModel(self.base, tuned.best, self.learned, router=router)
+        routed = self._routed(tuned.best, router)
         with self.progress.phase("score the held-out blocks"):
             heldout = DenseReference(self.base, self.data.heldout, self.settings.train.scored)
             self.state["heldout"] = heldout_scores(
@@ -308,6 +348,7 @@ class _Run:
                     "static_uniform": RoutedModel(self.base, self.uniform, STATIC),
                     **self._prior_rows(),
                     "static_searched": RoutedModel(self.base, searched.best, self.static),
+                    **self._attention_prior_rows(searched.best),
                     "trained": routed,
                 },
             )
@@ -329,6 +370,8 @@ class _Run:
             "target_sparsity": self.settings.sparsity,
             "steps": train["checkpoint"]["step"],
             "router_from_step": train["best_step"],
+            "prior_attention_weight": self.phases["prior"]["attention_weight"],
+            "routing_mode": self.settings.routing_mode,
             "steps_planned": self.settings.train.steps,
             "stopped_by_time_budget": train["stopped_by_time_budget"],
             "search_kl": searched.best_fitness,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,6 +12,11 @@ from ftp_deploy.training.config import DataConfig, LossWeights, SearchConfig, Tr
 
 # The fine-tune search starts at the trained schedule and moves in smaller steps.
 FINETUNE_SEARCH = SearchConfig(population=8, generations=3, mutation_sigma=0.01, init_sigma=0.015)
+TRAINABLE_ROUTING = ("monotone", "topk")
+# Attention-score weights of the router's starting point that training scores on the calibration
+# batch (trainer.new_router); 0 is the static order. They matter under monotone routing only: under
+# top-k a token the attention score ranks out of one block can come back stale in a later one.
+ATTENTION_PRIORS = (0.0, 8.0, 32.0, 128.0)
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,8 @@ class RunSettings:
     s_max: float = DEFAULT_S_MAX
     monotone_schedules: bool = True  # see ScheduleSpace: decreasing steps re-admit stale tokens
     sink_fraction: float = 0.0  # leading tokens every block keeps (RouterSpec.sink_fraction)
+    routing_mode: str = "monotone"  # of the trained router: a token skipped once stays skipped
+    attention_priors: tuple[float, ...] = ATTENTION_PRIORS
     data_config: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     finetune: SearchConfig = FINETUNE_SEARCH
@@ -33,14 +41,32 @@ class RunSettings:
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity, self.s_max)
         check_sink_fraction(self.sink_fraction)
+        if self.routing_mode not in TRAINABLE_ROUTING:
+            raise ConfigError(f"--routing must be one of {', '.join(TRAINABLE_ROUTING)}, got {self.routing_mode!r}")
+        if not self.attention_priors or min(self.attention_priors) < 0:
+            raise ConfigError("--attention-priors needs at least one weight, each >= 0")
         if self.data_config.seq_len <= self.train.scored + 1:
             raise ConfigError(
                 f"--seq-len {self.data_config.seq_len} leaves no context before the "
                 f"{self.train.scored} scored positions; use more than {self.train.scored + 1}"
             )
 
+    @property
+    def priors(self) -> tuple[float, ...]:
+        """The starting routers training scores: the attention weights, or the static order alone under top-k."""
+        return tuple(dict.fromkeys(self.attention_priors)) if self.routing_mode == "monotone" else (0.0,)
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """As run.json holds it (tuples as lists), so a resumed run compares like with like."""
+        return dict(json.loads(json.dumps(asdict(self))))
+
+
+def parse_weights(text: str) -> tuple[float, ...]:
+    """`--attention-priors`: comma-separated non-negative numbers."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--attention-priors takes comma-separated numbers, got {text!r}") from None
 
 
 def differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:

@@ -28,6 +28,8 @@ OPTIMIZER_PREFIX = "optimizer."
 BEST_PREFIX = "best."
 ROUTER_SPEC = RouterSpec(kind="learned")
 INIT_SLOPE = 10.0
+# GELU is the identity to within 0.2% above 3, so this offset keeps the attention unit linear.
+ATTENTION_OFFSET = 4.0
 
 
 @dataclass
@@ -52,13 +54,16 @@ def dense_log_probs(base: Any, ids: torch.Tensor, scored: int) -> torch.Tensor:
     return log_probs(scored_logits(base(ids, logits_to_keep=logits_to_keep(scored)).logits, scored))
 
 
-def new_router(seed: int, slope: float = INIT_SLOPE) -> FactorRouter:
-    """A router whose keep logit starts as `slope * (position - s_l)`: the static priority.
+def new_router(seed: int, slope: float = INIT_SLOPE, attention_weight: float = 0.0) -> FactorRouter:
+    """A router whose keep logit starts as `slope * (position - s_l) + attention_weight * (attention score - 1)`.
 
     One hidden unit carries `position - s_l` through GELU's linear range (its input stays
-    in [4.4, 12]); the other units start with zero output weight and learn from there. So
-    training starts at the routing the schedule was searched with, and the guide loss near
-    its minimum, instead of at a random routing whose KL is orders of magnitude worse.
+    in [4.4, 12]); with `attention_weight` a second carries the attention score (>= 0, 1 for a
+    token that gets its uniform share) the same way, so tokens the recent queries attend to
+    rank higher. The other units start with zero output weight and learn from there. At weight
+    0 this is the static priority: training starts at the routing the schedule was searched with,
+    and the guide loss near its minimum, instead of at a random routing whose KL is orders of
+    magnitude worse.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -73,6 +78,12 @@ def new_router(seed: int, slope: float = INIT_SLOPE) -> FactorRouter:
         last.weight.zero_()
         last.weight[0, 0] = slope / gain
         last.bias.fill_(-slope * offset / gain)
+        if attention_weight:
+            first.weight[1].zero_()
+            first.weight[1, FACTOR_NAMES.index("attention_score")] = 1.0
+            first.bias[1] = ATTENTION_OFFSET
+            last.weight[0, 1] = attention_weight
+            last.bias.sub_(attention_weight * (ATTENTION_OFFSET + 1))
     return router
 
 
@@ -83,7 +94,9 @@ class RouterTrainer:
     gradients are summed over the ranks before each update, so every rank holds the router
     one process would train on the whole global batch (to rounding).
     `spec`'s sink prefix is kept in every block and is part of the guide loss's targets, so the
-    router starts from, and is guided towards, the static routing with that prefix.
+    router starts from, and is guided towards, the static routing with that prefix. A `prior`
+    router (the starting one, when it also weighs the attention score) replaces the static order
+    as the guide's target: its decisions, in a no-grad forward of each batch.
     """
 
     def __init__(
@@ -98,6 +111,8 @@ class RouterTrainer:
         ranks: Ranks = ONE_PROCESS,
         checkpoint_activations: bool = False,
         spec: RouterSpec = ROUTER_SPEC,
+        routing_mode: str = "topk",
+        prior: FactorRouter | None = None,
     ) -> None:
         for parameter in base.parameters():
             parameter.requires_grad_(False)
@@ -111,7 +126,10 @@ class RouterTrainer:
         self.ranks = ranks
         self.router = router
         self.spec = spec
-        self.routed = RoutedModel(base, schedule, spec, router=router, checkpoint_blocks=checkpoint_activations)
+        self.routed = RoutedModel(
+            base, schedule, spec, routing_mode, router=router, checkpoint_blocks=checkpoint_activations
+        )
+        self.prior = None if prior is None else RoutedModel(base, schedule, spec, routing_mode, router=prior)
         self.optimizer = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.best_kl = float("inf")
@@ -155,8 +173,7 @@ class RouterTrainer:
         dense = dense_log_probs(self.base, ids, scored)
         out = self.routed(ids, mask, mode="masked", gate_gradient=True, logits_to_keep=logits_to_keep(scored))
         distill = mean(kl_to_dense(dense, scored_logits(out.logits, scored)), ids.shape[0])
-        prior = static_keep(mask, self.schedule, self.spec.sink_fraction)
-        guide = mean(guide_losses(out.router_logits, prior, valid), tokens).mean()
+        guide = mean(guide_losses(out.router_logits, self.guide_targets(ids, mask), valid), tokens).mean()
         soft = mean(soft_sparsity(out.router_logits, valid), tokens)
         penalty = sparsity_loss(soft, self.schedule)
         guide_weight = self.weights.guide_weight(self.step, self.config.steps)
@@ -178,6 +195,13 @@ class RouterTrainer:
         )
         self.step += 1
         return metrics
+
+    @torch.no_grad()
+    def guide_targets(self, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per block, the prior's keep decisions on this batch: the static order's, or the prior router's."""
+        if self.prior is None:
+            return static_keep(mask, self.schedule, self.spec.sink_fraction)
+        return self.prior(ids, mask, logits_to_keep=1).keep
 
     def _sum_gradients(self) -> None:
         """Each rank's gradient is its share's part of the global loss's: their sum is the whole."""
