@@ -100,6 +100,7 @@ def test_the_prior_with_the_lowest_calibration_kl_is_the_one_trained(
     prior = state["phases"]["prior"]
     artifact = load_artifact(out)
     assert artifact.routing_mode == routing
+    assert "| router prior | " in (out / "report.md").read_text()
     if routing == "topk":  # the attention factors would bring back stale tokens: the static order alone
         assert prior["candidates"] == [] and prior["attention_weight"] == 0.0
         return

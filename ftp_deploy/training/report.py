@@ -22,6 +22,7 @@ ROUTINGS = (
     ("static_uniform", "static router, uniform schedule"),
     ("prior_uniform", "static router + sink prefix, uniform schedule"),
     ("static_searched", "static router (+ the run's sink prefix), searched schedule"),
+    ("prior_searched", "attention-weighted prior (untrained), searched schedule"),
     ("trained", "trained router, fine-tuned schedule"),
 )
 
@@ -87,6 +88,14 @@ def _loss_figure(state: dict[str, Any], metrics: list[dict[str, Any]]) -> Any:
     return figure
 
 
+def _prior_line(phases: dict[str, Any]) -> str:
+    prior = phases.get("prior", {})
+    weight = prior.get("attention_weight", 0.0)
+    chosen = "the static order" if not weight else f"attention weight {weight:g}"
+    scored = ", ".join(f"{w:g}: {kl:.4f}" for w, kl in prior.get("candidates", []))
+    return f"{chosen} ({'calibration KL by weight: ' + scored if scored else 'no other candidate'})"
+
+
 def report_markdown(state: dict[str, Any]) -> str:
     settings, phases, data = state["settings"], state["phases"], state["data"]
     train = phases["train"]
@@ -105,6 +114,7 @@ def report_markdown(state: dict[str, Any]) -> str:
         f"batch {settings['train']['batch_size']} |",
         f"| router kept | the weights after step {train['best_step']}, best of the calibration checks "
         f"(KL {min(kl for _, kl in train['validation']):.4f}; {train['validation'][0][1]:.4f} at the start) |",
+        f"| router prior | {_prior_line(phases)} |",
         f"| wall time | search {phases['search']['seconds']:.0f} s, training {train['seconds']:.0f} s, "
         f"fine-tune {phases['finetune']['seconds']:.0f} s |",
         f"| calibration KL | uniform {phases['search']['start_fitness']:.4f}, searched "
