@@ -16,7 +16,7 @@ from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError, ConfigError, DataError, FtpDeployError, StorageError
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
-from ftp_deploy.training import runfolder
+from ftp_deploy.training import pipeline, runfolder
 from ftp_deploy.training.command import train
 from ftp_deploy.training.data import DataConfig
 from ftp_deploy.training.pipeline import run_training
@@ -109,6 +109,20 @@ def test_the_prior_with_the_lowest_calibration_kl_is_the_one_trained(
     assert prior["attention_weight"] == min(scores, key=scores.__getitem__)
     assert artifact.training["prior_attention_weight"] == prior["attention_weight"]
     assert state["phases"]["train"]["validation"][0][1] == pytest.approx(scores[prior["attention_weight"]])
+
+
+def test_a_searched_schedule_that_loses_on_the_validation_blocks_is_not_kept(
+    tiny_model_dir: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def uniform_wins(run: pipeline._Run, routed: RoutedModel) -> float:
+        return 0.0 if len(set(routed.schedule.thousandths)) == 1 else 1.0
+
+    monkeypatch.setattr(pipeline._Run, "_validation_kl", uniform_wins)
+    state = run_training(settings(tiny_model_dir, text_file), tmp_path / "run")
+    search = state["phases"]["search"]
+    assert search["validation"] == {"start": 0.0, "found": 1.0}  # the calibration batch preferred another
+    assert set(search["best_thousandths"]) == {300} and search["best_fitness"] == search["start_fitness"]
+    assert state["phases"]["finetune"]["best_thousandths"] == search["best_thousandths"]
 
 
 def test_resume_after_a_kill_gives_identical_losses(tiny_model_dir: Path, text_file: Path, tmp_path: Path) -> None:

@@ -69,6 +69,9 @@ def train(
     lr: Annotated[float, typer.Option(help="AdamW learning rate")] = _TRAIN.lr,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints")] = _TRAIN.checkpoint_every,
     search_batch: Annotated[int, typer.Option(help="Blocks in the searches' calibration batch")] = _TRAIN.search_batch,
+    validation_batch: Annotated[
+        int, typer.Option(help="Blocks held out of training that decide which router, prior and schedule are kept")
+    ] = _TRAIN.validation_batch,
     scored: Annotated[int, typer.Option(help="Last positions scored by KL (FTP_SPEC 1b)")] = _TRAIN.scored,
     s_max: Annotated[float, typer.Option(help="Largest sparsity of any block")] = DEFAULT_S_MAX,
     monotone: Annotated[
@@ -153,6 +156,7 @@ def train(
             checkpoint_every=checkpoint_every,
             scored=scored,
             search_batch=search_batch,
+            validation_batch=validation_batch,
         ),
         losses=LossWeights(
             guide=guide_weight, guide_decay=guide_decay, sparsity=sparsity_weight, distill=distill_weight

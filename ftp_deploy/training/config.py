@@ -61,8 +61,9 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Router training. `search_batch` blocks form the fixed calibration batch: the searches'
-    fitness and the check, every `eval_every` steps, of which router weights to keep."""
+    """Router training. `search_batch` blocks form the fixed calibration batch, the searches'
+    fitness; `validation_batch` other blocks check, every `eval_every` steps, which router weights
+    to keep, and which prior and searched schedules."""
 
     steps: int = 60
     batch_size: int = 2
@@ -71,11 +72,18 @@ class TrainConfig:
     checkpoint_every: int = 10
     scored: int = SCORED_POSITIONS
     search_batch: int = 8
-    eval_every: int = 10  # steps between calibration-KL checks; the best router is the one kept
+    eval_every: int = 10  # steps between validation checks; the best router is the one kept
+    # Blocks held out of training and of the searches' batch: the checks that decide which router
+    # weights, prior and schedules are kept, so a choice is never scored on what it was fitted to.
+    validation_batch: int = 16
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.checkpoint_every, self.scored, self.search_batch, self.eval_every) < 1:
-            raise ConfigError("steps, batch_size, checkpoint_every, scored, search_batch and eval_every must be >= 1")
+        sizes = (self.steps, self.batch_size, self.checkpoint_every, self.scored, self.search_batch, self.eval_every)
+        if min(*sizes, self.validation_batch) < 1:
+            raise ConfigError(
+                "steps, batch_size, checkpoint_every, scored, search_batch, eval_every and validation_batch "
+                "must be >= 1"
+            )
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("lr must be > 0 and weight_decay >= 0")
 

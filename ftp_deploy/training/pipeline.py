@@ -35,7 +35,7 @@ from ftp_deploy.training.ranks import ONE_PROCESS, Ranks
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.report import write_report
 from ftp_deploy.training.runfolder import RunFolder, storage
-from ftp_deploy.training.search import Fitness, Generation, ScheduleSpace, SearchConfig, SearchResult, genetic_search
+from ftp_deploy.training.search import Generation, ScheduleSpace, SearchConfig, SearchResult, genetic_search
 from ftp_deploy.training.self_data import self_sampled_blocks
 from ftp_deploy.training.settings import RunSettings, differences
 from ftp_deploy.training.trainer import ROUTER_SPEC, RouterTrainer, StepMetrics, new_router
@@ -167,6 +167,10 @@ class _Run:
         self.space = ScheduleSpace(settings.sparsity, weights, settings.s_max, settings.monotone_schedules)
         self.uniform = Schedule.uniform(settings.sparsity, len(self.base.model.layers), settings.s_max)
         self._calibration: DenseReference | None = None
+        self._validation: DenseReference | None = None
+        # The last blocks check the choices; training and the searches' batch never see them.
+        held = min(settings.train.validation_batch, max(1, data.train.shape[0] // 4))
+        self.training_blocks, self.validation_blocks = data.train[:-held], data.train[-held:]
         # The routing prior: the static order plus the run's sink prefix; the router starts from it.
         self.static = replace(STATIC, sink_fraction=settings.sink_fraction)
         self.learned = replace(ROUTER_SPEC, sink_fraction=settings.sink_fraction)
@@ -188,9 +192,15 @@ class _Run:
     def calibration(self) -> DenseReference:
         """The searches' fixed batch; its dense log-probs are computed on first use only."""
         if self._calibration is None:
-            blocks = self.data.train[: self.settings.train.search_batch]
+            blocks = self.training_blocks[: self.settings.train.search_batch]
             self._calibration = DenseReference(self.base, blocks, self.settings.train.scored)
         return self._calibration
+
+    @property
+    def validation(self) -> DenseReference:
+        if self._validation is None:
+            self._validation = DenseReference(self.base, self.validation_blocks, self.settings.train.scored)
+        return self._validation
 
     def train_and_tune(self) -> tuple[SearchResult, FactorRouter, SearchResult]:
         searched = self.search(
@@ -198,7 +208,7 @@ class _Run:
             "schedule search (static router)",
             self.settings.search,
             self.uniform,
-            lambda s: self.calibration.kl(RoutedModel(self.base, s, self.static)),
+            lambda s: RoutedModel(self.base, s, self.static),
         )
         router = self.train(searched.best)
         tuned = self.search(
@@ -206,11 +216,15 @@ class _Run:
             "schedule fine-tune (trained router)",
             self.settings.finetune,
             searched.best,
-            lambda s: self.calibration.kl(self._routed(s, router)),
+            lambda s: self._routed(s, router),
         )
         return searched, router, tuned
 
-    def search(self, phase: str, title: str, config: SearchConfig, start: Schedule, fitness: Fitness) -> SearchResult:
+    def search(
+        self, phase: str, title: str, config: SearchConfig, start: Schedule, build: Callable[[Schedule], RoutedModel]
+    ) -> SearchResult:
+        """The genetic search from `start` on the calibration batch; its winner is kept only if it also
+        scores lower than `start` on the validation blocks."""
         if phase in self.phases:
             return SearchResult.from_json(self.phases[phase], self.settings.s_max)
         self.folder.keep_metrics(lambda r: r["phase"] != phase)
@@ -222,7 +236,7 @@ class _Run:
                 advance(status=f"best KL {generation.best:.4f}")
 
             result = genetic_search(
-                fitness,
+                lambda s: self.calibration.kl(build(s)),
                 self.space,
                 start,
                 config,
@@ -231,6 +245,13 @@ class _Run:
                 on_generation=record,
                 ranks=self.ranks,
             )
+        if result.best.thousandths != start.thousandths:
+            result.validation = {
+                "start": self._validation_kl(build(start)),
+                "found": self._validation_kl(build(result.best)),
+            }
+            if result.validation["found"] >= result.validation["start"]:
+                result.best, result.best_fitness = start, result.start_fitness
         self.phases[phase] = {**result.to_json(), "seconds": time.monotonic() - began}
         self.folder.write_state(self.state)
         return result
@@ -239,7 +260,7 @@ class _Run:
         return RoutedModel(self.base, schedule, self.learned, self.settings.routing_mode, router=router)
 
     def choose_prior(self, schedule: Schedule) -> float:
-        """The attention weight of the router's starting point: the candidate best on the calibration batch.
+        """The attention weight of the router's starting point: the candidate best on the validation blocks.
 
         Candidates are scored in their order (the static order, 0, first by default) while the
         training phase's time share lasts. Recorded in run.json, so a resumed run starts from the
@@ -256,7 +277,7 @@ class _Run:
                     if scores and self.ranks.agree(self.budget.over("train")):
                         break  # the training phase's share is spent: the candidates scored so far decide
                     prior = self._routed(schedule, new_router(seed, attention_weight=weight))
-                    scores[weight] = self._calibration_kl(prior)
+                    scores[weight] = self._validation_kl(prior)
                     advance(status=f"weight {weight:g}: KL {scores[weight]:.4f}")
             best = min(scores, key=lambda w: (scores[w], w)) if scores else candidates[0]
             candidates_kl = [[w, kl] for w, kl in scores.items()]
@@ -265,7 +286,7 @@ class _Run:
         return float(phase["attention_weight"])
 
     def train(self, schedule: Schedule) -> FactorRouter:
-        """Train on `schedule` from the chosen prior; return the weights that scored best on the calibration batch.
+        """Train on `schedule` from the chosen prior; return the weights that scored best on the validation blocks.
 
         Validations go into run.json with the checkpoints, so a resumed run has exactly the
         validations (and best weights) its checkpoint had.
@@ -277,7 +298,7 @@ class _Run:
         trainer = RouterTrainer(
             self.base,
             schedule,
-            self.data.train,
+            self.training_blocks,
             settings,
             self.settings.losses,
             new_router(seed, attention_weight=weight),
@@ -292,7 +313,7 @@ class _Run:
             tensors = self.ranks.from_main(lambda: self.folder.load_checkpoint(phase["checkpoint"]))
             trainer.load_state_tensors(tensors, phase["checkpoint"]["step"])
         else:
-            phase["validation"] = [[0, trainer.validate(self._calibration_kl)]]
+            phase["validation"] = [[0, trainer.validate(self._validation_kl)]]
         if not phase.get("done"):
             self._train_steps(trainer, phase)
         trainer.use_best()
@@ -307,7 +328,7 @@ class _Run:
                 metrics = trainer.train_step()
                 self.folder.append_metrics(metrics.to_json())
                 if trainer.step % settings.eval_every == 0:
-                    phase["validation"].append([trainer.step, trainer.validate(self._calibration_kl)])
+                    phase["validation"].append([trainer.step, trainer.validate(self._validation_kl)])
                 advance(
                     status=f"loss {metrics.loss:.4f}  KL {metrics.distill:.4f}  guide w {metrics.guide_weight:.2f}  "
                     f"sparsity {metrics.hard_sparsity:.3f} (soft {metrics.soft_sparsity:.3f})  "
@@ -319,7 +340,7 @@ class _Run:
                     phase["seconds"] = seconds_before + time.monotonic() - began
                     self._checkpoint(trainer, phase)
         if phase["validation"][-1][0] != trainer.step:
-            phase["validation"].append([trainer.step, trainer.validate(self._calibration_kl)])
+            phase["validation"].append([trainer.step, trainer.validate(self._validation_kl)])
         phase.update(
             done=True,
             seconds=seconds_before + time.monotonic() - began,
@@ -328,9 +349,9 @@ class _Run:
         )
         self._checkpoint(trainer, phase)
 
-    def _calibration_kl(self, routed: RoutedModel) -> float:
-        """The validation of a router during training: the calibration chunks shared over the ranks."""
-        return self.calibration.kl(routed, self.ranks)
+    def _validation_kl(self, routed: RoutedModel) -> float:
+        """A check of a choice (router weights, prior, schedule): the validation blocks shared over the ranks."""
+        return self.validation.kl(routed, self.ranks)
 
     def _checkpoint(self, trainer: RouterTrainer, phase: dict[str, Any]) -> None:
         phase["checkpoint"] = self.folder.save_checkpoint(trainer.step, trainer.state_tensors())

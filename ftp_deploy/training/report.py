@@ -88,12 +88,21 @@ def _loss_figure(state: dict[str, Any], metrics: list[dict[str, Any]]) -> Any:
     return figure
 
 
+def _validation_line(search: dict[str, Any], start: str) -> str:
+    """Whether a search's winner beat its start on the validation blocks, and so was kept."""
+    checked = search.get("validation")
+    if not checked:
+        return f"{start} schedule kept (the search found nothing better)"
+    kept = "found" if checked["found"] < checked["start"] else start
+    return f"{start} {checked['start']:.4f}, found {checked['found']:.4f}: {kept} schedule kept"
+
+
 def _prior_line(phases: dict[str, Any]) -> str:
     prior = phases.get("prior", {})
     weight = prior.get("attention_weight", 0.0)
     chosen = "the static order" if not weight else f"attention weight {weight:g}"
     scored = ", ".join(f"{w:g}: {kl:.4f}" for w, kl in prior.get("candidates", []))
-    return f"{chosen} ({'calibration KL by weight: ' + scored if scored else 'no other candidate'})"
+    return f"{chosen} ({'validation KL by weight: ' + scored if scored else 'no other candidate'})"
 
 
 def report_markdown(state: dict[str, Any]) -> str:
@@ -112,7 +121,7 @@ def report_markdown(state: dict[str, Any]) -> str:
         f"| seed | {settings['seed']} |",
         f"| training steps | {train['checkpoint']['step']} of {settings['train']['steps']}{budget_note}, "
         f"batch {settings['train']['batch_size']} |",
-        f"| router kept | the weights after step {train['best_step']}, best of the calibration checks "
+        f"| router kept | the weights after step {train['best_step']}, best of the validation checks "
         f"(KL {min(kl for _, kl in train['validation']):.4f}; {train['validation'][0][1]:.4f} at the start) |",
         f"| router prior | {_prior_line(phases)} |",
         f"| wall time | search {phases['search']['seconds']:.0f} s, training {train['seconds']:.0f} s, "
@@ -120,6 +129,8 @@ def report_markdown(state: dict[str, Any]) -> str:
         f"| calibration KL | uniform {phases['search']['start_fitness']:.4f}, searched "
         f"{phases['search']['best_fitness']:.4f} (static router); trained router, fine-tuned schedule "
         f"{phases['finetune']['best_fitness']:.4f} |",
+        f"| validation KL | {_validation_line(phases['search'], 'uniform')}; "
+        f"{_validation_line(phases['finetune'], 'searched')} |",
         "",
         f"## Held-out blocks (the last {scored} predictions of each block)",
         "",

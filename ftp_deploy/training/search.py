@@ -37,6 +37,8 @@ class SearchResult:
     history: list[Generation] = field(default_factory=list)
     evaluations: int = 0
     stopped_early: bool = False
+    # KL of the start and of the schedule found on blocks the search did not see; None if not checked.
+    validation: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class SearchResult:
             "evaluations": self.evaluations,
             "stopped_early": self.stopped_early,
             "history": [asdict(g) for g in self.history],
+            "validation": self.validation,
         }
 
     @classmethod
@@ -57,6 +60,7 @@ class SearchResult:
             history=[Generation(**g) for g in data["history"]],
             evaluations=int(data["evaluations"]),
             stopped_early=bool(data["stopped_early"]),
+            validation=data.get("validation"),
         )
 
 
