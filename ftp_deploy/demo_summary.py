@@ -25,10 +25,12 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
     report = _read_report(verify_dir / "report.json")
     parity, latency = report["parity"], report.get("latency") or {}
     trained, static = heldout["trained"], heldout["static_uniform"]
+    prior = training.get("prior_attention_weight")
+    start = f"the attention-weighted prior (weight {prior:g})" if prior else "which routes like the static router"
     kept = (
         f"kept the router of step {training['router_from_step']} of {training['steps']}"
         if training.get("router_from_step")
-        else "kept the step-0 router, which routes like the static router: no later checkpoint did better"
+        else f"kept the step-0 router, {start}: no later checkpoint did better"
     )
     lines = [
         f"Trained: a {artifact.router_spec.kind} router for {artifact.base.ref} at mean sparsity "
