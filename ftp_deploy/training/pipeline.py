@@ -312,8 +312,9 @@ class _Run:
         if "checkpoint" in phase:
             tensors = self.ranks.from_main(lambda: self.folder.load_checkpoint(phase["checkpoint"]))
             trainer.load_state_tensors(tensors, phase["checkpoint"]["step"])
-        else:
-            phase["validation"] = [[0, trainer.validate(self._validation_kl)]]
+        else:  # step 0 is the chosen prior, whose validation KL the choice already measured
+            known = dict(self.phases["prior"]["candidates"]).get(weight)
+            phase["validation"] = [[0, trainer.validate(self._validation_kl if known is None else lambda _: known)]]
         if not phase.get("done"):
             self._train_steps(trainer, phase)
         trainer.use_best()
