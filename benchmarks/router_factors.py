@@ -36,10 +36,8 @@ from ftp_deploy.router import FACTOR_NAMES, FactorRouter
 from ftp_deploy.routing import reentries
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.reference import DenseReference
-from ftp_deploy.training.trainer import ROUTER_SPEC, new_router
+from ftp_deploy.training.trainer import ATTENTION_OFFSET, ROUTER_SPEC, new_router
 
-# GELU is the identity to within 0.2% above 3, so this offset keeps the factor's hidden unit linear.
-LINEAR_OFFSET = 4.0
 FACTOR_WEIGHTS = {"attention_score": (0.05, 0.25, 1.0), "attention_rank": (0.25, 1.0, 4.0)}
 PREFIX_FRACTIONS = (1 / 64, 1 / 16, 1 / 8, 1 / 4)
 # A hidden unit GELU(PREFIX_SLOPE * (fraction - position)) is large inside the prefix and ~0
@@ -67,7 +65,7 @@ def prefix_router(fraction: float) -> FactorRouter:
 
 def factor_router(factor: str | None, weight: float) -> FactorRouter:
     """The static-priority router plus `weight * factor` in its keep logit (a constant shift aside)."""
-    return new_router(seed=0) if factor is None else static_plus_unit(factor, 1.0, LINEAR_OFFSET, weight)
+    return new_router(seed=0) if factor is None else static_plus_unit(factor, 1.0, ATTENTION_OFFSET, weight)
 
 
 def main() -> None:
