@@ -88,7 +88,7 @@ def train(
         str,
         typer.Option(
             help="Comma-separated attention-score weights of the router's starting point, scored on the "
-            "calibration batch (monotone routing; 0 is the static order)"
+            "validation blocks (monotone routing; 0 is the static order)"
         ),
     ] = DEFAULT_ATTENTION_PRIORS,
     ga_population: Annotated[int, typer.Option(help="Genomes per generation", rich_help_panel=GA)] = _SEARCH.population,

@@ -13,8 +13,8 @@ from ftp_deploy.training.config import DataConfig, LossWeights, SearchConfig, Tr
 # The fine-tune search starts at the trained schedule and moves in smaller steps.
 FINETUNE_SEARCH = SearchConfig(population=8, generations=3, mutation_sigma=0.01, init_sigma=0.015)
 TRAINABLE_ROUTING = ("monotone", "topk")
-# Attention-score weights of the router's starting point that training scores on the calibration
-# batch (trainer.new_router); 0 is the static order. They matter under monotone routing only: under
+# Attention-score weights of the router's starting point that training scores on its validation
+# blocks (trainer.new_router); 0 is the static order. They matter under monotone routing only: under
 # top-k a token the attention score ranks out of one block can come back stale in a later one.
 ATTENTION_PRIORS = (0.0, 8.0, 32.0, 128.0)
 
