@@ -1,7 +1,8 @@
 """Routed prefill that fills a compacted per-layer KV cache, cached decode, and its reference.
 
-FTP_SPEC section 9: the prompt is routed once (compact mode, top-k); each generated token is
-the last valid token, so it is kept in every block and attends to that block's cache.
+FTP_SPEC section 9: the prompt is routed once (compact mode, top-k capacity, plain or monotone);
+each generated token is the last valid token, so it is kept in every block and attends to that
+block's cache.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from ftp_deploy.errors import ConfigError
 from ftp_deploy.kv_cache import RoutedCache, cache_index
 from ftp_deploy.routed_model import RoutedModel
 
+# Both keep exactly K_l tokens per block (monotone only ranks them differently), so both cache alike.
+CACHED_ROUTING = ("topk", "monotone")
+
 
 @dataclass
 class Prefill:
@@ -25,8 +29,12 @@ class Prefill:
 
 
 def _check_prompt(model: RoutedModel, attention_mask: torch.Tensor) -> None:
-    if model.routing_mode != "topk":
-        raise ConfigError("cached generation routes the prompt with top-k capacity (FTP_SPEC section 9)")
+    if model.routing_mode not in CACHED_ROUTING:
+        # Threshold routing keeps a data-dependent count per row; the cache's layers need K_l slots each.
+        raise ConfigError(
+            f"cached generation routes the prompt with top-k capacity ({' or '.join(CACHED_ROUTING)} routing, "
+            f"FTP_SPEC section 9); this model routes by {model.routing_mode}"
+        )
     if not bool(attention_mask[:, -1].bool().all()):
         # New tokens are appended at the end, so each row's last valid token must be the last column.
         raise ConfigError("cached generation needs left padding: every row's last token must be valid")

@@ -34,10 +34,14 @@ def greedy_decode(model: RoutedModel, prefill: Prefill, steps: int) -> tuple[tor
     return torch.cat(tokens, dim=1), step_logits
 
 
+# Every routing `train` can produce (monotone is its default) and the static router.
+ROUTINGS = [("static", "topk"), ("learned", "topk"), ("learned", "monotone")]
+
+
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
-@pytest.mark.parametrize("kind", ["static", "learned"])
-def test_cached_decode_equals_the_masked_reference(arch: str, kind: str, single_thread: None) -> None:
-    model = routed(arch, kind)
+@pytest.mark.parametrize(("kind", "mode"), ROUTINGS)
+def test_cached_decode_equals_the_masked_reference(arch: str, kind: str, mode: str, single_thread: None) -> None:
+    model = routed(arch, kind, mode)
     ids, mask = random_batch(2, PROMPT_LEN, "left")
     prefill = routed_prefill(model, ids, mask)
     # The prompt really skipped valid tokens, and row 1 keeps padding slots in some block.
@@ -54,7 +58,7 @@ def test_cached_decode_equals_the_masked_reference(arch: str, kind: str, single_
         sequence = torch.cat([ids, generated[:, : step + 1]], dim=1)
         reference = masked_forward_with_keep(model, sequence, full_mask[:, :length], keep)[:, -1]
         worst = max(worst, (reference - logits).abs().max().item())
-    print(f"{arch}/{kind}: max |cached - masked reference| over {STEPS} steps = {worst:.2e}")
+    print(f"{arch}/{kind}/{mode}: max |cached - masked reference| over {STEPS} steps = {worst:.2e}")
     assert worst <= 1e-4
 
 

@@ -45,12 +45,12 @@ STEPS = 9
 SCHEDULE = (0.3, 0.1, 0.4, 0.2)
 
 
-def export_run(folder: Path, arch: str, kind: str, dense: bool = False) -> tuple[Path, Path]:
+def export_run(folder: Path, arch: str, kind: str, dense: bool = False, mode: str = "topk") -> tuple[Path, Path]:
     """A tiny routed run of `arch` and its --with-past export: (run folder, artifact folder)."""
     base = tiny_model(arch)
     base.save_pretrained(folder / "base")
     tiny_tokenizer().save_pretrained(folder / "base")
-    routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec(kind=kind))
+    routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec(kind=kind), mode)
     save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(folder / "base"))), folder / "run")
     export_onnx(folder / "run", folder / "art", with_past=True, dense=dense)
     return folder / "run", folder / "art"
@@ -92,6 +92,11 @@ def compare_decode(run: Path, art: Path) -> None:
 
 def test_decode_graph_equals_pytorch_decode_step(llama_export: tuple[Path, Path], single_thread: None) -> None:
     compare_decode(*llama_export)
+
+
+def test_monotone_router_exports_with_past_and_decodes_like_pytorch(tmp_path: Path, single_thread: None) -> None:
+    """`train`'s default routing: the with-past export validates and decodes as PyTorch's section-9 decode."""
+    compare_decode(*export_run(tmp_path, "llama", "learned", mode="monotone"))
 
 
 @pytest.mark.slow

@@ -64,12 +64,6 @@ class DecodeReport:
         return {**asdict(self), "passed": self.passed}
 
 
-def _within(candidate: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> bool:
-    """Element-wise, as verify's parity check: each element within atol or within rtol of the reference."""
-    diff = np.abs(candidate - reference)
-    return bool(np.all((diff <= tolerance.atol) | (diff <= tolerance.rtol * np.abs(reference))))
-
-
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max(initial=0.0))
 
@@ -89,7 +83,7 @@ def check_decode(
     cand_logits = candidate.prefill(ids_np, mask_np)
     expected = masked_forward_with_keep(routed, input_ids, attention_mask, reference.keep)[:, -1].numpy()
     worst = _max_abs(cand_logits, expected)
-    logits_ok = _within(cand_logits, expected, tolerance)
+    logits_ok = tolerance.allows(cand_logits, expected)
     tokens = reference.logits.argmax(-1, keepdim=True)
     mismatch = None if np.array_equal(cand_logits.argmax(-1), tokens[:, 0].numpy()) else 0
     sequence, mask = input_ids, attention_mask
@@ -104,7 +98,7 @@ def check_decode(
         keep = extended_keep(reference.keep, step)
         expected = masked_forward_with_keep(routed, sequence, mask, keep)[:, -1].numpy()
         worst = max(worst, _max_abs(cand_logits, expected))
-        logits_ok = logits_ok and _within(cand_logits, expected, tolerance)
+        logits_ok = logits_ok and tolerance.allows(cand_logits, expected)
         tokens = torch_logits.argmax(-1, keepdim=True)
         if mismatch is None and not np.array_equal(cand_logits.argmax(-1), tokens[:, 0].numpy()):
             mismatch = step
@@ -115,7 +109,7 @@ def check_decode(
     if not logits_ok:
         failures.append(
             f"decode: logits max |diff| {worst:.3g} against the masked reference, beyond atol {tolerance.atol:g} "
-            f"and rtol {tolerance.rtol:g}"
+            f"(in units of each token's largest |value|) and rtol {tolerance.rtol:g}"
         )
     if not lengths_equal:
         failures.append("decode: cache lengths per block differ from PyTorch's")
@@ -154,7 +148,7 @@ def _compare_cache(
             # [B, H, L, D] -> the valid slots' [H, D] vectors
             got_valid, want_valid = got.transpose(0, 2, 1, 3)[slots], want.transpose(0, 2, 1, 3)[slots]
             worst = max(worst, _max_abs(got_valid, want_valid))
-            ok = ok and _within(got_valid, want_valid, tolerance)
+            ok = ok and tolerance.allows(got_valid, want_valid)
     return True, worst, ok
 
 
