@@ -104,17 +104,27 @@ def main(argv: list[str] | None = None) -> int:
         return ABORTED
     except (click.ClickException, typer.TyperException) as err:
         # typer 0.29 raises usage errors from its own copy of click, which subclass TyperException.
-        show = getattr(err, "show", None)
-        if show is not None:
-            show()
+        if type(err).__name__ == "NoArgsIsHelpError":  # `ftp-deploy` alone: the help is the answer
+            err.show()  # type: ignore[union-attr]
         else:
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(_one_line(err))}", highlight=False, soft_wrap=True)
         return int(getattr(err, "exit_code", 2))
     except (click.exceptions.Exit, typer.Exit) as err:
         return int(getattr(err, "exit_code", 0))
     if code == ABORTED:
         err_console.print("aborted")
     return code if isinstance(code, int) else 0
+
+
+def _one_line(err: Exception) -> str:
+    """click's message with a pointer to the command's help, in place of its four-line usage block."""
+    format_message = getattr(err, "format_message", None)
+    message = " ".join((format_message() if format_message else str(err)).split())
+    names, ctx = [], getattr(err, "ctx", None)
+    while ctx is not None and ctx.parent is not None:  # the root's own name is how Python was started
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return f"{message} (see: {' '.join(['ftp-deploy', *reversed(names)])} --help)"
 
 
 if __name__ == "__main__":

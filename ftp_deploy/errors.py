@@ -91,7 +91,7 @@ class OnnxParseError(EngineBuildError):
     """TensorRT's ONNX parser refused the file; `errors` lists every error it reported."""
 
     def __init__(self, model: str, errors: list[str]) -> None:
-        super().__init__(f"TensorRT could not parse {model}:\n  " + "\n  ".join(errors))
+        super().__init__(f"TensorRT could not parse {model}: " + "; ".join(errors))
         self.errors = errors
 
 
@@ -115,5 +115,5 @@ class ExportValidationError(ParityError):
     """The exported file does not match the PyTorch model; `failures` lists every check that failed."""
 
     def __init__(self, failures: list[str]) -> None:
-        super().__init__("the exported model failed validation:\n  " + "\n  ".join(failures))
+        super().__init__("the exported model failed validation: " + "; ".join(failures))
         self.failures = failures

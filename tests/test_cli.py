@@ -39,10 +39,21 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def assert_one_error_line(stderr: str, fragment: str) -> None:
+    """The README's promise: an error is one line on stderr, the last one; no blank line before it.
+
+    Lines before it can only be progress lines of work that had started (plain lines in a pipe).
+    """
+    lines = stderr.splitlines()
+    assert lines and lines[-1].startswith("error: ") and fragment in lines[-1], stderr
+    assert all(line.strip() for line in lines), f"a blank line on stderr: {stderr!r}"
+    assert not any(line.startswith(("error", "Error", "Usage", "Try ")) for line in lines[:-1]), stderr
+
+
 def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert fragment in result.stderr
+    assert_one_error_line(result.stderr, fragment)
 
 
 @pytest.fixture
@@ -166,11 +177,19 @@ def test_mismatched_base_model_from_cli(run_dir: Path, tiny_model_dir: Path) -> 
         (["run", "--sparsity", "1.5"], "outside [0, s_max=0.9]"),
         (["run", "--max-new-tokens", "0"], "Invalid value for '--max-new-tokens'"),
         (["train"], "Missing option '--out'"),
+        (["train", "--out", "/tmp/never-written", "--no-such-option"], "No such option: --no-such-option"),
+        (["generate", "/tmp", "--prompt", "p", "--max-new-tokens", "many"], "Invalid value for '--max-new-tokens'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
         (["export", "/tmp", "--out", "/tmp/never-written", "--engine", "trt"], "pip install 'ftp-deploy[trt]'"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], fragment: str) -> None:
-    assert_clean_error(cli(*args), 2, fragment)
+    result = cli(*args)
+    assert_clean_error(result, 2, fragment)
+    assert len(result.stderr.splitlines()) == 1 and result.stdout == ""
+    if "Invalid value" in fragment or "Missing" in fragment or "No such" in fragment:
+        command = "ftp-deploy" if args[0] == "no-such-command" else f"ftp-deploy {args[0]}"
+        assert result.stderr.rstrip().endswith(f"(see: {command} --help)")  # click's usage block, in one pointer
 
 
 def heavy_modules_after(script: str, *argv: str) -> list[str]:

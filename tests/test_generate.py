@@ -25,7 +25,15 @@ from ftp_deploy.schedule import Schedule
 from ftp_deploy.verification.decode import check_decode
 from ftp_deploy.verification.parity import Tolerance
 from tests.conftest import random_batch, tiny_model, tiny_tokenizer
-from tests.test_cli import HEAVY_MODULES, assert_clean_error, cli, heavy_modules_after, section9_text, section9_tokens
+from tests.test_cli import (
+    HEAVY_MODULES,
+    assert_clean_error,
+    assert_one_error_line,
+    cli,
+    heavy_modules_after,
+    section9_text,
+    section9_tokens,
+)
 
 PROMPT = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14"
 SCHEDULE = (0.1, 0.2, 0.3, 0.4)
@@ -130,7 +138,8 @@ def test_bad_options_are_one_line_before_any_model_loads(
 ) -> None:
     assert main(["generate", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
-    assert fragment in " ".join(err.split()) and "Traceback" not in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert_one_error_line(err, fragment)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -159,8 +168,8 @@ def test_bad_folders_and_prompts_are_one_line(
     ]
     for args, fragment in cases:
         code, _, err = in_process(capsys, "generate", *args)
-        assert code == 2 and fragment in " ".join(err.split()), err
-        assert len(err.strip().splitlines()) == 1
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert_one_error_line(err, fragment)
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 

@@ -64,10 +64,11 @@ def test_every_failure_is_reported_at_once(module: RoutedGraph) -> None:
     with pytest.raises(ExportValidationError) as caught:
         validate_export(DamagedRunner(module, damage), module, SPEC, VOCAB)
     failures = caught.value.failures
-    limits = f"beyond atol {TOL.atol:g} (in units of each token's largest |value|) and rtol {TOL.rtol:g}"
-    assert [f for f in failures if f.startswith("logits")] == [f"logits: max |diff| 0.5, {limits}"]
+    limits = f"atol {TOL.atol:g} and rtol {TOL.rtol:g}"
+    per_token = f"atol {TOL.atol:g} x the token's largest |logit| and rtol {TOL.rtol:g}"
+    assert [f for f in failures if f.startswith("logits")] == [f"logits: max |diff| 0.5, beyond {per_token}"]
     assert [f for f in failures if f.startswith("hidden_0")] == [
-        f"hidden_0: max |diff| 1 (in units of each token's largest |value|), {limits}"
+        f"hidden_0: max |diff| 1 (in units of each token's largest |value|), beyond {limits}"
     ]
     assert any(f.startswith("routing decisions agree on") for f in failures)
 

@@ -119,6 +119,6 @@ def test_summary_lines_fit_a_narrow_log_and_name_each_failure() -> None:
     failed = summary_lines(_parity(0.5, 0.99), None)
     assert failed[0] == "verdict: FAIL"
     assert [line for line in failed if line.startswith("failed: ")] == [
-        "failed: logits: max |diff| 0.5, beyond atol 0.001 and rtol 0.001",
+        "failed: logits: max |diff| 0.5, beyond atol 0.001 x the token's largest |logit| and rtol 0.001",
         "failed: routing decisions agree on 99.0000% of (token, block) pairs, below 99.9%",
     ]

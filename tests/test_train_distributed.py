@@ -190,6 +190,54 @@ def assert_same_run(run: Path, reference: Path) -> None:
     )
 
 
+# Small enough for the fast set: two GA generations of 3, two training steps.
+small_args = partial(tiny_train_args, steps=2, batch_size=2, search_batch=2, population=3)
+
+
+@pytest.fixture(scope="module")
+def small_one_process(train_inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("small-one") / "run"
+    with one_thread():
+        assert cli.main(small_args(train_inputs, out)) == 0
+    assert json.loads((out / "run.json").read_text())["processes"] == 1
+    return out
+
+
+def processes_of(run: Path) -> int:
+    """How many processes the run's process group had (torch.distributed's world size, as run.json records it)."""
+    return int(json.loads((run / "run.json").read_text())["processes"])
+
+
+@pytest.mark.parametrize(
+    ("launcher", "processes_option"),
+    [
+        (["-m", "ftp_deploy.cli"], ["--num-processes", "2"]),  # torch's elastic launcher, from the command
+        (["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "ftp_deploy.cli"], []),
+    ],
+    ids=["num-processes", "accelerate-launch"],
+)
+def test_two_processes_through_the_cli_end_where_one_process_does(
+    train_inputs: tuple[Path, Path],
+    small_one_process: Path,
+    tmp_path: Path,
+    launcher: list[str],
+    processes_option: list[str],
+) -> None:
+    """The README's launch commands on CPU: really two processes, the same run as one process."""
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, *launcher, *small_args(train_inputs, run), *processes_option],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert processes_of(run) == 2
+    assert_same_run(run, small_one_process)
+
+
 @pytest.mark.slow
 def test_num_processes_2_ends_where_one_process_does(
     train_inputs: tuple[Path, Path], one_process: Path, tmp_path: Path
@@ -212,6 +260,7 @@ def test_num_processes_2_ends_where_one_process_does(
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr
+    assert processes_of(run) == 2
     assert_same_run(run, one_process)
 
 

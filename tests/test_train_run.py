@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError, ConfigError, DataError, FtpDeployError, StorageError
+from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.training import pipeline, runfolder
@@ -123,6 +124,62 @@ def test_a_searched_schedule_that_loses_on_the_validation_blocks_is_not_kept(
     assert search["validation"] == {"start": 0.0, "found": 1.0}  # the calibration batch preferred another
     assert set(search["best_thousandths"]) == {300} and search["best_fitness"] == search["start_fitness"]
     assert state["phases"]["finetune"]["best_thousandths"] == search["best_thousandths"]
+
+
+class Notes:
+    """A Progress that keeps the notes."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def phase(self, description: str, total: int | None = None, completed: int = 0):
+        return NO_PROGRESS.phase(description, total, completed)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def _rows(blocks: torch.Tensor) -> set[tuple[int, ...]]:
+    return {tuple(row.tolist()) for row in blocks}
+
+
+def test_validation_blocks_are_never_trained_on_searched_or_held_out(
+    tiny_model_dir: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blocks that decide every kept router, prior and schedule are held out of everything else,
+    and a --validation-batch beyond a quarter of the blocks is capped aloud, not silently."""
+    references: list[torch.Tensor] = []
+    trained: list[torch.Tensor] = []
+
+    class RecordingReference(pipeline.DenseReference):
+        def __init__(self, base: object, ids: torch.Tensor, scored: int) -> None:
+            references.append(ids.clone())
+            super().__init__(base, ids, scored)
+
+    class RecordingTrainer(pipeline.RouterTrainer):
+        def __init__(self, base: object, schedule: object, blocks: torch.Tensor, *args: object, **kw: object) -> None:
+            trained.append(blocks.clone())
+            super().__init__(base, schedule, blocks, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "DenseReference", RecordingReference)
+    monkeypatch.setattr(pipeline, "RouterTrainer", RecordingTrainer)
+    progress = Notes()
+    train_config = TrainConfig(steps=2, batch_size=2, scored=8, search_batch=2, validation_batch=16)
+    state = run_training(settings(tiny_model_dir, text_file, train=train_config), tmp_path / "run", progress=progress)
+    held = state["data"]["validation_blocks"]
+    blocks = state["data"]["train_blocks"]
+    assert held == blocks // 4 < 16 and blocks > 8  # capped to a quarter of the training blocks
+    assert progress.notes == [
+        f"--validation-batch 16: the data has {blocks} training blocks and at most a quarter of them validate, "
+        f"so {held} do"
+    ]
+    assert f"the last {held} validate the choices, never trained on" in (tmp_path / "run" / "report.md").read_text()
+    training = _rows(trained[0])
+    assert len(trained) == 1 and len(training) == blocks - held  # no two blocks alike: rows name blocks
+    (validation,) = (_rows(r) for r in references if len(r) == held)
+    calibration, heldout = (_rows(r) for r in references if len(r) != held)  # in the order they are first used
+    assert calibration <= training and len(calibration) == 2
+    assert not validation & training and not validation & heldout and not heldout & training
 
 
 def test_resume_after_a_kill_gives_identical_losses(tiny_model_dir: Path, text_file: Path, tmp_path: Path) -> None:

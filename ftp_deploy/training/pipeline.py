@@ -90,9 +90,11 @@ def run_training(
     _check_data(state, data, out)
     state.update(settings=settings.to_json(), model=loaded.ref.to_json(), data=data.describe())
     state["placement"] = placement.to_json()  # of this invocation: a run may resume on other hardware
+    state["processes"] = ranks.world  # of this invocation too: the process group this process joined
     state.setdefault("phases", {})
-    folder.write_state(state)
     run = _Run(settings, folder, state, loaded, data, budget, progress, on_step, ranks, checkpoint_activations)
+    state["data"]["validation_blocks"] = int(run.validation_blocks.shape[0])
+    folder.write_state(state)
     outcome = run.train_and_tune()
     if ranks.is_main:
         run.finish(outcome)
@@ -169,7 +171,13 @@ class _Run:
         self._calibration: DenseReference | None = None
         self._validation: DenseReference | None = None
         # The last blocks check the choices; training and the searches' batch never see them.
-        held = min(settings.train.validation_batch, max(1, data.train.shape[0] // 4))
+        wanted, blocks = settings.train.validation_batch, int(data.train.shape[0])
+        held = min(wanted, max(1, blocks // 4))
+        if held < wanted:
+            progress.note(
+                f"--validation-batch {wanted}: the data has {blocks} training blocks and at most a quarter "
+                f"of them validate, so {held} do"
+            )
         self.training_blocks, self.validation_blocks = data.train[:-held], data.train[-held:]
         # The routing prior: the static order plus the run's sink prefix; the router starts from it.
         self.static = replace(STATIC, sink_fraction=settings.sink_fraction)

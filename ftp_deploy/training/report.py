@@ -116,8 +116,9 @@ def report_markdown(state: dict[str, Any]) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| data | {data['source']}: {data['train_blocks']} training and {data['heldout_blocks']} held-out "
-        f"blocks of {data['seq_len']} tokens |",
+        f"| data | {data['source']}: {data['train_blocks']} training blocks (the last {data['validation_blocks']} "
+        f"validate the choices, never trained on) "
+        f"and {data['heldout_blocks']} held-out blocks of {data['seq_len']} tokens |",
         f"| seed | {settings['seed']} |",
         f"| training steps | {train['checkpoint']['step']} of {settings['train']['steps']}{budget_note}, "
         f"batch {settings['train']['batch_size']} |",

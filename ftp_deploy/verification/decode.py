@@ -108,8 +108,8 @@ def check_decode(
         failures.append(f"decode: greedy token differs from PyTorch's at step {mismatch}")
     if not logits_ok:
         failures.append(
-            f"decode: logits max |diff| {worst:.3g} against the masked reference, beyond atol {tolerance.atol:g} "
-            f"(in units of each token's largest |value|) and rtol {tolerance.rtol:g}"
+            f"decode: logits max |diff| {worst:.3g} against the masked reference, beyond atol {tolerance.atol:g} x "
+            f"the token's largest |logit| and rtol {tolerance.rtol:g}"
         )
     if not lengths_equal:
         failures.append("decode: cache lengths per block differ from PyTorch's")

@@ -106,8 +106,10 @@ class ParityReport:
         for out in self.outputs:
             if out.passed or not (out.name == "logits" or (include_hidden and _HIDDEN.match(out.name))):
                 continue
-            units = " (in units of each token's largest |value|)" if _HIDDEN.match(out.name) else ""
-            limits = f"atol {tol.atol:g} (in units of each token's largest |value|) and rtol {tol.rtol:g}"
+            hidden = bool(_HIDDEN.match(out.name))  # its statistics are in units of the token's scale already
+            units = " (in units of each token's largest |value|)" if hidden else ""
+            scale = "" if hidden else " x the token's largest |logit|"
+            limits = f"atol {tol.atol:g}{scale} and rtol {tol.rtol:g}"
             problems.append(f"{out.name}: max |diff| {out.absolute['max']:.3g}{units}, beyond {limits}")
         if self.routing_agreement is not None and not self.routing_agreement >= tol.min_routing_agreement:
             problems.append(
