@@ -35,7 +35,7 @@ from ftp_deploy.exporters.options import ExportOptions
 from ftp_deploy.exporters.output_folder import check_output_folder, staged_folder
 from ftp_deploy.exporters.spec import DecodeSpec, ExportSpec, sample_inputs
 from ftp_deploy.exporters.validation import validate_decode, validate_export
-from ftp_deploy.fileio import sha256_file
+from ftp_deploy.fileio import sha256_file, storage
 from ftp_deploy.placement import place_module
 from ftp_deploy.plugins.token_compaction.contract import (
     COMPACT_OP,
@@ -92,7 +92,8 @@ def export_onnx(
     if not opts.dense:
         check_exportable(artifact)
     model_ref = opts.model or artifact.base.ref
-    with staged_folder(out) as folder:
+    # A full disk midway is exit 1: the staged folder goes, so nothing half-written stays behind.
+    with storage(out, "nothing was written there"), staged_folder(out) as folder:
         with progress.phase(f"load the base model ({model_ref})"):
             routed, loaded, _ = load_routed(artifact, model_ref, trust_remote_code=opts.trust_remote_code)
             module = export_module(routed, spec)

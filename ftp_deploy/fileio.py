@@ -6,11 +6,12 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ftp_deploy.errors import ArtifactError
+from ftp_deploy.errors import ArtifactError, StorageError
 
 T = TypeVar("T")
 
@@ -21,6 +22,15 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextmanager
+def storage(path: Path, kept: str = "what was saved before is intact") -> Iterator[None]:
+    """Turns an OSError while writing `path` (a full disk, a read-only folder) into one clear line (exit 1)."""
+    try:
+        yield
+    except OSError as err:
+        raise StorageError(f"could not write {path}: {err.strerror or err}; {kept}") from err
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

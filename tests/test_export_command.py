@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-from ftp_deploy import cli
+from ftp_deploy import cli, fileio
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ExportError, MissingDependencyError, OutputFolderError
 from ftp_deploy.export_format import MANIFEST_FILE, manifest_mismatches, write_manifest
@@ -132,6 +133,24 @@ def test_unwritable_out(run_export, tmp_path: Path) -> None:
         pytest.skip("no read-only /sys here to write into")
     code, err = run_export(make_run(tmp_path), "--out", sysfs / "ftp-deploy-export-test")
     assert code == 2 and "cannot write" in err
+
+
+def test_a_full_disk_midway_is_exit_1_and_leaves_no_folder(
+    run_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README: a file that could not be written is exit 1 (input accepted, work started), one line."""
+    run = make_run(tmp_path)
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", full_disk)  # every atomic write (the manifest's among them) syncs
+    code, err = run_export(run, "--out", tmp_path / "art")
+    assert code == 1
+    assert err.splitlines()[-1] == (
+        f"error: could not write {tmp_path / 'art'}: No space left on device; nothing was written there"
+    )
+    assert leftovers(tmp_path) == []  # neither the folder nor its hidden staging copy
 
 
 def test_weights_beyond_fp16_are_refused(run_export, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from ftp_deploy.evaluation.comparisons import AVERAGE
 from ftp_deploy.evaluation.methods import DENSE
 from ftp_deploy.evaluation.stats import describe
 from ftp_deploy.evaluation.tasks import short_name
-from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, storage
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -152,9 +152,10 @@ def write_report(results: dict[str, Any], folder: Path) -> list[Path]:
     """Write results.json, report.md and (with multiple-choice tasks) retention.png; return their paths."""
     chart = retention_chart(results)
     written = [folder / RESULTS_FILE, folder / REPORT_FILE]
-    atomic_write_json(written[0], results)
-    atomic_write_text(written[1], markdown_report(results, chart is not None))
-    if chart is not None:
-        written.append(folder / CHART_FILE)
-        atomic_write_bytes(written[2], chart)
+    with storage(folder):
+        atomic_write_json(written[0], results)
+        atomic_write_text(written[1], markdown_report(results, chart is not None))
+        if chart is not None:
+            written.append(folder / CHART_FILE)
+            atomic_write_bytes(written[2], chart)
     return written

@@ -11,8 +11,8 @@ whose writing methods do nothing, so the phases run the same code on every rank.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ftp_deploy.errors import ArtifactError, StorageError
+from ftp_deploy import fileio
+from ftp_deploy.errors import ArtifactError
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 RUN_FILE = "run.json"
@@ -118,13 +119,6 @@ class RunFolder:
                 path.unlink(missing_ok=True)
 
 
-@contextmanager
-def storage(path: Path) -> Iterator[None]:
-    """Turns an OSError while writing `path` (a full disk, a read-only folder) into one clear line."""
-    try:
-        yield
-    except OSError as err:
-        raise StorageError(
-            f"could not write {path}: {err.strerror or err}; what was saved before is intact "
-            "(--resume continues from the last checkpoint)"
-        ) from err
+def storage(path: Path) -> AbstractContextManager[None]:
+    """fileio.storage, saying that the run can continue."""
+    return fileio.storage(path, "what was saved before is intact (--resume continues from the last checkpoint)")

@@ -21,7 +21,7 @@ from ftp_deploy.engines.trt_plan import require_plan
 from ftp_deploy.engines.widen import cpu_runnable
 from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, UsageError
 from ftp_deploy.export_format import CPU_NATIVE_DTYPES, ExportedArtifact
-from ftp_deploy.fileio import sha256_file
+from ftp_deploy.fileio import sha256_file, storage
 from ftp_deploy.flops import flop_ratio
 from ftp_deploy.models import DTYPES, LoadedModel
 from ftp_deploy.placement import CPU, Placement
@@ -198,8 +198,9 @@ def verify(
         routed, loaded = reference_model(artifact, against, model, compared.dtype, trust_remote_code, placement)
         feeds = parity_feeds(loaded, InputPlan(), inputs)
     out_dir = report or art_dir.with_name(art_dir.name + "-verify")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_feeds(feeds, out_dir / "inputs.json")
+    with storage(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_feeds(feeds, out_dir / "inputs.json")
 
     with progress.phase("compare outputs (Polygraphy Comparator)"):
         reference = RoutedTorchRunner(
@@ -209,7 +210,7 @@ def verify(
             name="pytorch",
         )
         parity, results = check_parity(reference, _candidate(artifact, runtime), feeds, tolerance)
-        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        with G_LOGGER.verbosity(G_LOGGER.ERROR), storage(out_dir):
             results.save(str(out_dir / "run_results.json"))
 
     decode, decode_note = None, decode_skipped(artifact, runtime, decode_steps)
@@ -247,7 +248,8 @@ def verify(
         "reference_placement": placement.to_json(),
         "environment": environment(threads or torch.get_num_threads()),
     }
-    write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol, decode, decode_note)
+    with storage(out_dir):
+        write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol, decode, decode_note)
     return VerifyResult(parity, latency, out_dir, compared, decode, decode_note)
 
 
