@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,3 +140,56 @@ def tiny_train_args(
     search = ["--search-batch", str(search_batch), "--ga-population", str(population)]
     generations = ["--ga-generations", "2", "--finetune-generations", "2"]
     return ["train", "--model", str(model), "--data", str(text), "--out", str(out), *small, *search, *generations]
+
+
+# The prompt the default-pipeline tests generate from (tokens of the tiny vocabulary).
+PIPELINE_PROMPT = "w3 w14 w15 w9 w26 w5 w35 w8 w9 w79 w32 w38 w46 w26 w43 w38 w32 w79 w50 w28"
+# A chat template like a real instruct model's: the user's text between fixed tokens, then a reply prefix.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}w1 w2 {{ message['content'] }} w3{% endfor %}"
+    "{% if add_generation_prompt %} w4 w5{% endif %}"
+)
+
+
+def random_words(count: int, seed: int) -> str:
+    generator = torch.Generator().manual_seed(seed)
+    return " ".join(f"w{int(i)}" for i in torch.randint(0, 90, (count,), generator=generator))
+
+
+@pytest.fixture(scope="session")
+def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The folders the pipeline writes, each by its own command with the defaults."""
+    root = tmp_path_factory.mktemp("pipeline")
+    tiny_model().save_pretrained(root / "base")
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.save_pretrained(root / "base")
+    data = root / "data"
+    (data / "calibration_text").mkdir(parents=True)  # where eval's ShortGPT baseline reads its text
+    (data / "calibration_text" / "exllamav2_wiki.utf8").write_text(f'<doc id="1">\n{random_words(400, 1)}\n</doc>\n')
+    (root / "text.txt").write_text(random_words(1600, 0))
+    items = [{"context": random_words(6 + i % 5, 10 + i), "choices": [f" w{i + j}" for j in range(4)], "label": i % 4}
+             for i in range(8)]  # fmt: skip
+    (data / "mc.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    folders = {"root": root, "base": root / "base", "data": data, "run": root / "run"}
+    for name in ("art", "art_past", "verify"):
+        folders[name] = root / name
+    small = ["--seq-len", "24", "--scored", "8"]
+    steps = [
+        ("train", ["train", "--model", str(folders["base"]), "--data", str(root / "text.txt"), "--out",
+                   str(folders["run"]), *small]),
+        ("eval", ["eval", str(folders["run"]), "--tasks", f"mc:{data / 'mc.jsonl'}", "--data-dir", str(data),
+                  "--seq-len", "64", "--scored-tokens", "8"]),
+        ("export", ["export", str(folders["run"]), "--out", str(folders["art"])]),
+        ("export-with-past", ["export", str(folders["run"]), "--out", str(folders["art_past"]), "--with-past"]),
+        ("verify", ["verify", str(folders["art_past"]), "--report", str(folders["verify"])]),
+    ]  # fmt: skip
+    from tests.test_cli import cli
+
+    for stage, argv in steps:
+        done = cli(*argv)
+        assert done.returncode == 0, f"{stage}: {done.stderr}"
+        (root / f"{stage}.out").write_text(done.stdout + done.stderr)
+    return folders
+
+

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
-from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
 from ftp_deploy.cached_generation import decode_step, routed_prefill
 from ftp_deploy.cli import main
+from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.generation import generate_dense, generate_routed
 from ftp_deploy.generation_settings import GenerationSettings
 from ftp_deploy.models import model_ref_for
@@ -215,33 +217,74 @@ def test_decode_check_passes_pytorchs_cached_decode_and_catches_errors(arch: str
     assert any("cached keys/values" in f for f in bad_cache.failures)
 
 
-@pytest.fixture(scope="module")
-def with_past_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, RoutedModel]:
-    """A tiny learned-router run and its --with-past export: (run folder, artifact folder, routed model)."""
-    from ftp_deploy.exporters.pipeline import export_onnx
-
-    folder = tmp_path_factory.mktemp("with-past")
-    run, _, routed = learned_run(folder)
-    export_onnx(run, folder / "art", with_past=True)
-    return run, folder / "art", routed
+@pytest.fixture
+def with_past_export(default_pipeline: dict[str, Path]) -> tuple[Path, Path, RoutedModel]:
+    """The default pipeline's run (a learned monotone router), its --with-past export and its routed model."""
+    routed, _, _ = load_routed(default_pipeline["run"])
+    return default_pipeline["run"], default_pipeline["art_past"], routed
 
 
-@pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU
-def test_onnx_runtime_generates_what_transformers_generate_does(
-    with_past_export: tuple[Path, Path, RoutedModel],
+def test_streamed_onnx_generation_is_the_same_text(with_past_export: tuple[Path, Path, RoutedModel]) -> None:
+    _, art, routed = with_past_export
+    onnx_run = cli("generate", str(art), "--prompt", PROMPT, "--max-new-tokens", "8", "--stream", "--threads", "1")
+    assert onnx_run.returncode == 0, onnx_run.stderr
+    assert onnx_run.stdout.strip() == section9_text(routed, PROMPT, 8)
+    assert onnx_run.stderr.strip().startswith("onnxrt:")
+
+
+def _generated(capsys: pytest.CaptureFixture[str], *args: str | Path) -> str:
+    code, out, err = in_process(capsys, "generate", *args)
+    assert code == 0, err
+    return out.strip()
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxrt"])
+def test_chat_wraps_the_prompt_in_the_tokenizers_template(
+    with_past_export: tuple[Path, Path, RoutedModel], runtime: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run, art, routed = with_past_export
-    torch_run = cli("generate", str(run), "--prompt", PROMPT, "--max-new-tokens", "8")
-    onnx_run = cli("generate", str(art), "--prompt", PROMPT, "--max-new-tokens", "8", "--stream", "--threads", "1")
-    assert torch_run.returncode == 0 and onnx_run.returncode == 0, torch_run.stderr + onnx_run.stderr
-    assert onnx_run.stdout.strip() == torch_run.stdout.strip() == section9_text(routed, PROMPT, 8)
-    assert onnx_run.stderr.strip().startswith("onnxrt:") and torch_run.stderr.strip().startswith("torch:")
-    # The same export in PyTorch (its source run) gives the same text as well.
-    torch_from_export = cli("generate", str(art), "--runtime", "torch", "--prompt", PROMPT, "--max-new-tokens", "8")
-    assert torch_from_export.stdout == torch_run.stdout
+    source = run if runtime == "torch" else art
+    tokenizer = AutoTokenizer.from_pretrained(art)  # the export's copy, template included
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    assert tokenizer.decode(ids[0]) == f"w1 w2 {PROMPT} w3 w4 w5"  # the template really wraps it
+    done = cli("generate", str(source), "--prompt", PROMPT, "--max-new-tokens", "6", "--chat")
+    assert done.returncode == 0, done.stderr
+    expected = section9_tokens(routed, ids, torch.ones_like(ids), 6)[0]
+    assert done.stdout.strip() == tokenizer.decode(expected, skip_special_tokens=True)
+    assert f"{ids.shape[1]} prompt tokens" in done.stderr
+    assert done.stdout.strip() != _generated(capsys, source, "--prompt", PROMPT, "--max-new-tokens", "6")
 
 
-@pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU
+@pytest.mark.parametrize("runtime", ["torch", "onnxrt"])
+def test_sampling_repeats_under_a_seed_and_differs_across_seeds_and_from_greedy(
+    with_past_export: tuple[Path, Path, RoutedModel], runtime: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, art, _ = with_past_export
+    source = run if runtime == "torch" else art
+    sample = [source, "--prompt", PROMPT, "--max-new-tokens", "10", "--do-sample", "--temperature", "1.5"]
+    first, again, other = (_generated(capsys, *sample, "--seed", seed) for seed in ("1", "1", "2"))
+    greedy = _generated(capsys, source, "--prompt", PROMPT, "--max-new-tokens", "10")
+    assert first == again
+    assert first != other and greedy not in (first, other)
+
+
+def test_onnx_sampling_keeps_the_top_p_nucleus_and_follows_the_temperature(
+    with_past_export: tuple[Path, Path, RoutedModel],
+) -> None:
+    _, art, _ = with_past_export
+    generator = OnnxGenerator.open(art, threads=1)
+    ids = tiny_tokenizer()(PROMPT, return_tensors="np").input_ids
+    greedy = generator.generate(ids, max_new_tokens=10).tokens
+    hot = [generator.generate(ids, max_new_tokens=10, do_sample=True, temperature=2.0, seed=s).tokens for s in (3, 4)]
+    assert not np.array_equal(hot[0], hot[1]) and not np.array_equal(hot[0], greedy)
+    # A nucleus of one token is the argmax; a near-zero temperature puts all the mass on it too.
+    nucleus = generator.generate(ids, max_new_tokens=10, do_sample=True, top_p=1e-6, seed=3).tokens
+    cold = generator.generate(ids, max_new_tokens=10, do_sample=True, temperature=1e-4, seed=3).tokens
+    assert np.array_equal(nucleus, greedy) and np.array_equal(cold, greedy)
+
+
 def test_onnx_bad_input_is_one_line(with_past_export: tuple[Path, Path, RoutedModel], tmp_path: Path) -> None:
     from dataclasses import replace
 
@@ -262,7 +305,6 @@ def test_onnx_bad_input_is_one_line(with_past_export: tuple[Path, Path, RoutedMo
     assert_clean_error(result, 2, "beyond the exported model's context of 512 tokens")
 
 
-@pytest.mark.slow  # the tiny --with-past export takes about a minute on a shared 2-core CPU
 def test_verify_checks_the_onnx_decode(with_past_export: tuple[Path, Path, RoutedModel], tmp_path: Path) -> None:
     from ftp_deploy.verification.verify import verify
 
