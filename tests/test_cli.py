@@ -319,3 +319,33 @@ def test_an_interrupt_is_exit_130(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     monkeypatch.setattr("ftp_deploy.summary.summarize_artifact", interrupted)
     assert cli_module.main(["info", "/nowhere"]) == 130
     assert "aborted" in capsys.readouterr().err
+
+
+REMOTE_CODE = '''
+from pathlib import Path
+from transformers import LlamaForCausalLM
+
+Path(__file__).with_name("remote-code-ran").write_text("yes")
+
+
+class PlantedForCausalLM(LlamaForCausalLM):
+    """A model class shipped with the checkpoint: transformers runs this file only when code is trusted."""
+'''
+
+
+def test_remote_code_in_a_checkpoint_runs_only_with_trust_remote_code(tmp_path: Path) -> None:
+    folder = tmp_path / "remote"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (folder / "planted.py").write_text(REMOTE_CODE)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "planted.PlantedForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    run = [sys.executable, "-m", "ftp_deploy.cli", "run", "--model", str(folder), "--prompt", "w1"]
+    # transformers runs a checkpoint's module from its copy under HF_HOME: keep that copy in tmp_path too.
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
+    for trusted in (False, True):
+        argv = [*run, "--trust-remote-code"] if trusted else run
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, env=env)
+        assert done.returncode == 0, done.stderr
+        assert bool(list(tmp_path.rglob("remote-code-ran"))) == trusted, f"trusted={trusted}"

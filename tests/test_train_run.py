@@ -12,6 +12,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from ftp_deploy import cli
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError, ConfigError, DataError, FtpDeployError, StorageError
 from ftp_deploy.progress import NO_PROGRESS
@@ -24,7 +25,7 @@ from ftp_deploy.training.pipeline import run_training
 from ftp_deploy.training.search import SearchConfig
 from ftp_deploy.training.settings import RunSettings
 from ftp_deploy.training.trainer import StepMetrics, TrainConfig
-from tests.conftest import random_batch, tiny_model, tiny_tokenizer
+from tests.conftest import random_batch, tiny_model, tiny_tokenizer, tiny_train_args
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -289,3 +290,30 @@ def test_the_command(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.M
     result = CliRunner().invoke(app, [*common, "--sparsity", "1.5", "--out", str(tmp_path / "bad")])
     assert isinstance(result.exception, FtpDeployError) and "outside" in str(result.exception)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "routing", "priors", "validation"),
+    [
+        (["--routing", "topk"], "topk", [], None),  # under top-k the static order alone: no prior to score
+        (["--attention-priors", "0,16", "--validation-batch", "2"], "monotone", [0.0, 16.0], 2),
+    ],
+    ids=["routing-topk", "priors-and-validation-batch"],
+)
+def test_routing_priors_and_validation_batch_take_effect_from_the_command_line(
+    train_inputs: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    routing: str,
+    priors: list[float],
+    validation: int | None,
+) -> None:
+    out = tmp_path / "run"
+    argv = tiny_train_args(train_inputs, out, steps=1, batch_size=2, search_batch=2, population=3)
+    assert cli.main([*argv, *options]) == 0, capsys.readouterr().err
+    state = json.loads((out / "run.json").read_text())
+    assert load_artifact(out).routing_mode == routing == state["settings"]["routing_mode"]
+    assert [weight for weight, _ in state["phases"]["prior"]["candidates"]] == priors
+    held = state["data"]["validation_blocks"]
+    assert held == (validation if validation is not None else min(16, state["data"]["train_blocks"] // 4))

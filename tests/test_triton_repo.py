@@ -110,17 +110,17 @@ def test_the_command_refuses_a_taken_model_name_before_exporting(
     assert not (tmp_path / "art").exists()
 
 
-@pytest.mark.slow  # one tiny export: about a minute on two shared cores
 def test_exported_graph_runs_with_the_shapes_its_config_declares(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import onnxruntime
 
     run = make_run(tmp_path, kind="learned")
-    argv = ["export", str(run), "--out", str(tmp_path / "art"), "--last-token-logits"]
+    argv = ["export", str(run), "--out", str(tmp_path / "art"), "--last-token-logits", "--triton-max-batch", "3"]
     assert cli.main([*argv, "--triton-repo", str(tmp_path / "repo"), "--device", "cpu"]) == 0
     assert f"{tmp_path / 'repo' / 'art' / CONFIG_FILE}" in capsys.readouterr().out
     config = read_config(tmp_path / "repo/art" / CONFIG_FILE)
+    assert config.max_batch_size == 3  # --triton-max-batch, not the default of 8
     # What Triton's dynamic batcher would send: requests of one length stacked on the batch axis.
     session = onnxruntime.InferenceSession(str(tmp_path / "repo/art/1/model.onnx"))
     feeds = {e.name: np.ones((3, 10), dtype=np.int64) for e in config.input}
