@@ -23,8 +23,8 @@ from ftp_deploy.engines.onnx_runtime import (
 from ftp_deploy.errors import MissingDependencyError
 
 
-def affine_model(path: Path) -> Path:
-    """y = 2x + 1 and s = sum(x) over a dynamic [N, 3] input."""
+def affine_model(path: Path, offset: float = 1.0) -> Path:
+    """y = 2x + offset and s = sum(x) over a dynamic [N, 3] input."""
     graph = helper.make_graph(
         [
             helper.make_node("Mul", ["x", "two"], ["doubled"]),
@@ -36,7 +36,7 @@ def affine_model(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]), helper.make_tensor_value_info("s", 1, [])],
         [
             helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
-            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+            helper.make_tensor("one", TensorProto.FLOAT, [], [offset]),
         ],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
@@ -87,11 +87,19 @@ def test_session_options_and_model_bytes(tmp_path: Path) -> None:
 
 
 def test_polygraphy_comparator_takes_the_runner(tmp_path: Path) -> None:
+    """Our runner beside Polygraphy's own ONNX Runtime runner: equal on one file, told apart on another."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.backend.onnxrt import SessionFromOnnx as PolygraphySession
+
     path = affine_model(tmp_path / "m.onnx")
-    runners = [OrtRunner(SessionFromOnnx(path), name="a"), OrtRunner(SessionFromOnnx(path), name="b")]
-    feeds = [{"x": np.ones((2, 3), dtype=np.float32)}]
-    results = Comparator.run(runners, data_loader=feeds)
-    assert bool(Comparator.compare_accuracy(results))
+    feeds = [{"x": np.arange(6, dtype=np.float32).reshape(2, 3)}]
+    theirs = OnnxrtRunner(PolygraphySession(str(path)), name="polygraphy")
+    same = Comparator.run([OrtRunner(SessionFromOnnx(path), name="ours"), theirs], data_loader=feeds)
+    assert bool(Comparator.compare_accuracy(same))
+    np.testing.assert_array_equal(same["ours"][0]["y"], 2 * feeds[0]["x"] + 1)
+    shifted = OrtRunner(SessionFromOnnx(affine_model(tmp_path / "shifted.onnx", offset=1.5)), name="shifted")
+    differ = Comparator.run([shifted, theirs], data_loader=feeds)
+    assert not bool(Comparator.compare_accuracy(differ))
 
 
 def test_cpu_is_always_there_and_missing_gpus_say_what_to_install() -> None:

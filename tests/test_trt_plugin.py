@@ -205,20 +205,112 @@ def check_compiled(compiled: list[list[Any]]) -> None:
         "compact": ["ptr", "ptr", "u32", "u32", "u32", "ptr", "ptr"],
         "scatter": ["ptr"] * 3 + ["u32"] * 3 + ["ptr"],
     }
-    ptxas = cuda13_ptxas()
-    for op, _, _, name, entry, params, ptx_version, threads, path in compiled:
+    for op, _, _, name, entry, params, ptx_version, threads, _ in compiled:
         assert entry == name == f"token_{op}_kernel"
         assert params[:7] == expected[op]
         assert all(p == "ptr" for p in params[7:])
         assert ptx_version == 90
         assert threads == LaunchConfig().num_warps * 32
-        if ptxas:  # the CUDA toolkit's assembler: the PTX is valid for sm_90a at ISA 9.0
-            subprocess.run([ptxas, "-arch=sm_90a", str(path), "-o", os.devnull], check=True, capture_output=True)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_aot_kernels_compile_to_ptx_with_tensorrt_parameter_order(tmp_path: Path) -> None:
     check_compiled(compile_in_subprocess(CASES, tmp_path))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_the_ptx_assembles_for_sm_90a(tmp_path: Path) -> None:
+    """The CUDA toolkit's own assembler takes the PTX TensorRT would hand the driver (ISA 9.0, sm_90a)."""
+    ptxas = cuda13_ptxas()
+    if ptxas is None:
+        pytest.skip("no ptxas of CUDA >= 13 on PATH: the PTX was compiled but not assembled")
+    for *_, path in compile_in_subprocess(CASES, tmp_path):
+        subprocess.run([ptxas, "-arch=sm_90a", str(path), "-o", os.devnull], check=True, capture_output=True)
+
+
+class ConstantDim(LeftOnlyDim):
+    """A build-time constant dimension, as TensorRT's ShapeExpr describes one to an AOT implementation."""
+
+    is_constant = True
+
+    @property
+    def constant_value(self) -> int:
+        return self.value
+
+
+class FakeAotPluginApi(FakePluginApi):
+    """`tensorrt.plugin` of TensorRT >= 10.9: `aot_impl` too, and the launch types its answers are made of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aot: dict[str, Any] = {}
+
+    def aot_impl(self, plugin_id: str) -> Any:
+        def keep(function: Any) -> Any:
+            self.aot[plugin_id] = function
+            return function
+
+        return keep
+
+    KernelLaunchParams = types.SimpleNamespace
+
+    @staticmethod
+    def SymInt32(expr: Any) -> Any:  # TensorRT's name
+        return ("int32", expr.value)
+
+    class SymIntExprs:
+        @staticmethod
+        def from_tuple(values: tuple[Any, ...]) -> list[Any]:
+            return list(values)
+
+
+# Runs in a fresh process (kernels imported under Triton's CPU interpreter elsewhere cannot compile):
+# the AOT implementations TensorRT's builder prefers, called as it calls them, on the stand-in API.
+_AOT_ANSWERS = """
+import functools, json, sys, types
+from triton.backends.compiler import GPUTarget
+from ftp_deploy.plugins.token_compaction import aot
+from ftp_deploy.plugins.token_compaction.trt_plugin import COMPACT_ID, SCATTER_ID, register_trt_plugins
+from tests.test_trt_plugin import ConstantDim, FakeAotPluginApi, FakeDesc
+
+api = FakeAotPluginApi()
+trt = types.ModuleType("tensorrt")
+for name in ("float32", "float16", "bfloat16", "int64"):
+    setattr(trt, name, name)
+trt.plugin = api
+sys.modules["tensorrt"], sys.modules["tensorrt.plugin"] = trt, api
+aot.compile_kernel = functools.partial(aot.compile_kernel, target=GPUTarget("cuda", 90, 32), ptx_version=90)
+register_trt_plugins()
+batch, seq_len, kept, dim = ConstantDim(2), ConstantDim(2048), ConstantDim(1434), ConstantDim(576)
+hidden = FakeDesc((batch, seq_len, dim), "bfloat16")
+compact = (FakeDesc((batch, kept, dim), "bfloat16"), FakeDesc((batch, kept), "int64"))
+answers = {
+    "compact": api.aot[COMPACT_ID](hidden, FakeDesc((batch, seq_len), "float32"), 300, 1000, compact, 0),
+    "scatter": api.aot[SCATTER_ID](hidden, compact[0], compact[1], (hidden,), 0),
+}
+out = {}
+for op, (name, ptx, launch, extra) in answers.items():
+    out[op] = {"name": name, "entry": f".entry {name}(" in ptx, "grid": [launch.grid_x.value, launch.grid_y.value],
+               "block": launch.block_x, "shared": launch.shared_mem, "extra": extra}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_the_aot_implementations_answer_tensorrt_with_kernel_grid_and_arguments() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", _AOT_ANSWERS], capture_output=True, text=True, env=env, check=False, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.splitlines()[-1])
+    rows = LaunchConfig().rows
+    for op in ("compact", "scatter"):
+        answer = answers[op]
+        assert answer["name"] == f"token_{op}_kernel" and answer["entry"]
+        assert answer["grid"] == [-(-2048 // rows), 2]  # a program per `rows` tokens, per batch row
+        assert answer["block"] == LaunchConfig().num_warps * 32 and answer["shared"] >= 0
+        assert answer["extra"] == [["int32", 2048], ["int32", 1434], ["int32", 576]]  # T, K, D
 
 
 @pytest.mark.slow
