@@ -36,11 +36,37 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
         raise OutputFolderError(f"--overwrite replaces earlier exports only, and {out} is not one ({err})") from err
 
 
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Delete the hidden staging folders of exports to `out` that were killed before they could clean up.
+
+    A staging folder's name carries the process id that made it: one whose process is gone is stale,
+    one of a live process (an export running now) is left alone. Returns what was removed.
+    """
+    removed = []
+    for path in out.parent.glob(f".{out.name}.*.partial"):
+        pid = path.name[len(out.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """A fresh folder next to `out`; renamed to `out` when the block succeeds, deleted when it fails."""
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     except OSError as err:
         raise OutputFolderError(f"cannot write next to {out}: {err.strerror}") from err
     try:

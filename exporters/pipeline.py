@@ -32,7 +32,7 @@ from ftp_deploy.export_format import (
 from ftp_deploy.exporters.graphs import cast_weights, export_module
 from ftp_deploy.exporters.onnx_export import export_decoder_file, export_onnx_file
 from ftp_deploy.exporters.options import ExportOptions
-from ftp_deploy.exporters.output_folder import check_output_folder, staged_folder
+from ftp_deploy.exporters.output_folder import check_output_folder, remove_stale_staging, staged_folder
 from ftp_deploy.exporters.spec import DecodeSpec, ExportSpec, sample_inputs
 from ftp_deploy.exporters.validation import validate_decode, validate_export
 from ftp_deploy.fileio import sha256_file, storage
@@ -79,6 +79,8 @@ def export_onnx(
     """
     opts = replace(options or ExportOptions(), **fields)
     check_output_folder(out, opts.overwrite)
+    for stale in remove_stale_staging(out):
+        progress.note(f"removed {stale}: the staging folder of an earlier export to {out} that was interrupted")
     artifact = load_artifact(run_dir)
     spec = ExportSpec(
         artifact.schedule.thousandths,

@@ -19,22 +19,16 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
     """Plain sentences from the run folder and verify's report.json (nothing is recomputed)."""
     artifact = load_artifact(run_dir)
     training = artifact.training
-    heldout = RunFolder(run_dir).read_state().get("heldout")
+    state = RunFolder(run_dir).read_state()
+    heldout = state.get("heldout")
     if heldout is None:
         raise ArtifactError(f"{run_dir} has no held-out scores: its training run did not finish")
     report = _read_report(verify_dir / "report.json")
-    parity, latency = report["parity"], report.get("latency") or {}
+    parity, latency, decode = report["parity"], report.get("latency") or {}, report.get("decode") or {}
     trained, static = heldout["trained"], heldout["static_uniform"]
-    prior = training.get("prior_attention_weight")
-    start = f"the attention-weighted prior (weight {prior:g})" if prior else "which routes like the static router"
-    kept = (
-        f"kept the router of step {training['router_from_step']} of {training['steps']}"
-        if training.get("router_from_step")
-        else f"kept the step-0 router, {start}: no later checkpoint did better"
-    )
     lines = [
         f"Trained: a {artifact.router_spec.kind} router for {artifact.base.ref} at mean sparsity "
-        f"{artifact.schedule.mean():.2f} in {training['train_seconds']:.0f} s of training; {kept}.",
+        f"{artifact.schedule.mean():.2f}: {_training_change(state['phases']['train'], training)}",
         f"Close to dense: on held-out text, KL to dense {trained['kl']:.4f} (static router, uniform schedule: "
         f"{static['kl']:.4f}); perplexity {trained['perplexity']:.2f} vs dense {trained['dense_perplexity']:.2f}; "
         f"its top next-token choice is dense's {trained['top1_agreement']:.0%} of the time.",
@@ -43,6 +37,13 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
         + (f", routing agreement {parity['routing_agreement']:.3%}" if parity.get("routing_agreement") else "")
         + ".",
     ]
+    if decode.get("checked"):
+        lines.append(
+            f"Generation: the export's prefill and {decode['steps']} decode steps "
+            f"{'match' if decode['passed'] else 'do NOT match'} PyTorch's cached decode (greedy tokens "
+            f"{'identical' if decode['tokens_identical'] else 'differ'}, logits max |diff| "
+            f"{decode['logits_max_abs_diff']:.1e}); a decode step takes {decode['decode_median_ms']:.1f} ms."
+        )
     speedups = {int(length): value for length, value in (latency.get("speedup") or {}).items()}
     if speedups:
         longest = max(speedups)
@@ -53,6 +54,27 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
             + f". Full tables: {verify_dir / 'report.md'}."
         )
     return lines
+
+
+def _training_change(train: dict[str, Any], training: dict[str, Any]) -> str:
+    """What training did to the router, by the validation checks it was chosen on."""
+    checks = train["validation"]
+    start, best_step = checks[0][1], training["router_from_step"]
+    best = dict(checks)[best_step]
+    steps = f"{training['steps']} router steps in {training['train_seconds']:.0f} s"
+    if not training["steps"]:
+        return "0 router steps: the time budget was spent before training began, so the step-0 router is kept."
+    prior = training.get("prior_attention_weight")
+    origin = f"the attention-weighted prior (weight {prior:g})" if prior else "the static router's order"
+    if best_step == 0:
+        return (
+            f"{steps}; validation KL {start:.4f} at step 0 ({origin}), and no later check did better "
+            f"(last {checks[-1][1]:.4f}), so the step-0 router is kept."
+        )
+    return (
+        f"{steps}; validation KL {start:.4f} at step 0 ({origin}) fell to {best:.4f} at step {best_step} "
+        f"({(best - start) / start:+.1%}); that router is kept."
+    )
 
 
 def _read_report(path: Path) -> dict[str, Any]:

@@ -17,13 +17,22 @@ from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.runfolder import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION
 from tests.conftest import tiny_model
 
-TRAINING = {"router_from_step": 10, "steps": 11, "train_seconds": 113.0}
+TRAINING = {"router_from_step": 10, "steps": 11, "train_seconds": 113.0, "prior_attention_weight": 8.0}
+VALIDATION = [[0, 0.0400], [10, 0.0350], [11, 0.0360]]
 HELDOUT = {
     "trained": {"kl": 0.0331, "perplexity": 15.39, "dense_perplexity": 14.99, "top1_agreement": 0.902},
     "static_uniform": {"kl": 0.0353, "perplexity": 15.34, "dense_perplexity": 14.99, "top1_agreement": 0.898},
 }
 REPORT = {
     "parity": {"passed": True, "top1_agreement": 1.0, "routing_agreement": 1.0},
+    "decode": {
+        "checked": True,
+        "passed": True,
+        "steps": 8,
+        "tokens_identical": True,
+        "logits_max_abs_diff": 3e-5,
+        "decode_median_ms": 31.4,
+    },
     "latency": {"speedup": {"128": 1.16, "1024": 1.41}, "ideal_speedup": {"128": 1.43, "1024": 1.49}},
 }
 
@@ -33,7 +42,8 @@ def demo_out(tmp_path: Path) -> Path:
     base = tiny_model("llama", num_layers=2)
     routed = RoutedModel(base, Schedule.from_sparsities([0.3, 0.3]), RouterSpec())
     save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, "tiny"), TRAINING), tmp_path / "run")
-    state = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "heldout": HELDOUT}
+    state = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "heldout": HELDOUT,
+             "phases": {"train": {"validation": VALIDATION}}}  # fmt: skip
     (tmp_path / "run" / RUN_FILE).write_text(json.dumps(state))
     (tmp_path / "verify").mkdir()
     (tmp_path / "verify" / "report.json").write_text(json.dumps(REPORT))
@@ -41,8 +51,12 @@ def demo_out(tmp_path: Path) -> Path:
 
 
 def test_summary_states_what_was_trained_how_close_and_how_fast(demo_out: Path) -> None:
-    trained, close, parity, faster = demo_summary(demo_out / "run", demo_out / "verify")
-    assert "learned router for tiny at mean sparsity 0.30" in trained and "router of step 10 of 11" in trained
+    trained, close, parity, generation, faster = demo_summary(demo_out / "run", demo_out / "verify")
+    assert "learned router for tiny at mean sparsity 0.30: 11 router steps in 113 s" in trained
+    assert "validation KL 0.0400 at step 0 (the attention-weighted prior (weight 8))" in trained
+    assert "fell to 0.0350 at step 10" in trained
+    assert "(-12.5%); that router is kept" in trained
+    assert generation.startswith("Generation: the export's prefill and 8 decode steps match PyTorch's cached decode")
     assert "KL to dense 0.0331" in close and "uniform schedule: 0.0353" in close and "90%" in close
     assert parity.startswith("Exported graph vs PyTorch: PASS")
     assert "1.41x the dense export at 1024 tokens (ideal by FLOPs 1.49x); 1.16x at 128" in faster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,23 @@ def test_a_full_disk_midway_is_exit_1_and_leaves_no_folder(
         f"error: could not write {tmp_path / 'art'}: No space left on device; nothing was written there"
     )
     assert leftovers(tmp_path) == []  # neither the folder nor its hidden staging copy
+
+
+def test_an_interrupted_exports_staging_folder_is_removed_and_said(run_export, tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    killed = tmp_path / ".art.4194303.k1ll3d.partial"  # above Linux's pid_max: no such process
+    killed.mkdir()
+    (killed / "model.onnx").write_bytes(b"half")
+    legacy = tmp_path / ".art.ab3_x9q2.partial"  # named before staging folders carried their pid
+    legacy.mkdir()
+    running = tmp_path / f".art.{os.getpid()}.l1ve.partial"  # an export that is running now
+    running.mkdir()
+    code, err = run_export(run, "--out", tmp_path / "art")
+    assert code == 0, err
+    assert not killed.exists() and not legacy.exists() and running.is_dir()
+    for path in (killed, legacy):
+        assert f"removed {path}: the staging folder of an earlier export to {tmp_path / 'art'}" in err
+    assert leftovers(tmp_path) == [running.name, "art"]
 
 
 def test_weights_beyond_fp16_are_refused(run_export, tmp_path: Path) -> None:

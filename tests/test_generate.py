@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +33,7 @@ from tests.test_cli import (
     assert_one_error_line,
     cli,
     heavy_modules_after,
+    run_continuations,
     section9_text,
     section9_tokens,
 )
@@ -108,18 +109,22 @@ def test_run_reports_cached_generation_for_dense_and_routed(run_and_base: tuple[
     result = subprocess.run(
         [sys.executable, "-m", "ftp_deploy.cli", "run", "--model", str(base_dir), "--router", str(run),
          "--prompt", PROMPT, "--max-new-tokens", "4"],
-        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "COLUMNS": "400"},
+        capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    texts = run_continuations(result.stdout)
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
     assert "first token ms" in result.stdout and "decode ms/token" in result.stdout
-    dense, routed_row = rows  # the header row is drawn with another rule character
+    dense, routed_row = (row for row in rows if row[0] in ("dense", "routed"))
     tokenizer = tiny_tokenizer()
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     dense_tokens = routed.base.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
-    assert dense[1] == tokenizer.decode(dense_tokens[0, ids.shape[1] :], skip_special_tokens=True)
-    assert routed_row[1] == section9_text(routed, PROMPT, 4)
-    assert dense[5] == "1.00x" and float(routed_row[5].rstrip("x")) < 1
+    assert texts["dense"] == tokenizer.decode(dense_tokens[0, ids.shape[1] :], skip_special_tokens=True)
+    assert texts[f"routed ({run}, mean sparsity 0.25)"] == section9_text(routed, PROMPT, 4)
+    assert dense[4] == "1.00x" and float(routed_row[4].rstrip("x")) < 1
+    said = re.search(r"Decode: routed ([\d.]+)x dense's time per token", result.stdout)
+    assert said is not None  # the decode speed is said in words, whichever way it goes
+    assert abs(float(said[1]) - float(routed_row[2]) / float(dense[2])) < 0.05  # the table rounds to 0.1 ms
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from ftp_deploy.cli_options import DeviceMapOption, DeviceOption, DtypeOption, ModelOption, TrustOption
@@ -162,11 +163,10 @@ def train(
             guide=guide_weight, guide_decay=guide_decay, sparsity=sparsity_weight, distill=distill_weight
         ),
     )
-    from ftp_deploy.evaluation.stats import describe
     from ftp_deploy.placement import resolve_placement
     from ftp_deploy.training.launcher import launch
     from ftp_deploy.training.ranks import joined_ranks
-    from ftp_deploy.training.report import REPORT_MD, ROUTINGS
+    from ftp_deploy.training.report import REPORT_MD
 
     resolve_placement(device, dtype, device_map)  # a bad placement is one line before any process starts
     args = (settings, out, resume, time_budget, trust_remote_code, (device, dtype, device_map), checkpoint_activations)
@@ -177,24 +177,32 @@ def train(
             state = train_rank(ranks, *args)
             if not ranks.is_main:
                 return
-    table = Table(title=f"held-out blocks, last {scored} predictions")
-    for column in ("routing", "KL to dense ± s.e.", "minus static uniform [95%]", "top-1 agreement", "perplexity"):
+    console.print(heldout_table(state, scored))
+    console.print(f"run folder: {out} (ftp_config.json + router.safetensors; {out / REPORT_MD})")
+
+
+def heldout_table(state: dict[str, Any], scored: int) -> Table:
+    """The held-out scores of a finished run, narrow enough for an 80-column terminal or pipe."""
+    from ftp_deploy.evaluation.stats import describe
+    from ftp_deploy.training.report import ROUTINGS, SHORT_LABELS
+
+    table = Table(title=f"held-out blocks, last {scored} predictions", box=box.SIMPLE_HEAD)
+    for column in ("routing", "KL to dense ± s.e.", "minus static, uniform [95%]", "top-1", "ppl"):
         table.add_column(column)
     table.add_row("dense", "", "", "", f"{state['heldout']['trained']['dense_perplexity']:.2f}")
-    for key, label in ROUTINGS:
+    for key, _ in ROUTINGS:
         row = state["heldout"].get(key)
         if row is None:
             continue
         versus = row.get("kl_minus", {}).get("static_uniform")
         table.add_row(
-            label,
+            SHORT_LABELS[key],
             f"{row['kl']:.4f} ± {row.get('kl_stderr', float('nan')):.4f}",
             "" if versus is None else describe(versus, digits=4),
             f"{row['top1_agreement']:.1%}",
             f"{row['perplexity']:.2f}",
         )
-    console.print(table)
-    console.print(f"run folder: {out} (ftp_config.json + router.safetensors; {out / REPORT_MD})")
+    return table
 
 
 def train_rank(

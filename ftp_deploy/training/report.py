@@ -25,6 +25,14 @@ ROUTINGS = (
     ("prior_searched", "attention-weighted prior (untrained), searched schedule"),
     ("trained", "trained router, fine-tuned schedule"),
 )
+# The same rows in a terminal's table, where a label must fit a narrow column (report.md has the long ones).
+SHORT_LABELS = {
+    "static_uniform": "static, uniform",
+    "prior_uniform": "static+sink, uniform",
+    "static_searched": "static, searched",
+    "prior_searched": "prior, searched",
+    "trained": "trained, tuned",
+}
 
 
 def write_report(folder: Path, state: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
