@@ -341,7 +341,7 @@ class _Run:
                 advance(
                     status=f"loss {metrics.loss:.4f}  KL {metrics.distill:.4f}  guide w {metrics.guide_weight:.2f}  "
                     f"sparsity {metrics.hard_sparsity:.3f} (soft {metrics.soft_sparsity:.3f})  "
-                    f"calibration KL {phase['validation'][-1][1]:.4f} (best {trainer.best_kl:.4f})"
+                    f"validation KL {phase['validation'][-1][1]:.4f} (best {trainer.best_kl:.4f})"
                 )
                 if self.on_step is not None:
                     self.on_step(metrics)

@@ -74,7 +74,7 @@ def _loss_figure(state: dict[str, Any], metrics: list[dict[str, Any]]) -> Any:
         losses.plot(steps, [r[key] for r in train], label=label)
     losses.plot(steps, [r["sparsity_loss"] for r in train], label="sparsity penalty")
     checks = state["phases"]["train"]["validation"]
-    losses.plot([s for s, _ in checks], [kl for _, kl in checks], "o--", label="calibration KL (checks)")
+    losses.plot([s for s, _ in checks], [kl for _, kl in checks], "o--", label="validation KL (checks)")
     losses.set_yscale("symlog", linthresh=1e-3)
     losses.set_xlabel("step")
     losses.set_title("training losses")

@@ -56,7 +56,7 @@ def verify(
     from ftp_deploy.verification.verify import verify as run_verify
 
     placement = resolve_placement(device, "fp32", device_map)
-    with RichProgress(transient=True) as progress, memory_errors("--device-map auto or --device cpu"):
+    with RichProgress() as progress, memory_errors("--device-map auto or --device cpu"):
         result = run_verify(
             art_dir,
             against=against,
