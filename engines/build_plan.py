@@ -24,10 +24,11 @@ from pathlib import Path
 
 from ftp_deploy.engines.trt_builder import PURPOSE, write_plan
 from ftp_deploy.engines.trt_env import require_tensorrt_gpu
-from ftp_deploy.engines.trt_plan import BUILD_MODULE, PLAN_FILE, PLAN_MANIFEST_FILE, PlanManifest, tensorrt_section
+from ftp_deploy.engines.trt_plan import BUILD_MODULE, tensorrt_section
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import ArtifactError, FtpDeployError
-from ftp_deploy.export_format import manifest_mismatches, read_manifest, write_manifest
+from ftp_deploy.formats.export_manifest import manifest_mismatches, read_manifest, write_manifest
+from ftp_deploy.formats.plan_manifest import PLAN_FILE, PLAN_MANIFEST_FILE, PlanManifest
 
 
 def build_artifact_plan(art_dir: Path, timing_cache: Path | None = None) -> PlanManifest:
@@ -44,7 +45,7 @@ def build_artifact_plan(art_dir: Path, timing_cache: Path | None = None) -> Plan
         raise ArtifactError(
             f"{art_dir} was exported for ONNX Runtime; export it with ftp-deploy export --engine trt --onnx-only"
         )
-    profile = ShapeProfile.from_json(manifest.tensorrt.profile)
+    profile = ShapeProfile.from_record(manifest.tensorrt.profile)
     plan = write_plan(art_dir, profile, manifest.dtype, timing_cache)
     section = tensorrt_section(profile, manifest.dtype, plan.plugins, plan)
     write_manifest(art_dir, replace(manifest, engine="trt", tensorrt=section))

@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from ftp_deploy.engines.onnx_runtime import SessionFromOnnx, SessionOptionsLoader
 from ftp_deploy.errors import CacheMismatchError, PrefillOnlyExportError, PromptError
-from ftp_deploy.export_format import (
+from ftp_deploy.formats.export_manifest import (
     DECODER_FILE,
     ExportedArtifact,
     WithPastRecord,

@@ -11,9 +11,9 @@ from ftp_deploy.cli_options import ModelOverrideOption, ReferenceDeviceOption, T
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape, parse_shape
 from ftp_deploy.errors import UsageError
-from ftp_deploy.export_format import EXPORT_DTYPES, TensorRtSection
 from ftp_deploy.exporters.options import DEFAULT_OPSET, ENGINES, SUPPORTED_OPSETS, ExportOptions
 from ftp_deploy.exporters.triton_repo import DEFAULT_MAX_BATCH
+from ftp_deploy.formats.export_manifest import EXPORT_DTYPES, TensorRtSection
 
 
 def _shape_help(which: str, default: tuple[int, int]) -> str:
@@ -130,7 +130,7 @@ def export(
 def _print_engine_commands(out: Path, section: TensorRtSection) -> None:
     from ftp_deploy.exporters.trt_export import engine_commands
 
-    build, benchmark = engine_commands(ShapeProfile.from_json(section.profile), out.resolve()).shell()
+    build, benchmark = engine_commands(ShapeProfile.from_record(section.profile), out.resolve()).shell()
     if section.plan_file is None or section.built_for is None:
         console.print(
             "build the TensorRT engine on the target machine (NVIDIA GPU, TensorRT >= 10.9, "
@@ -140,7 +140,7 @@ def _print_engine_commands(out: Path, section: TensorRtSection) -> None:
         console.print(f"  {build}", markup=False, highlight=False, soft_wrap=True)
     else:
         built = section.built_for
-        console.print(f"built {out / section.plan_file} for {built['gpu']} (TensorRT {built['tensorrt']})")
+        console.print(f"built {out / section.plan_file} for {built.gpu} (TensorRT {built.tensorrt})")
     console.print("time the engine with trtexec:", markup=False)
     console.print(f"  {benchmark}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"({out / section.build_script} runs both)", markup=False, highlight=False)

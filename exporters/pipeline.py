@@ -17,18 +17,6 @@ from ftp_deploy.artifacts import CONFIG_FILE, RoutedArtifact, load_artifact, loa
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx
 from ftp_deploy.engines.widen import widened_to_fp32
 from ftp_deploy.errors import ExportError, UnsupportedExportError
-from ftp_deploy.export_format import (
-    DATA_FILE,
-    DECODER_FILE,
-    MODEL_FILE,
-    BaseModelRecord,
-    ExportManifest,
-    GraphRecord,
-    SourceRun,
-    ValidationRecord,
-    WithPastRecord,
-    write_manifest,
-)
 from ftp_deploy.exporters.graphs import cast_weights, export_module
 from ftp_deploy.exporters.onnx_export import export_decoder_file, export_onnx_file
 from ftp_deploy.exporters.options import ExportOptions
@@ -36,6 +24,19 @@ from ftp_deploy.exporters.output_folder import check_output_folder, remove_stale
 from ftp_deploy.exporters.spec import DecodeSpec, ExportSpec, sample_inputs
 from ftp_deploy.exporters.validation import validate_decode, validate_export
 from ftp_deploy.fileio import sha256_file, storage
+from ftp_deploy.formats.export_manifest import (
+    DATA_FILE,
+    DECODER_FILE,
+    MODEL_FILE,
+    BaseModelRecord,
+    ExportManifest,
+    GraphRecord,
+    ScheduleRecord,
+    SourceRun,
+    ValidationRecord,
+    WithPastRecord,
+    write_manifest,
+)
 from ftp_deploy.placement import place_module
 from ftp_deploy.plugins.token_compaction.contract import (
     COMPACT_OP,
@@ -207,8 +208,7 @@ def _manifest(
         # The run's config names the router file's sha256, so its hash pins the router too.
         source_run=SourceRun(str(run_dir.resolve()), sha256_file(run_dir / CONFIG_FILE)),
         base_model=BaseModelRecord(**artifact.base.to_json(), loaded_from=model_ref),
-        sparsity_thousandths=spec.thousandths,
-        sparsity_den=SPARSITY_DEN,
+        schedule=ScheduleRecord(spec.thousandths, SPARSITY_DEN),
         router=artifact.router_spec.to_json(),
         routing_mode=artifact.routing_mode,
         op_contract={

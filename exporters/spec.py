@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.export_format import (
+from ftp_deploy.exporters.options import DEFAULT_OPSET, SUPPORTED_OPSETS
+from ftp_deploy.formats.export_manifest import (
     DECODE_INPUT_NAMES,
     EXPORT_DTYPES,
     INPUT_NAMES,
@@ -23,7 +24,6 @@ from ftp_deploy.export_format import (
     past_name,
     present_name,
 )
-from ftp_deploy.exporters.options import DEFAULT_OPSET, SUPPORTED_OPSETS
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 from ftp_deploy.verification.parity import Tolerance
 

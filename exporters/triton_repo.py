@@ -26,8 +26,8 @@ from typing import Any
 
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import MissingDependencyError, OutputFolderError
-from ftp_deploy.export_format import DATA_FILE, ExportedArtifact
 from ftp_deploy.exporters.output_folder import staged_folder
+from ftp_deploy.formats.export_manifest import DATA_FILE, ExportedArtifact
 
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
@@ -76,7 +76,7 @@ def repository_models(artifact: ExportedArtifact, name: str, max_batch_size: int
     section = artifact.manifest.tensorrt
     if section is not None and section.plan_file is not None:
         # A plan takes no batch beyond the optimization profile it was built with.
-        plan_batch = ShapeProfile.from_json(section.profile).max_shape[0]
+        plan_batch = ShapeProfile.from_record(section.profile).max_shape[0]
         models.append(
             TritonModel(f"{name}{TRT_SUFFIX}", "tensorrt_plan", artifact.folder / section.plan_file, plan_batch)
         )

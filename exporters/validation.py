@@ -17,8 +17,8 @@ from torch import nn
 
 from ftp_deploy.cached_generation import greedy_trace
 from ftp_deploy.errors import ExportValidationError
-from ftp_deploy.export_format import DECODER_FILE, MODEL_FILE, ValidationRecord, WithPastRecord
 from ftp_deploy.exporters.spec import ExportSpec
+from ftp_deploy.formats.export_manifest import DECODER_FILE, MODEL_FILE, ValidationRecord, WithPastRecord
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.verification.inputs import Feed

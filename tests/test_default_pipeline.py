@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 from ftp_deploy.artifacts import ROUTER_FILE, load_artifact, load_routed
-from ftp_deploy.export_format import read_manifest
 from ftp_deploy.fileio import sha256_file
+from ftp_deploy.formats.export_manifest import read_manifest
 from tests.conftest import PIPELINE_PROMPT as PROMPT
 from tests.conftest import tiny_tokenizer
 from tests.test_cli import cli, section9_text

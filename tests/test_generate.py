@@ -293,7 +293,7 @@ def test_onnx_sampling_keeps_the_top_p_nucleus_and_follows_the_temperature(
 def test_onnx_bad_input_is_one_line(with_past_export: tuple[Path, Path, RoutedModel], tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from ftp_deploy.export_format import DECODER_FILE, read_manifest, write_manifest
+    from ftp_deploy.formats.export_manifest import DECODER_FILE, read_manifest, write_manifest
 
     run, art, _ = with_past_export
     prefill_only = tmp_path / "prefill-only"

@@ -12,8 +12,8 @@ import torch
 from ftp_deploy import cli
 from ftp_deploy.errors import ConfigError, DeviceMemoryError, MissingDependencyError, UsageError
 from ftp_deploy.evaluation.pipeline import run_eval
-from ftp_deploy.export_format import ExportedArtifact
 from ftp_deploy.exporters.pipeline import export_onnx
+from ftp_deploy.formats.export_manifest import ExportedArtifact
 from ftp_deploy.models import load_base_model
 from ftp_deploy.placement import CPU, Placement, memory_errors, resolve_placement
 from ftp_deploy.routed_model import RoutedModel

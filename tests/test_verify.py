@@ -17,8 +17,8 @@ from polygraphy.comparator import RunResults
 
 from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
-from ftp_deploy.export_format import MANIFEST_FILE, write_manifest
 from ftp_deploy.exporters.pipeline import export_onnx
+from ftp_deploy.formats.export_manifest import MANIFEST_FILE, write_manifest
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec

@@ -50,14 +50,17 @@ def _value(kind: Any, data: Any) -> Any:
         options = typing.get_args(kind)
         if data is None and type(None) in options:
             return None
+        present = [o for o in options if o is not type(None)]
+        if len(present) == 1:  # X | None: X's own error says what is wrong
+            return _value(present[0], data)
         last_error: Exception | None = None
-        for option in (o for o in options if o is not type(None)):
+        for option in present:
             try:
                 return _value(option, data)
             except (KeyError, TypeError, ValueError) as err:
                 last_error = err
         raise TypeError(f"{data!r} is none of {kind}") from last_error
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         if not isinstance(data, dict):
             raise TypeError(f"{kind.__name__} needs an object, got {type(data).__name__}")
         hints = typing.get_type_hints(kind)

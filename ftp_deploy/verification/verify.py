@@ -20,9 +20,9 @@ from ftp_deploy.engines.trt_env import require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import require_plan
 from ftp_deploy.engines.widen import cpu_runnable
 from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, UsageError
-from ftp_deploy.export_format import CPU_NATIVE_DTYPES, ExportedArtifact
 from ftp_deploy.fileio import sha256_file, storage
 from ftp_deploy.flops import flop_ratio
+from ftp_deploy.formats.export_manifest import CPU_NATIVE_DTYPES, ExportedArtifact
 from ftp_deploy.models import DTYPES, LoadedModel
 from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.progress import NO_PROGRESS, Progress

@@ -1,0 +1,69 @@
+"""The formats layer: one serde for every record, and the documents written before it still read.
+
+`tests/data/legacy-2026-12-02/` holds what `make demo` wrote with the code before the formats
+layer existed (its README says which commit).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ftp_deploy.formats.export_manifest import ExportManifest, read_manifest
+from ftp_deploy.formats.record import from_json, to_json
+
+LEGACY = Path(__file__).parent / "data" / "legacy-2026-12-02"
+
+
+@dataclass(frozen=True)
+class Inner:
+    name: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Inner
+    sizes: tuple[int, ...]
+    pairs: list[tuple[int, float]]
+    by_name: dict[str, Inner]
+    maybe: Inner | None = None
+    numbers: list[float] = field(default_factory=list)
+
+
+def test_records_round_trip_through_json() -> None:
+    record = Outer(Inner("a", 0.5), (1, 2), [(3, 0.25)], {"b": Inner("b")}, None, [1.0, 2.5])
+    data = json.loads(json.dumps(to_json(record)))
+    assert data["inner"] == {"name": "a", "weight": 0.5} and data["sizes"] == [1, 2]
+    assert from_json(Outer, data) == record
+    assert from_json(Outer, {**data, "maybe": {"name": "m"}}).maybe == Inner("m", 1.0)
+
+
+def test_unknown_fields_are_ignored_and_defaults_fill_new_ones() -> None:
+    data = {"inner": {"name": "a", "added_later": 1}, "sizes": [], "pairs": [], "by_name": {}}
+    assert from_json(Outer, data) == Outer(Inner("a"), (), [], {})
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"sizes": [], "pairs": [], "by_name": {}}, KeyError),  # `inner` has no default
+        ({"inner": {"name": 3}, "sizes": [], "pairs": [], "by_name": {}}, TypeError),
+        ({"inner": {"name": "a"}, "sizes": [1.5], "pairs": [], "by_name": {}}, TypeError),
+        ({"inner": {"name": "a"}, "sizes": [], "pairs": [[1]], "by_name": {}}, ValueError),
+        ({"inner": {"name": "a"}, "sizes": [], "pairs": [], "by_name": {}, "numbers": [True]}, TypeError),
+    ],
+)
+def test_a_missing_or_mistyped_field_is_an_error(data: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        from_json(Outer, data)
+
+
+def test_an_export_manifest_written_before_the_formats_layer_reads() -> None:
+    manifest = read_manifest(LEGACY / "export")
+    assert isinstance(manifest, ExportManifest) and manifest.graph == "routed"
+    assert len(manifest.schedule.sparsity_thousandths) == 30 and manifest.with_past is not None
+    assert set(manifest.graphs) == {"prefill", "decode"} and manifest.validation.decode_steps == 4
