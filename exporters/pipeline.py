@@ -13,7 +13,7 @@ import onnxruntime
 import torch
 
 import ftp_deploy
-from ftp_deploy.artifacts import CONFIG_FILE, RoutedArtifact, load_artifact, load_routed
+from ftp_deploy.artifacts import RoutedArtifact, load_artifact, load_routed
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx
 from ftp_deploy.engines.widen import widened_to_fp32
 from ftp_deploy.errors import ExportError, UnsupportedExportError
@@ -37,6 +37,8 @@ from ftp_deploy.formats.export_manifest import (
     WithPastRecord,
     write_manifest,
 )
+from ftp_deploy.formats.record import to_json
+from ftp_deploy.formats.routed_config import CONFIG_FILE
 from ftp_deploy.placement import place_module
 from ftp_deploy.plugins.token_compaction.contract import (
     COMPACT_OP,
@@ -207,9 +209,9 @@ def _manifest(
         graph="dense" if spec.dense else "routed",
         # The run's config names the router file's sha256, so its hash pins the router too.
         source_run=SourceRun(str(run_dir.resolve()), sha256_file(run_dir / CONFIG_FILE)),
-        base_model=BaseModelRecord(**artifact.base.to_json(), loaded_from=model_ref),
+        base_model=BaseModelRecord(**to_json(artifact.base), loaded_from=model_ref),
         schedule=ScheduleRecord(spec.thousandths, SPARSITY_DEN),
-        router=artifact.router_spec.to_json(),
+        router=artifact.router_record(),
         routing_mode=artifact.routing_mode,
         op_contract={
             "domain": DOMAIN,

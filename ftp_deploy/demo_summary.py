@@ -12,6 +12,7 @@ from typing import Any
 
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError
+from ftp_deploy.formats.routed_config import TrainingRecord
 from ftp_deploy.training.runfolder import RunFolder
 
 
@@ -56,15 +57,17 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
     return lines
 
 
-def _training_change(train: dict[str, Any], training: dict[str, Any]) -> str:
+def _training_change(train: dict[str, Any], training: TrainingRecord | None) -> str:
     """What training did to the router, by the validation checks it was chosen on."""
+    if training is None:
+        raise ArtifactError("the run's routed model has no training record: it was not made by ftp-deploy train")
     checks = train["validation"]
-    start, best_step = checks[0][1], training["router_from_step"]
+    start, best_step = checks[0][1], training.router_from_step
     best = dict(checks)[best_step]
-    steps = f"{training['steps']} router steps in {training['train_seconds']:.0f} s"
-    if not training["steps"]:
+    steps = f"{training.steps} router steps in {training.train_seconds:.0f} s"
+    if not training.steps:
         return "0 router steps: the time budget was spent before training began, so the step-0 router is kept."
-    prior = training.get("prior_attention_weight")
+    prior = training.prior_attention_weight
     origin = f"the attention-weighted prior (weight {prior:g})" if prior else "the static router's order"
     if best_step == 0:
         return (

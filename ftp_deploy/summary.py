@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ftp_deploy.artifacts import load_artifact
+from ftp_deploy.formats.record import to_json
 from ftp_deploy.plugins.token_compaction.contract import kept_count
 
 SUMMARY_SEQ_LEN = 512
@@ -22,7 +23,7 @@ def achieved_sparsity(thousandths: tuple[int, ...], seq_len: int) -> float:
 
 def summarize_artifact(run_dir: Path) -> Group:
     artifact = load_artifact(run_dir)
-    params = sum(t.numel() for t in artifact.router_state.values()) if artifact.router_state else 0
+    params = artifact.router_record().parameters
     facts = Table(show_header=False, box=None)
     facts.add_row("base model", f"{artifact.base.ref} ({artifact.base.model_type}, {artifact.base.num_layers} layers)")
     facts.add_row("router", f"{artifact.router_spec.kind}, {params} parameters, {artifact.routing_mode} routing")
@@ -31,7 +32,7 @@ def summarize_artifact(run_dir: Path) -> Group:
         f"achieved at {SUMMARY_SEQ_LEN} tokens",
         f"{achieved_sparsity(artifact.schedule.thousandths, SUMMARY_SEQ_LEN):.3f} (top-k capacity)",
     )
-    for key, value in artifact.training.items():
+    for key, value in (to_json(artifact.training) if artifact.training is not None else {}).items():
         if isinstance(value, (int, float, str)):
             facts.add_row(f"training: {key}", str(value))
     schedule = Table(title="per-block sparsity", show_lines=False)

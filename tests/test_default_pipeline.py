@@ -13,9 +13,10 @@ import json
 import shutil
 from pathlib import Path
 
-from ftp_deploy.artifacts import ROUTER_FILE, load_artifact, load_routed
+from ftp_deploy.artifacts import load_artifact, load_routed
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.export_manifest import read_manifest
+from ftp_deploy.formats.routed_config import ROUTER_FILE
 from tests.conftest import PIPELINE_PROMPT as PROMPT
 from tests.conftest import tiny_tokenizer
 from tests.test_cli import cli, section9_text

@@ -15,9 +15,9 @@ from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.runfolder import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, training_record
 
-TRAINING = {"router_from_step": 10, "steps": 11, "train_seconds": 113.0, "prior_attention_weight": 8.0}
+TRAINING = training_record(router_from_step=10, steps=11, train_seconds=113.0, prior_attention_weight=8.0)
 VALIDATION = [[0, 0.0400], [10, 0.0350], [11, 0.0360]]
 HELDOUT = {
     "trained": {"kl": 0.0331, "perplexity": 15.39, "dense_perplexity": 14.99, "top1_agreement": 0.902},

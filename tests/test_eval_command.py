@@ -20,7 +20,7 @@ from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, training_record
 
 SCHEDULE = (0.2, 0.3, 0.3, 0.4)
 
@@ -32,7 +32,7 @@ def words(count: int, step: int) -> str:
 def save_run(folder: Path, model_dir: Path, kind: str = "learned") -> Path:
     base = tiny_model()
     routed = RoutedModel(base, Schedule.from_sparsities(SCHEDULE), RouterSpec(kind=kind))
-    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(model_dir)), {"steps": 1}), folder)
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(model_dir)), training_record()), folder)
     return folder
 
 

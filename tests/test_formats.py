@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from ftp_deploy.artifacts import load_artifact
+from ftp_deploy.errors import ArtifactError
 from ftp_deploy.formats.export_manifest import ExportManifest, read_manifest
 from ftp_deploy.formats.record import from_json, to_json
+from ftp_deploy.formats.routed_config import CONFIG_FILE
 
 LEGACY = Path(__file__).parent / "data" / "legacy-2026-12-02"
 
@@ -67,3 +70,23 @@ def test_an_export_manifest_written_before_the_formats_layer_reads() -> None:
     assert isinstance(manifest, ExportManifest) and manifest.graph == "routed"
     assert len(manifest.schedule.sparsity_thousandths) == 30 and manifest.with_past is not None
     assert set(manifest.graphs) == {"prefill", "decode"} and manifest.validation.decode_steps == 4
+
+
+def test_a_run_folder_written_before_the_formats_layer_loads() -> None:
+    artifact = load_artifact(LEGACY / "run")
+    assert artifact.base.ref == "smollm2-135m" and artifact.routing_mode == "monotone"
+    assert artifact.has_trained_router and artifact.training is not None and artifact.training.steps == 30
+
+
+def test_a_routed_model_saved_without_training_before_the_record_loads(tmp_path: Path) -> None:
+    """Format version 1 wrote {} where no training happened; it reads as no training record."""
+    config = json.loads((LEGACY / "run" / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "training": {}, "files": {}}))
+    assert load_artifact(tmp_path).training is None
+
+
+def test_another_format_version_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
+    config = json.loads((LEGACY / "run" / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "format_version": 7}))
+    with pytest.raises(ArtifactError, match=r"has format version 7; this ftp-deploy reads version 1$"):
+        load_artifact(tmp_path)

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from ftp_deploy import cli
-from ftp_deploy.artifacts import CONFIG_FILE, ROUTER_FILE, load_artifact
+from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError
+from ftp_deploy.formats.routed_config import CONFIG_FILE, ROUTER_FILE
 from tests.conftest import one_thread, tiny_train_args
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -29,7 +30,9 @@ KILLER = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from ftp_deploy import artifacts, cli
+from ftp_deploy import cli
+from ftp_deploy.formats import record
+from ftp_deploy.formats.routed_config import CONFIG_FILE
 from ftp_deploy.training import runfolder
 
 point = sys.argv[1]
@@ -39,12 +42,12 @@ def append_then_die(self, record):
     if record["phase"] == point:  # the first generation of that search is recorded, the second not run
         os.kill(os.getpid(), signal.SIGKILL)
 runfolder.RunFolder.append_metrics = append_then_die
-write_json = artifacts.atomic_write_json
+write_json = record.atomic_write_json  # what every document's write goes through
 def die_before_config(path, data):
-    if point == "save" and path.name == artifacts.CONFIG_FILE:
+    if point == "save" and path.name == CONFIG_FILE:
         os.kill(os.getpid(), signal.SIGKILL)
     write_json(path, data)
-artifacts.atomic_write_json = die_before_config
+record.atomic_write_json = die_before_config
 sys.exit(cli.main(sys.argv[2:]))
 """
 

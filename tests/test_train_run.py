@@ -71,7 +71,7 @@ def test_a_run_leaves_the_routed_model_report_and_metrics(
     out = tmp_path / "run"
     state = run_training(settings(tiny_model_dir, text_file), out)
     artifact = load_artifact(out)
-    assert artifact.has_trained_router and artifact.training["steps"] == STEPS
+    assert artifact.has_trained_router and artifact.training is not None and artifact.training.steps == STEPS
     assert artifact.schedule.mean() == pytest.approx(0.3) and artifact.schedule.thousandths == tuple(
         state["phases"]["finetune"]["best_thousandths"]
     )
@@ -109,7 +109,7 @@ def test_the_prior_with_the_lowest_calibration_kl_is_the_one_trained(
     scores = dict(prior["candidates"])
     assert sorted(scores) == [0.0, 8.0, 32.0, 128.0]
     assert prior["attention_weight"] == min(scores, key=scores.__getitem__)
-    assert artifact.training["prior_attention_weight"] == prior["attention_weight"]
+    assert artifact.training is not None and artifact.training.prior_attention_weight == prior["attention_weight"]
     assert state["phases"]["train"]["validation"][0][1] == pytest.approx(scores[prior["attention_weight"]])
 
 
@@ -266,7 +266,8 @@ def test_a_spent_time_budget_still_leaves_a_static_equivalent_router(
     out = tmp_path / "run"
     state = run_training(settings(tiny_model_dir, text_file), out, time_budget=1e-6)
     artifact = load_artifact(out)
-    assert state["phases"]["train"]["stopped_by_time_budget"] and artifact.training["steps"] == 0
+    assert state["phases"]["train"]["stopped_by_time_budget"]
+    assert artifact.training is not None and artifact.training.steps == 0
     assert state["phases"]["search"]["evaluations"] == 1  # only the start schedule was scored
     base = tiny_model()
     ids, mask = random_batch(2, 24, None)
@@ -285,7 +286,8 @@ def test_the_command(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.M
     result = CliRunner().invoke(app, [*common, *small, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert f"run folder: {tmp_path / 'run'}" in result.output.replace("\n", "")
-    assert load_artifact(tmp_path / "run").training["data"] == "self"
+    training = load_artifact(tmp_path / "run").training
+    assert training is not None and training.data == "self"
     assert list((tmp_path / "cache" / "ftp-deploy" / "self-data").glob("*.safetensors"))
     result = CliRunner().invoke(app, [*common, "--sparsity", "1.5", "--out", str(tmp_path / "bad")])
     assert isinstance(result.exception, FtpDeployError) and "outside" in str(result.exception)

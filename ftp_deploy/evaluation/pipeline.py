@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ftp_deploy.artifacts import ROUTER_FILE, RoutedArtifact, load_artifact, load_routed
+from ftp_deploy.artifacts import RoutedArtifact, load_artifact, load_routed
 from ftp_deploy.data_root import data_root
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.evaluation.baselines import build_methods
@@ -33,6 +33,8 @@ from ftp_deploy.evaluation.tasks import (
 )
 from ftp_deploy.fidelity import SCORED_POSITIONS
 from ftp_deploy.fileio import sha256_file
+from ftp_deploy.formats.record import to_json
+from ftp_deploy.formats.routed_config import ROUTER_FILE
 from ftp_deploy.models import LoadedModel
 from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
@@ -99,7 +101,7 @@ def evaluate_model(
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": {**loaded.ref.to_json(), "weights_sha256": weights_sha256(loaded.model)},
+        "model": {**to_json(loaded.ref), "weights_sha256": weights_sha256(loaded.model)},
         "settings": {**settings.to_json(), "subset_seed": SUBSET_SEED, "execution": "compact"},
         "data": data,
         "methods": scores,
@@ -164,7 +166,7 @@ def run_eval(
         "dir": str(run_dir),
         "router_sha256": sha256_file(run_dir / ROUTER_FILE),
         "routing_mode": artifact.routing_mode,
-        "training": artifact.training,
+        "training": to_json(artifact.training),
     }
     results["settings"]["limit"] = limit
     results["settings"]["placement"] = placement.to_json()

@@ -17,6 +17,7 @@ from ftp_deploy.errors import ArtifactError
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.plan_manifest import PluginId, ProfileRecord, TrtEnvironment
 from ftp_deploy.formats.record import Document
+from ftp_deploy.formats.routed_config import RouterRecord
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -165,7 +166,7 @@ class ExportManifest(Document):
     source_run: SourceRun
     base_model: BaseModelRecord
     schedule: ScheduleRecord
-    router: dict[str, Any]
+    router: RouterRecord
     routing_mode: str
     op_contract: dict[str, Any]
     dtype: str

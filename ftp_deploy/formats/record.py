@@ -131,12 +131,20 @@ class Document:
     @classmethod
     def read(cls: type[D], folder: Path, missing: str | None = None) -> D:
         """The document in `folder`; ArtifactError in one line for a missing, foreign or other-version file."""
-        path = folder / cls.FILE
         return read_versioned_json(
-            path,
+            folder / cls.FILE,
             cls.FORMAT,
             cls.VERSION,
             cls.DESCRIPTION,
             missing or f"{folder} holds no {cls.FILE}",
-            lambda data: from_json(cls, {k: v for k, v in data.items() if k not in ("format", "format_version")}),
+            lambda data: from_json(cls, cls.upgrade({k: v for k, v in data.items() if k not in _HEADER})),
         )
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The JSON of a file written by an earlier ftp-deploy of the same format version, as this one
+        writes it; a document whose layout changed within its version says how here."""
+        return data
+
+
+_HEADER = ("format", "format_version")

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftp_deploy.artifacts import CONFIG_FILE, load_routed
+from ftp_deploy.artifacts import load_routed
 from ftp_deploy.errors import ArtifactError, ConfigError, UsageError
 from ftp_deploy.fileio import sha256_file
+from ftp_deploy.formats.routed_config import CONFIG_FILE
 from ftp_deploy.generation import CallbackTextStreamer, Generation, generate_onnx, generate_routed
 from ftp_deploy.generation_settings import GenerationSettings
 from ftp_deploy.models import LoadedModel

@@ -22,6 +22,8 @@ from ftp_deploy import __version__
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ArtifactError, ConfigError, DataError
 from ftp_deploy.flops import dense_block_weights
+from ftp_deploy.formats.record import to_json
+from ftp_deploy.formats.routed_config import TrainingRecord
 from ftp_deploy.models import LoadedModel, load_base_model
 from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
@@ -88,7 +90,7 @@ def run_training(
             )
         )
     _check_data(state, data, out)
-    state.update(settings=settings.to_json(), model=loaded.ref.to_json(), data=data.describe())
+    state.update(settings=settings.to_json(), model=to_json(loaded.ref), data=data.describe())
     state["placement"] = placement.to_json()  # of this invocation: a run may resume on other hardware
     state["processes"] = ranks.world  # of this invocation too: the process group this process joined
     state.setdefault("phases", {})
@@ -389,26 +391,26 @@ class _Run:
         self.state["finished"] = True
         self.folder.write_state(self.state)
 
-    def _metadata(self, searched: SearchResult, tuned: SearchResult) -> dict[str, Any]:
+    def _metadata(self, searched: SearchResult, tuned: SearchResult) -> TrainingRecord:
         train = self.phases["train"]
-        return {
-            "ftp_deploy_version": __version__,
-            "data": self.data.source,
-            "data_fingerprint": self.data.fingerprint,
-            "seq_len": self.settings.data_config.seq_len,
-            "seed": self.settings.seed,
-            "target_sparsity": self.settings.sparsity,
-            "steps": train["checkpoint"]["step"],
-            "router_from_step": train["best_step"],
-            "prior_attention_weight": self.phases["prior"]["attention_weight"],
-            "routing_mode": self.settings.routing_mode,
-            "steps_planned": self.settings.train.steps,
-            "stopped_by_time_budget": train["stopped_by_time_budget"],
-            "search_kl": searched.best_fitness,
-            "uniform_kl": searched.start_fitness,
-            "finetune_kl": tuned.best_fitness,
-            "heldout_kl": self.state["heldout"]["trained"]["kl"],
-            "heldout_static_searched_kl": self.state["heldout"]["static_searched"]["kl"],
-            "train_seconds": train["seconds"],
-            "settings": self.settings.to_json(),
-        }
+        return TrainingRecord(
+            ftp_deploy_version=__version__,
+            data=self.data.source,
+            data_fingerprint=self.data.fingerprint,
+            seq_len=self.settings.data_config.seq_len,
+            seed=self.settings.seed,
+            target_sparsity=self.settings.sparsity,
+            steps=train["checkpoint"]["step"],
+            router_from_step=train["best_step"],
+            prior_attention_weight=self.phases["prior"]["attention_weight"],
+            routing_mode=self.settings.routing_mode,
+            steps_planned=self.settings.train.steps,
+            stopped_by_time_budget=train["stopped_by_time_budget"],
+            search_kl=searched.best_fitness,
+            uniform_kl=searched.start_fitness,
+            finetune_kl=tuned.best_fitness,
+            heldout_kl=self.state["heldout"]["trained"]["kl"],
+            heldout_static_searched_kl=self.state["heldout"]["static_searched"]["kl"],
+            train_seconds=train["seconds"],
+            settings=self.settings.to_json(),
+        )

@@ -12,7 +12,7 @@ import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.logger import G_LOGGER
 
-from ftp_deploy.artifacts import CONFIG_FILE, load_artifact, load_routed
+from ftp_deploy.artifacts import load_artifact, load_routed
 from ftp_deploy.data_root import data_file
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionOptionsLoader
@@ -23,6 +23,7 @@ from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, UsageError
 from ftp_deploy.fileio import sha256_file, storage
 from ftp_deploy.flops import flop_ratio
 from ftp_deploy.formats.export_manifest import CPU_NATIVE_DTYPES, ExportedArtifact
+from ftp_deploy.formats.routed_config import CONFIG_FILE
 from ftp_deploy.models import DTYPES, LoadedModel
 from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
