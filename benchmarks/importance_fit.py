@@ -110,7 +110,7 @@ def main() -> None:
     print(f"fit loss: first {fit_history[0]:.4f}, last {fit_history[-1]:.4f}; seconds: {timings}")
     print(f"{'routing':<24} {'KL +- s.e.':>18}  KL minus static uniform [95%]")
     for name, row in results.items():
-        print(f"{name:<24} {row['kl']:>8.4f} +- {row['kl_stderr']:.4f}  {versus_static(row)}")
+        print(f"{name:<24} {row.kl:>8.4f} +- {row.kl_stderr:.4f}  {versus_static(row)}")
     write_json(
         args.json,
         {

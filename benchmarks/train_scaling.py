@@ -12,7 +12,6 @@ of the trained routers and whether the schedules are the same.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from ftp_deploy.training.config import CALIBRATION_TEXT
 from ftp_deploy.training.data import DataConfig
 from ftp_deploy.training.launcher import launch
 from ftp_deploy.training.ranks import ONE_PROCESS
+from ftp_deploy.training.runfolder import RunFolder
 from ftp_deploy.training.search import SearchConfig
 from ftp_deploy.training.settings import FINETUNE_SEARCH, RunSettings
 from ftp_deploy.training.trainer import TrainConfig
@@ -49,13 +49,16 @@ def timed_run(settings: RunSettings, out: Path, processes: int, threads: int) ->
         state = train_rank(ONE_PROCESS, settings, out, False, None, False)
     else:
         state = launch(processes, train_rank, settings, out, False, None, False, timeout_s=1800, threads=threads)
-    seconds = {phase: state["phases"][phase]["seconds"] for phase in PHASES}
+    phases = [state.phases.search, state.phases.train, state.phases.finetune]
+    seconds = {name: phase.seconds if phase is not None else 0.0 for name, phase in zip(PHASES, phases, strict=True)}
     return {"processes": processes, "threads_each": threads, "total": time.monotonic() - began, **seconds}
 
 
 def last_router(run: Path) -> dict[str, torch.Tensor]:
-    entry = json.loads((run / "run.json").read_text())["phases"]["train"]["checkpoint"]
-    return {k: v for k, v in load_file(run / entry["file"]).items() if k.startswith("router.")}
+    train = RunFolder(run).read_state().phases.train
+    if train is None or train.checkpoint is None:
+        sys.exit(f"{run} holds no training checkpoint")
+    return {k: v for k, v in load_file(run / train.checkpoint.file).items() if k.startswith("router.")}
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.formats.routed_config import TrainingRecord
+from ftp_deploy.formats.run_state import TrainPhase
 from ftp_deploy.training.runfolder import RunFolder
 
 
@@ -21,18 +22,18 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
     artifact = load_artifact(run_dir)
     training = artifact.training
     state = RunFolder(run_dir).read_state()
-    heldout = state.get("heldout")
-    if heldout is None:
+    heldout, train = state.heldout, state.phases.train
+    if heldout is None or train is None:
         raise ArtifactError(f"{run_dir} has no held-out scores: its training run did not finish")
     report = _read_report(verify_dir / "report.json")
     parity, latency, decode = report["parity"], report.get("latency") or {}, report.get("decode") or {}
     trained, static = heldout["trained"], heldout["static_uniform"]
     lines = [
         f"Trained: a {artifact.router_spec.kind} router for {artifact.base.ref} at mean sparsity "
-        f"{artifact.schedule.mean():.2f}: {_training_change(state['phases']['train'], training)}",
-        f"Close to dense: on held-out text, KL to dense {trained['kl']:.4f} (static router, uniform schedule: "
-        f"{static['kl']:.4f}); perplexity {trained['perplexity']:.2f} vs dense {trained['dense_perplexity']:.2f}; "
-        f"its top next-token choice is dense's {trained['top1_agreement']:.0%} of the time.",
+        f"{artifact.schedule.mean():.2f}: {_training_change(train, training)}",
+        f"Close to dense: on held-out text, KL to dense {trained.kl:.4f} (static router, uniform schedule: "
+        f"{static.kl:.4f}); perplexity {trained.perplexity:.2f} vs dense {trained.dense_perplexity:.2f}; "
+        f"its top next-token choice is dense's {trained.top1_agreement:.0%} of the time.",
         f"Exported graph vs PyTorch: {'PASS' if parity['passed'] else 'FAIL'}, top-1 agreement "
         f"{parity['top1_agreement']:.2%}"
         + (f", routing agreement {parity['routing_agreement']:.3%}" if parity.get("routing_agreement") else "")
@@ -57,11 +58,11 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
     return lines
 
 
-def _training_change(train: dict[str, Any], training: TrainingRecord | None) -> str:
+def _training_change(train: TrainPhase, training: TrainingRecord | None) -> str:
     """What training did to the router, by the validation checks it was chosen on."""
     if training is None:
         raise ArtifactError("the run's routed model has no training record: it was not made by ftp-deploy train")
-    checks = train["validation"]
+    checks = train.validation
     start, best_step = checks[0][1], training.router_from_step
     best = dict(checks)[best_step]
     steps = f"{training.steps} router steps in {training.train_seconds:.0f} s"

@@ -17,6 +17,7 @@ from ftp_deploy.artifacts import load_artifact, load_routed
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.export_manifest import read_manifest
 from ftp_deploy.formats.routed_config import ROUTER_FILE
+from ftp_deploy.training.runfolder import RunFolder
 from tests.conftest import PIPELINE_PROMPT as PROMPT
 from tests.conftest import tiny_tokenizer
 from tests.test_cli import cli, section9_text
@@ -26,10 +27,12 @@ NEW_TOKENS = 8
 
 def test_train_defaults_route_monotone_with_a_validated_router(default_pipeline: dict[str, Path]) -> None:
     artifact = load_artifact(default_pipeline["run"])
-    state = json.loads((default_pipeline["run"] / "run.json").read_text())
+    state = RunFolder(default_pipeline["run"]).read_state()
     assert artifact.routing_mode == "monotone" and artifact.has_trained_router
-    assert state["finished"] and state["phases"]["train"]["checkpoint"]["step"] == 60  # the default steps
-    assert [w for w, _ in state["phases"]["prior"]["candidates"]] == [0.0, 8.0, 32.0, 128.0]
+    train, prior = state.phases.train, state.phases.prior
+    assert state.finished and train is not None and train.checkpoint is not None and prior is not None
+    assert train.checkpoint.step == 60  # the default steps
+    assert [w for w, _ in prior.candidates] == [0.0, 8.0, 32.0, 128.0]
 
 
 def test_eval_scores_the_trained_run_against_every_default_baseline(default_pipeline: dict[str, Path]) -> None:

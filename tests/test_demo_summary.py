@@ -10,18 +10,18 @@ import pytest
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.demo_summary import demo_summary, main
 from ftp_deploy.errors import ArtifactError
+from ftp_deploy.formats.run_state import HeldoutRow, RunState, TrainPhase
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.training.runfolder import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION
 from tests.conftest import tiny_model, training_record
 
 TRAINING = training_record(router_from_step=10, steps=11, train_seconds=113.0, prior_attention_weight=8.0)
-VALIDATION = [[0, 0.0400], [10, 0.0350], [11, 0.0360]]
+VALIDATION = [(0, 0.0400), (10, 0.0350), (11, 0.0360)]
 HELDOUT = {
-    "trained": {"kl": 0.0331, "perplexity": 15.39, "dense_perplexity": 14.99, "top1_agreement": 0.902},
-    "static_uniform": {"kl": 0.0353, "perplexity": 15.34, "dense_perplexity": 14.99, "top1_agreement": 0.898},
+    "trained": HeldoutRow(0.0331, 0.902, 15.39, 14.99, 512.0, kl_stderr=0.002, window_kl=[0.03, 0.036]),
+    "static_uniform": HeldoutRow(0.0353, 0.898, 15.34, 14.99, 512.0, kl_stderr=0.002, window_kl=[0.033, 0.038]),
 }
 REPORT = {
     "parity": {"passed": True, "top1_agreement": 1.0, "routing_agreement": 1.0},
@@ -42,9 +42,9 @@ def demo_out(tmp_path: Path) -> Path:
     base = tiny_model("llama", num_layers=2)
     routed = RoutedModel(base, Schedule.from_sparsities([0.3, 0.3]), RouterSpec())
     save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, "tiny"), TRAINING), tmp_path / "run")
-    state = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "heldout": HELDOUT,
-             "phases": {"train": {"validation": VALIDATION}}}  # fmt: skip
-    (tmp_path / "run" / RUN_FILE).write_text(json.dumps(state))
+    state = RunState(heldout=HELDOUT)
+    state.phases.train = TrainPhase(validation=VALIDATION)
+    state.write(tmp_path / "run")
     (tmp_path / "verify").mkdir()
     (tmp_path / "verify" / "report.json").write_text(json.dumps(REPORT))
     return tmp_path
@@ -66,7 +66,6 @@ def test_an_unfinished_run_or_a_missing_report_is_one_line(demo_out: Path, capsy
     (demo_out / "verify" / "report.json").unlink()
     assert main([str(demo_out / "run"), str(demo_out / "verify")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    state = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION}
-    (demo_out / "run" / RUN_FILE).write_text(json.dumps(state))
+    RunState().write(demo_out / "run")
     with pytest.raises(ArtifactError, match="did not finish"):
         demo_summary(demo_out / "run", demo_out / "verify")

@@ -14,12 +14,12 @@ from ftp_deploy.errors import ArtifactError, DataError, UsageError
 from ftp_deploy.evaluation.command import evaluate
 from ftp_deploy.evaluation.pipeline import run_eval
 from ftp_deploy.evaluation.report import markdown_report
-from ftp_deploy.evaluation.stats import describe
 from ftp_deploy.flops import flop_ratio
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
+from ftp_deploy.stats import describe
 from tests.conftest import tiny_model, training_record
 
 SCHEDULE = (0.2, 0.3, 0.3, 0.4)

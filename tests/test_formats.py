@@ -17,6 +17,7 @@ from ftp_deploy.errors import ArtifactError
 from ftp_deploy.formats.export_manifest import ExportManifest, read_manifest
 from ftp_deploy.formats.record import from_json, to_json
 from ftp_deploy.formats.routed_config import CONFIG_FILE
+from ftp_deploy.training.runfolder import RunFolder
 
 LEGACY = Path(__file__).parent / "data" / "legacy-2026-12-02"
 
@@ -90,3 +91,13 @@ def test_another_format_version_is_refused_in_one_line_naming_it(tmp_path: Path)
     (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "format_version": 7}))
     with pytest.raises(ArtifactError, match=r"has format version 7; this ftp-deploy reads version 1$"):
         load_artifact(tmp_path)
+
+
+def test_a_run_state_written_before_the_formats_layer_reads() -> None:
+    state = RunFolder(LEGACY / "run").read_state()
+    assert state.finished and state.data is not None and state.data.validation_blocks == 8
+    phases = state.phases
+    assert phases.search is not None and phases.prior is not None and phases.train is not None
+    assert phases.finetune is not None and phases.train.checkpoint is not None and phases.train.best_step == 20
+    assert state.heldout is not None and state.heldout["trained"].kl_minus["static_uniform"].confidence == 0.95
+    assert state.model is not None and state.model.ref == "smollm2-135m"

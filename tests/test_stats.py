@@ -10,7 +10,7 @@ import pytest
 
 from ftp_deploy.evaluation.comparisons import AVERAGE, comparisons
 from ftp_deploy.evaluation.report import comparison_lines
-from ftp_deploy.evaluation.stats import describe, paired_bootstrap, spread, standard_error
+from ftp_deploy.stats import describe, paired_bootstrap, spread, standard_error
 
 
 def test_standard_error_of_known_values() -> None:
@@ -126,13 +126,13 @@ def test_heldout_rows_carry_window_errors_and_paired_differences() -> None:
             "trained": totals([kl - 0.01 for kl in uniform]),  # better by 0.01 on every window
         }
     )
-    assert rows["static_uniform"]["kl"] == pytest.approx(0.05)
-    assert rows["static_uniform"]["kl_stderr"] == pytest.approx(standard_error(uniform))
-    assert set(rows["static_uniform"]["kl_minus"]) == {"static_searched"}
-    assert rows["static_searched"]["kl_minus"]["static_uniform"]["inside_noise"]
-    better = rows["trained"]["kl_minus"]["static_uniform"]
-    assert better["mean"] == pytest.approx(-0.01) and better["high"] == pytest.approx(-0.01)
-    assert not better["inside_noise"]
+    assert rows["static_uniform"].kl == pytest.approx(0.05)
+    assert rows["static_uniform"].kl_stderr == pytest.approx(standard_error(uniform))
+    assert set(rows["static_uniform"].kl_minus) == {"static_searched"}
+    assert rows["static_searched"].kl_minus["static_uniform"].inside_noise
+    better = rows["trained"].kl_minus["static_uniform"]
+    assert better.mean == pytest.approx(-0.01) and better.high == pytest.approx(-0.01)
+    assert not better.inside_noise
 
 
 def test_fidelity_keeps_each_window_kl_and_their_mean_is_the_kl() -> None:
@@ -145,6 +145,6 @@ def test_fidelity_keeps_each_window_kl_and_their_mean_is_the_kl() -> None:
     fidelity = Fidelity()
     fidelity.add(dense, routed, torch.zeros(3, 5, dtype=torch.long))
     assert len(fidelity.window_kl) == 3
-    assert fidelity.summary()["kl"] == pytest.approx(float(kl_to_dense(log_probs(dense), routed)), rel=1e-5)
-    assert sum(fidelity.window_kl) / 3 == pytest.approx(fidelity.summary()["kl"], rel=1e-5)
+    assert fidelity.summary().kl == pytest.approx(float(kl_to_dense(log_probs(dense), routed)), rel=1e-5)
+    assert sum(fidelity.window_kl) / 3 == pytest.approx(fidelity.summary().kl, rel=1e-5)
     assert min(fidelity.window_kl) > 0 and len(set(fidelity.window_kl)) == 3

@@ -21,6 +21,8 @@ from ftp_deploy import cli
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.formats.routed_config import CONFIG_FILE, ROUTER_FILE
+from ftp_deploy.formats.run_state import RunState
+from ftp_deploy.training.runfolder import RunFolder
 from tests.conftest import one_thread, tiny_train_args
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -74,8 +76,8 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def state(run: Path) -> dict:
-    return json.loads((run / "run.json").read_text())
+def state(run: Path) -> RunState:
+    return RunFolder(run).read_state()
 
 
 @pytest.mark.parametrize("point", ["search", "finetune", "save"])
@@ -90,19 +92,19 @@ def test_resume_after_sigkill_ends_where_a_straight_run_does(
         check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    phases = state(run)["phases"]
+    phases = state(run).phases
     if point == "search":
-        assert "search" not in phases
+        assert phases.search is None
     elif point == "finetune":
-        assert phases["train"]["done"] and "finetune" not in phases
+        assert phases.train is not None and phases.train.done and phases.finetune is None
     else:
         assert (run / ROUTER_FILE).is_file() and not (run / CONFIG_FILE).exists()
         with pytest.raises(ArtifactError):
             load_artifact(run)
-    assert not state(run).get("finished")
+    assert not state(run).finished
 
     train(capsys, *train_args(train_inputs, run), "--resume")
-    assert state(run)["finished"]
+    assert state(run).finished
     resumed, reference = load_artifact(run), load_artifact(straight)
     assert resumed.schedule.thousandths == reference.schedule.thousandths
     assert resumed.router_state is not None and reference.router_state is not None

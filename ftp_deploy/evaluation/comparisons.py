@@ -1,14 +1,16 @@
 """Each method minus dense and minus static, per task and over the headline tasks, with paired intervals.
 
 All methods answer the same items, so the per-item correctness of two methods forms pairs
-(ftp_deploy.evaluation.stats). Perplexity tasks keep only their totals and are not compared here.
+(ftp_deploy.stats). Perplexity tasks keep only their totals and are not compared here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ftp_deploy.evaluation.stats import Difference, paired_bootstrap
+from ftp_deploy.formats.measures import Difference
+from ftp_deploy.formats.record import to_json
+from ftp_deploy.stats import paired_bootstrap
 
 AVERAGE = "headline_average"
 
@@ -40,7 +42,7 @@ def comparisons(
     tasks = [t for t, facts in data.items() if facts["kind"] in ("choice", "target")]
     return {
         reference: {
-            method: {task: d.to_json() for task, d in compare(methods, tasks, headline, method, reference).items()}
+            method: {task: to_json(d) for task, d in compare(methods, tasks, headline, method, reference).items()}
             for method in methods
             if method != reference
         }

@@ -10,9 +10,9 @@ from matplotlib.figure import Figure
 
 from ftp_deploy.evaluation.comparisons import AVERAGE
 from ftp_deploy.evaluation.methods import DENSE
-from ftp_deploy.evaluation.stats import describe
 from ftp_deploy.evaluation.tasks import short_name
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, storage
+from ftp_deploy.stats import describe
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -18,6 +18,7 @@ from rich.table import Table
 from ftp_deploy.cli_options import DeviceMapOption, DeviceOption, DtypeOption, ModelOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.data_root import DATA_ENV
+from ftp_deploy.formats.run_state import RunState
 from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.schedule import DEFAULT_S_MAX
 from ftp_deploy.training.config import (
@@ -181,26 +182,28 @@ def train(
     console.print(f"run folder: {out} (ftp_config.json + router.safetensors; {out / REPORT_MD})")
 
 
-def heldout_table(state: dict[str, Any], scored: int) -> Table:
+def heldout_table(state: RunState, scored: int) -> Table:
     """The held-out scores of a finished run, narrow enough for an 80-column terminal or pipe."""
-    from ftp_deploy.evaluation.stats import describe
+    from ftp_deploy.stats import describe
     from ftp_deploy.training.report import ROUTINGS, SHORT_LABELS
 
+    heldout = state.heldout or {}
     table = Table(title=f"held-out blocks, last {scored} predictions", box=box.SIMPLE_HEAD)
     for column in ("routing", "KL to dense ± s.e.", "minus static, uniform [95%]", "top-1", "ppl"):
         table.add_column(column)
-    table.add_row("dense", "", "", "", f"{state['heldout']['trained']['dense_perplexity']:.2f}")
+    if "trained" in heldout:
+        table.add_row("dense", "", "", "", f"{heldout['trained'].dense_perplexity:.2f}")
     for key, _ in ROUTINGS:
-        row = state["heldout"].get(key)
+        row = heldout.get(key)
         if row is None:
             continue
-        versus = row.get("kl_minus", {}).get("static_uniform")
+        versus = row.kl_minus.get("static_uniform")
         table.add_row(
             SHORT_LABELS[key],
-            f"{row['kl']:.4f} ± {row.get('kl_stderr', float('nan')):.4f}",
+            f"{row.kl:.4f} ± {row.kl_stderr:.4f}",
             "" if versus is None else describe(versus, digits=4),
-            f"{row['top1_agreement']:.1%}",
-            f"{row['perplexity']:.2f}",
+            f"{row.top1_agreement:.1%}",
+            f"{row.perplexity:.2f}",
         )
     return table
 
@@ -214,7 +217,7 @@ def train_rank(
     trust_remote_code: bool,
     placement_options: tuple[str, str, str | None] = ("auto", "fp32", None),
     checkpoint_activations: bool = False,
-) -> dict[str, Any]:
+) -> RunState:
     """One process's share of `train`; rank 0 alone shows progress (and, in the pipeline, writes).
 
     The placement is resolved here, in the process, after its rank has made its own GPU the
