@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from ftp_deploy.evaluation.command import evaluate
 from ftp_deploy.evaluation.pipeline import run_eval
 from ftp_deploy.evaluation.report import markdown_report
 from ftp_deploy.flops import flop_ratio
+from ftp_deploy.formats.eval_results import EvalResults
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -92,36 +94,38 @@ def test_intervals_noise_flags_and_standard_errors_reach_results_and_report(
     run = save_run(tmp_path / "run", tiny_model_dir)
     task = f"mc:{data_dir / 'mc.jsonl'}"
     run_eval(run, tasks=task, baselines="dense,static", data_dir=data_dir, seq_len=32, scored_tokens=8)
-    results = json.loads((run / "eval/results.json").read_text())
+    results = EvalResults.read(run / "eval")  # the file, as any reader gets it
     report = (run / "eval/report.md").read_text()
-    methods = results["methods"]
+    methods = results.methods
     for name, method in methods.items():  # each accuracy with its binomial standard error
-        metrics = method["tasks"][task]
-        n, acc = metrics["items"], metrics["acc"]
-        assert acc == sum(metrics["correct"]) / n
-        assert metrics["acc_stderr"] == pytest.approx((acc * (1 - acc) / (n - 1)) ** 0.5), name
-        assert f"{100 * acc:.1f} ±{100 * metrics['acc_stderr']:.1f}" in report, name
-    comparisons = results["comparisons"]
+        metrics = method.tasks[task]
+        n, acc, stderr, correct = metrics.items, metrics.acc, metrics.acc_stderr, metrics.correct
+        assert n is not None and acc is not None and stderr is not None and correct is not None
+        assert acc == sum(correct) / n
+        assert stderr == pytest.approx((acc * (1 - acc) / (n - 1)) ** 0.5), name
+        assert f"{100 * acc:.1f} ±{100 * stderr:.1f}" in report, name
+    comparisons = results.comparisons
     assert set(comparisons) == {"dense", "static"}
     assert set(comparisons["dense"]) == {"static", "ftp"} and set(comparisons["static"]) == {"dense", "ftp"}
     for reference, per_method in comparisons.items():
         for method, per_task in per_method.items():
             diff = per_task[task]
-            ours, theirs = (methods[m]["tasks"][task]["correct"] for m in (method, reference))
-            assert diff["items"] == len(ours) == len(theirs)
-            assert diff["mean"] == pytest.approx((sum(ours) - sum(theirs)) / len(ours))
-            assert diff["low"] <= diff["mean"] <= diff["high"] and diff["confidence"] == 0.95
-            assert diff["inside_noise"] == (diff["low"] <= 0 <= diff["high"])
+            ours, theirs = (methods[m].tasks[task].correct or [] for m in (method, reference))
+            assert diff.items == len(ours) == len(theirs)
+            assert diff.mean == pytest.approx((sum(ours) - sum(theirs)) / len(ours))
+            assert diff.low <= diff.mean <= diff.high and diff.confidence == 0.95
+            assert diff.inside_noise == (diff.low <= 0 <= diff.high)
             cell = describe(diff, 100)
-            assert cell.endswith(" (noise)") == diff["inside_noise"]
+            assert cell.endswith(" (noise)") == diff.inside_noise
             row = next(line for line in report.splitlines() if line.startswith(f"| {method} | {cell}"))
             assert row  # the report's table for this reference carries the same interval
         assert f"Accuracy minus {reference}, in points, with the paired bootstrap 95% interval" in report
     # Six items leave every difference inside the noise; one outside it loses its flag in the report.
-    real = results["comparisons"]["static"]["ftp"][task]
-    real.update(low=0.01, high=max(real["high"], 0.02), inside_noise=False)
-    assert f"| ftp | {describe(real, 100)} |" in markdown_report(results, chart=False)
-    assert "(noise)" not in describe(real, 100)
+    real = results.comparisons["static"]["ftp"][task]
+    clear = replace(real, low=0.01, high=max(real.high, 0.02), inside_noise=False)
+    results.comparisons["static"]["ftp"][task] = clear
+    assert f"| ftp | {describe(clear, 100)} |" in markdown_report(results, chart=False)
+    assert "(noise)" not in describe(clear, 100)
 
 
 def test_a_run_without_a_trained_router_is_refused(tmp_path: Path, tiny_model_dir: Path, data_dir: Path) -> None:

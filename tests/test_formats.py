@@ -7,6 +7,7 @@ layer existed (its README says which commit).
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError
+from ftp_deploy.formats.eval_results import RESULTS_FILE, EvalResults
 from ftp_deploy.formats.export_manifest import ExportManifest, read_manifest
 from ftp_deploy.formats.record import from_json, to_json
 from ftp_deploy.formats.routed_config import CONFIG_FILE
@@ -101,3 +103,12 @@ def test_a_run_state_written_before_the_formats_layer_reads() -> None:
     assert phases.finetune is not None and phases.train.checkpoint is not None and phases.train.best_step == 20
     assert state.heldout is not None and state.heldout["trained"].kl_minus["static_uniform"].confidence == 0.95
     assert state.model is not None and state.model.ref == "smollm2-135m"
+
+
+def test_eval_results_written_before_the_formats_layer_read(tmp_path: Path) -> None:
+    shutil.copy(LEGACY / "run" / "eval-results.json", tmp_path / RESULTS_FILE)
+    results = EvalResults.read(tmp_path)
+    assert list(results.methods) == ["dense", "static", "ftp"] and results.data["arc_easy"].items == 100
+    assert results.comparisons["static"]["ftp"]["arc_easy"].inside_noise
+    assert results.run is not None and results.run.training is not None and results.run.training.steps == 30
+    assert results.settings.placement is not None and results.settings.placement.device == "cpu"

@@ -13,7 +13,9 @@ from ftp_deploy import cli
 from ftp_deploy.errors import ConfigError, DeviceMemoryError, MissingDependencyError, UsageError
 from ftp_deploy.evaluation.pipeline import run_eval
 from ftp_deploy.exporters.pipeline import export_onnx
+from ftp_deploy.formats.eval_results import EvalResults
 from ftp_deploy.formats.export_manifest import ExportedArtifact
+from ftp_deploy.formats.record import to_json
 from ftp_deploy.models import load_base_model
 from ftp_deploy.placement import CPU, Placement, memory_errors, resolve_placement
 from ftp_deploy.routed_model import RoutedModel
@@ -163,15 +165,16 @@ def test_training_with_a_device_map_and_checkpointing_gives_the_same_run(
         placement=Placement("cpu", "fp32", "auto"),
         checkpoint_activations=True,
     )
-    assert other["phases"]["finetune"]["best_thousandths"] == plain["phases"]["finetune"]["best_thousandths"]
-    assert other["heldout"] == plain["heldout"]
-    assert (plain["placement"], other["placement"]) == (CPU.to_json(), Placement("cpu", "fp32", "auto").to_json())
+    assert plain.phases.finetune is not None and other.phases.finetune is not None
+    assert other.phases.finetune.best_thousandths == plain.phases.finetune.best_thousandths
+    assert other.heldout == plain.heldout
+    assert (plain.placement, other.placement) == (CPU, Placement("cpu", "fp32", "auto"))
     router_a = (tmp_path / "plain" / "router.safetensors").read_bytes()
     assert (tmp_path / "other" / "router.safetensors").read_bytes() == router_a
 
 
-def eval_numbers(results: dict[str, object]) -> dict[str, object]:
-    return {key: value for key, value in results.items() if key not in ("wall_seconds", "settings")}
+def eval_numbers(results: EvalResults) -> dict[str, object]:
+    return {key: value for key, value in to_json(results).items() if key not in ("wall_seconds", "settings")}
 
 
 def test_eval_on_cpu_and_device_map_auto_match_the_default_and_bf16_runs(
@@ -192,18 +195,19 @@ def test_eval_on_cpu_and_device_map_auto_match_the_default_and_bf16_runs(
     for options, folder in ((["--device", "cpu"], "cpu"), (["--device", "cpu", "--dtype", "bf16"], "bf16")):
         assert cli.main(["eval", *argv, "--limit", "4", "--report", str(tmp_path / folder), *options]) == 0
     capsys.readouterr()
-    on_cpu = json.loads((tmp_path / "cpu" / "results.json").read_text())
-    assert eval_numbers(on_cpu) == eval_numbers(json.loads(json.dumps(default)))
-    assert on_cpu["settings"]["placement"] == CPU.to_json()
-    bf16 = json.loads((tmp_path / "bf16" / "results.json").read_text())
-    assert bf16["settings"]["placement"]["dtype"] == "bf16"
-    assert bf16["model"]["weights_sha256"] != default["model"]["weights_sha256"]
-    assert list(bf16["methods"]) == list(default["methods"])
+    on_cpu = EvalResults.read(tmp_path / "cpu")
+    assert eval_numbers(on_cpu) == eval_numbers(default)
+    assert on_cpu.settings.placement == CPU
+    bf16 = EvalResults.read(tmp_path / "bf16")
+    assert bf16.settings.placement is not None and bf16.settings.placement.dtype == "bf16"
+    assert bf16.model.weights_sha256 != default.model.weights_sha256
+    assert list(bf16.methods) == list(default.methods)
     ppl_task = f"ppl:{data_dir / 'text.txt'}"
-    for name, method in bf16["methods"].items():
+    for name, method in bf16.methods.items():
         # bf16 keeps 8 bits of mantissa: the perplexity moves, by little (the same windows in fp32 as reference).
-        ppl = method["tasks"][ppl_task]["ppl_scored"]
-        fp32_ppl = default["methods"][name]["tasks"][ppl_task]["ppl_scored"]
+        ppl = method.tasks[ppl_task].ppl_scored
+        fp32_ppl = default.methods[name].tasks[ppl_task].ppl_scored
+        assert ppl is not None and fp32_ppl is not None
         assert ppl != fp32_ppl and abs(ppl / fp32_ppl - 1) < 0.005, (name, ppl, fp32_ppl)  # seen: 1e-4
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pytest
 
-from ftp_deploy.evaluation.comparisons import AVERAGE, comparisons
+from ftp_deploy.evaluation.comparisons import comparisons
 from ftp_deploy.evaluation.report import comparison_lines
+from ftp_deploy.formats.eval_results import HEADLINE_AVERAGE, Compute, MethodResult, TaskFacts, TaskScores
 from ftp_deploy.stats import describe, paired_bootstrap, spread, standard_error
 
 
@@ -78,28 +78,34 @@ def test_spread_of_seeds() -> None:
     assert spread([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3.0}
 
 
-def method(correct: dict[str, list[int]]) -> dict[str, Any]:
-    return {"tasks": {t: {"acc": sum(c) / len(c), "correct": c} for t, c in correct.items()}}
+def method(correct: dict[str, list[int]]) -> MethodResult:
+    tasks = {t: TaskScores(acc=sum(c) / len(c), correct=c) for t, c in correct.items()}
+    return MethodResult("a method", Compute(0.0, 1.0), tasks)
+
+
+def facts(kind: str) -> TaskFacts:
+    return TaskFacts(kind, {}, available=40)
 
 
 def test_comparisons_against_dense_and_static() -> None:
-    data = {"arc": {"kind": "choice"}, "piqa": {"kind": "choice"}, "wiki": {"kind": "perplexity"}}
+    data = {"arc": facts("choice"), "piqa": facts("choice"), "wiki": facts("perplexity")}
     methods = {
         "dense": method({"arc": [1] * 40, "piqa": [1] * 40}),
         "static": method({"arc": [1] * 20 + [0] * 20, "piqa": [1] * 40}),
         "ftp": method({"arc": [1] * 30 + [0] * 10, "piqa": [1] * 39 + [0]}),
     }
-    methods["dense"]["tasks"]["wiki"] = methods["ftp"]["tasks"]["wiki"] = methods["static"]["tasks"]["wiki"] = {}
+    for result in methods.values():
+        result.tasks["wiki"] = TaskScores(ppl_scored=20.0)
     found = comparisons(methods, data, ["arc", "piqa"], ["dense", "static"])
     vs_dense, vs_static = found["dense"]["ftp"], found["static"]["ftp"]
-    assert set(vs_dense) == {"arc", "piqa", AVERAGE}  # perplexity tasks have no per-item pairs
-    assert vs_dense["arc"]["mean"] == pytest.approx(-0.25)
-    assert not vs_dense["arc"]["inside_noise"]
-    assert vs_dense[AVERAGE]["mean"] == pytest.approx((-0.25 - 0.025) / 2)
-    assert vs_static["arc"]["mean"] == pytest.approx(0.25)
-    assert vs_static["piqa"]["inside_noise"]
+    assert set(vs_dense) == {"arc", "piqa", HEADLINE_AVERAGE}  # perplexity tasks have no per-item pairs
+    assert vs_dense["arc"].mean == pytest.approx(-0.25)
+    assert not vs_dense["arc"].inside_noise
+    assert vs_dense[HEADLINE_AVERAGE].mean == pytest.approx((-0.25 - 0.025) / 2)
+    assert vs_static["arc"].mean == pytest.approx(0.25)
+    assert vs_static["piqa"].inside_noise
     assert "dense" not in found["dense"]
-    lines = "\n".join(comparison_lines({"comparisons": found}))
+    lines = "\n".join(comparison_lines(found))
     assert "Accuracy minus static" in lines
     assert "| ftp | +25.0 [" in lines
     assert describe(vs_static["piqa"], 100).endswith("(noise)")
@@ -107,7 +113,7 @@ def test_comparisons_against_dense_and_static() -> None:
 
 def test_comparisons_skip_a_missing_static_baseline() -> None:
     methods = {"dense": method({"arc": [1, 0]}), "ftp": method({"arc": [1, 1]})}
-    found = comparisons(methods, {"arc": {"kind": "choice"}}, ["arc"], ["dense", "static"])
+    found = comparisons(methods, {"arc": facts("choice")}, ["arc"], ["dense", "static"])
     assert list(found) == ["dense"]
 
 

@@ -63,7 +63,7 @@ def evaluate(
             placement=placement,
         )
     header, rows = table_rows(results)
-    table = Table(title=f"{results['model']['ref']}: accuracy % (perplexity on scored positions)")
+    table = Table(title=f"{results.model.ref}: accuracy % (perplexity on scored positions)")
     for column in header:
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:

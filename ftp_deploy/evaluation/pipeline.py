@@ -33,6 +33,8 @@ from ftp_deploy.evaluation.tasks import (
 )
 from ftp_deploy.fidelity import SCORED_POSITIONS
 from ftp_deploy.fileio import sha256_file
+from ftp_deploy.formats.eval_results import EvalResults, EvaluatedModel, MethodResult, SourceRun
+from ftp_deploy.formats.eval_results import Settings as ResultSettings
 from ftp_deploy.formats.record import to_json
 from ftp_deploy.formats.routed_config import ROUTER_FILE
 from ftp_deploy.models import LoadedModel
@@ -41,8 +43,6 @@ from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.schedule import Schedule
 
-FORMAT = "ftp-deploy/eval-results"
-FORMAT_VERSION = 1
 REPORT_SUBFOLDER = "eval"
 # Context longer than this is cut from the left, as lm-evaluation-harness does at the model's limit.
 FALLBACK_MAX_LENGTH = 2048
@@ -72,8 +72,8 @@ def evaluate_model(
     progress: Progress,
     calibration: Path | None = None,
     ftp: RoutedModel | None = None,
-    measured: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+    measured: dict[str, MethodResult] | None = None,
+) -> EvalResults:
     """Every number of one evaluation: model and data hashes, each method's metrics and compute, retention.
 
     `measured` holds methods already scored on the same model, tasks and settings (dense, when
@@ -98,18 +98,18 @@ def evaluate_model(
     scores = measured | evaluate_methods(methods, prepared, settings, progress)
     data = {p.task.name: p.facts() for p in prepared}
     details = retention_summary(scores, data, DENSE)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": {**to_json(loaded.ref), "weights_sha256": weights_sha256(loaded.model)},
-        "settings": {**settings.to_json(), "subset_seed": SUBSET_SEED, "execution": "compact"},
-        "data": data,
-        "methods": scores,
-        "retention": details["average"],
-        "retention_details": details,
-        "comparisons": comparisons(scores, data, details["headline_tasks"], [DENSE, STATIC]),
-        "wall_seconds": time.perf_counter() - start,
-    }
+    return EvalResults(
+        model=EvaluatedModel(**to_json(loaded.ref), weights_sha256=weights_sha256(loaded.model)),
+        settings=ResultSettings(
+            settings.seq_len, settings.scored_tokens, settings.batch_tokens, SUBSET_SEED, execution="compact"
+        ),
+        data=data,
+        methods=scores,
+        retention=dict(details.average),
+        retention_details=details,
+        comparisons=comparisons(scores, data, details.headline_tasks, [DENSE, STATIC]),
+        wall_seconds=time.perf_counter() - start,
+    )
 
 
 def load_trained_run(
@@ -139,7 +139,7 @@ def run_eval(
     trust_remote_code: bool = False,
     progress: Progress = NO_PROGRESS,
     placement: Placement = CPU,
-) -> tuple[dict[str, Any], list[Path]]:
+) -> tuple[EvalResults, list[Path]]:
     """Evaluate a trained run against the baselines; write the report to `report` (default RUN_DIR/eval).
 
     `scored_tokens` defaults to the scored positions of FTP_SPEC 1b (ftp_deploy.fidelity).
@@ -162,12 +162,6 @@ def run_eval(
         calibration,
         routed,
     )
-    results["run"] = {
-        "dir": str(run_dir),
-        "router_sha256": sha256_file(run_dir / ROUTER_FILE),
-        "routing_mode": artifact.routing_mode,
-        "training": to_json(artifact.training),
-    }
-    results["settings"]["limit"] = limit
-    results["settings"]["placement"] = placement.to_json()
+    results.run = SourceRun(str(run_dir), sha256_file(run_dir / ROUTER_FILE), artifact.routing_mode, artifact.training)
+    results.settings.limit, results.settings.placement = limit, placement
     return results, write_report(results, report or run_dir / REPORT_SUBFOLDER)
