@@ -24,8 +24,8 @@ from ftp_deploy.formats.export_manifest import (
     past_name,
     present_name,
 )
+from ftp_deploy.formats.verify_report import Tolerance
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
-from ftp_deploy.verification.parity import Tolerance
 
 BATCH, SEQUENCE = "batch", "sequence"
 

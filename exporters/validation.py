@@ -16,14 +16,14 @@ from polygraphy.backend.base import BaseRunner
 from torch import nn
 
 from ftp_deploy.cached_generation import greedy_trace
+from ftp_deploy.comparison.feeds import Feed
+from ftp_deploy.comparison.parity import allows, check_parity
+from ftp_deploy.engines.torch_runner import ModuleRunner
 from ftp_deploy.errors import ExportValidationError
 from ftp_deploy.exporters.spec import ExportSpec
 from ftp_deploy.formats.export_manifest import DECODER_FILE, MODEL_FILE, ValidationRecord, WithPastRecord
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.verification.inputs import Feed
-from ftp_deploy.verification.parity import check_parity
-from ftp_deploy.verification.runners import ModuleRunner
 
 
 def validate_export(
@@ -87,7 +87,7 @@ def validate_decode(
         want = reference.numpy()
         diff = float(np.abs(got - want).max())
         worst = max(worst, diff)
-        if not tolerance.allows(got, want):
+        if not allows(tolerance, got, want):
             failures.append(f"decode step {step}: logits max |diff| {diff:.3g}, beyond atol {tolerance.atol:g}")
     if generator.layer_lengths() != trace.cache.layer_lengths():
         failures.append(f"cache lengths {generator.layer_lengths()}, PyTorch's {trace.cache.layer_lengths()}")

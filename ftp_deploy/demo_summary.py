@@ -5,15 +5,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError
+from ftp_deploy.formats.record import REPORT_MD
 from ftp_deploy.formats.routed_config import TrainingRecord
 from ftp_deploy.formats.run_state import TrainPhase
+from ftp_deploy.formats.verify_report import VerifyReport
 from ftp_deploy.training.runfolder import RunFolder
 
 
@@ -25,8 +25,8 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
     heldout, train = state.heldout, state.phases.train
     if heldout is None or train is None:
         raise ArtifactError(f"{run_dir} has no held-out scores: its training run did not finish")
-    report = _read_report(verify_dir / "report.json")
-    parity, latency, decode = report["parity"], report.get("latency") or {}, report.get("decode") or {}
+    report = VerifyReport.read(verify_dir, f"{verify_dir} holds no verify report ({VerifyReport.FILE})")
+    parity, latency, decode = report.parity, report.latency, report.decode
     trained, static = heldout["trained"], heldout["static_uniform"]
     lines = [
         f"Trained: a {artifact.router_spec.kind} router for {artifact.base.ref} at mean sparsity "
@@ -34,26 +34,26 @@ def demo_summary(run_dir: Path, verify_dir: Path) -> list[str]:
         f"Close to dense: on held-out text, KL to dense {trained.kl:.4f} (static router, uniform schedule: "
         f"{static.kl:.4f}); perplexity {trained.perplexity:.2f} vs dense {trained.dense_perplexity:.2f}; "
         f"its top next-token choice is dense's {trained.top1_agreement:.0%} of the time.",
-        f"Exported graph vs PyTorch: {'PASS' if parity['passed'] else 'FAIL'}, top-1 agreement "
-        f"{parity['top1_agreement']:.2%}"
-        + (f", routing agreement {parity['routing_agreement']:.3%}" if parity.get("routing_agreement") else "")
+        f"Exported graph vs PyTorch: {'PASS' if parity.passed else 'FAIL'}, top-1 agreement "
+        f"{parity.top1_agreement:.2%}"
+        + (f", routing agreement {parity.routing_agreement:.3%}" if parity.routing_agreement is not None else "")
         + ".",
     ]
-    if decode.get("checked"):
+    if decode is not None:
         lines.append(
-            f"Generation: the export's prefill and {decode['steps']} decode steps "
-            f"{'match' if decode['passed'] else 'do NOT match'} PyTorch's cached decode (greedy tokens "
-            f"{'identical' if decode['tokens_identical'] else 'differ'}, logits max |diff| "
-            f"{decode['logits_max_abs_diff']:.1e}); a decode step takes {decode['decode_median_ms']:.1f} ms."
+            f"Generation: the export's prefill and {decode.steps} decode steps "
+            f"{'match' if decode.passed else 'do NOT match'} PyTorch's cached decode (greedy tokens "
+            f"{'identical' if decode.tokens_identical else 'differ'}, logits max |diff| "
+            f"{decode.logits_max_abs_diff:.1e}); a decode step takes {decode.decode_median_ms:.1f} ms."
         )
-    speedups = {int(length): value for length, value in (latency.get("speedup") or {}).items()}
-    if speedups:
+    speedups = latency.speedup() if latency is not None else {}
+    if latency is not None and speedups:
         longest = max(speedups)
         lines.append(
             f"Faster: ONNX Runtime prefill {speedups[longest]:.2f}x the dense export at {longest} tokens "
-            f"(ideal by FLOPs {latency['ideal_speedup'][str(longest)]:.2f}x); "
+            f"(ideal by FLOPs {latency.ideal_speedup[longest]:.2f}x); "
             + ", ".join(f"{speedups[n]:.2f}x at {n}" for n in sorted(speedups) if n != longest)
-            + f". Full tables: {verify_dir / 'report.md'}."
+            + f". Full tables: {verify_dir / REPORT_MD}."
         )
     return lines
 
@@ -79,16 +79,6 @@ def _training_change(train: TrainPhase, training: TrainingRecord | None) -> str:
         f"{steps}; validation KL {start:.4f} at step 0 ({origin}) fell to {best:.4f} at step {best_step} "
         f"({(best - start) / start:+.1%}); that router is kept."
     )
-
-
-def _read_report(path: Path) -> dict[str, Any]:
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ArtifactError(f"{path} could not be read: {err}") from err
-    if not isinstance(report, dict) or "parity" not in report:
-        raise ArtifactError(f"{path} is not a verify report")
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from ftp_deploy.artifacts import load_artifact, load_routed
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.export_manifest import read_manifest
 from ftp_deploy.formats.routed_config import ROUTER_FILE
+from ftp_deploy.formats.verify_report import VerifyReport
 from ftp_deploy.training.runfolder import RunFolder
 from tests.conftest import PIPELINE_PROMPT as PROMPT
 from tests.conftest import tiny_tokenizer
@@ -51,9 +52,9 @@ def test_both_exports_validate_with_the_default_options(default_pipeline: dict[s
 
 
 def test_verify_checks_parity_and_decoding_of_the_with_past_export(default_pipeline: dict[str, Path]) -> None:
-    report = json.loads((default_pipeline["verify"] / "report.json").read_text())
-    assert report["passed"] and report["parity"]["passed"]
-    assert report["decode"]["checked"] and report["decode"]["passed"] and report["decode"]["tokens_identical"]
+    report = VerifyReport.read(default_pipeline["verify"])
+    assert report.passed and report.parity.passed
+    assert report.decode is not None and report.decode.passed and report.decode.tokens_identical
     assert "verdict: PASS" in (default_pipeline["root"] / "verify.out").read_text()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,16 @@ from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.demo_summary import demo_summary, main
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.formats.run_state import HeldoutRow, RunState, TrainPhase
+from ftp_deploy.formats.verify_report import (
+    DecodeReport,
+    Latency,
+    LatencyComparison,
+    ParityReport,
+    Tolerance,
+    VerifyReport,
+)
 from ftp_deploy.models import model_ref_for
+from ftp_deploy.placement import Placement
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
@@ -23,18 +31,17 @@ HELDOUT = {
     "trained": HeldoutRow(0.0331, 0.902, 15.39, 14.99, 512.0, kl_stderr=0.002, window_kl=[0.03, 0.036]),
     "static_uniform": HeldoutRow(0.0353, 0.898, 15.34, 14.99, 512.0, kl_stderr=0.002, window_kl=[0.033, 0.038]),
 }
-REPORT = {
-    "parity": {"passed": True, "top1_agreement": 1.0, "routing_agreement": 1.0},
-    "decode": {
-        "checked": True,
-        "passed": True,
-        "steps": 8,
-        "tokens_identical": True,
-        "logits_max_abs_diff": 3e-5,
-        "decode_median_ms": 31.4,
-    },
-    "latency": {"speedup": {"128": 1.16, "1024": 1.41}, "ideal_speedup": {"128": 1.43, "1024": 1.49}},
-}
+def verify_report() -> VerifyReport:
+    """What verify writes for a passing --with-past export timed against its dense baseline (made-up figures)."""
+    parity = ParityReport(Tolerance(1e-3, 1e-3), [], 1.0, routing_agreement=1.0, first_failing_block=None)
+    decode = DecodeReport(8, 2, 23, True, None, 3e-5, True, True, 2e-5, True, 31.4, [])
+    routed = [Latency(128, 1, 10, 10.0, 11.0, 12800.0), Latency(1024, 1, 10, 100.0, 110.0, 10240.0)]
+    dense = [Latency(128, 1, 10, 11.6, 12.0, 11000.0), Latency(1024, 1, 10, 141.0, 150.0, 7260.0)]
+    latency = LatencyComparison(routed, dense, {128: 1.43, 1024: 1.49}, peak_rss_mib=900.0)
+    return VerifyReport(
+        "art", "dense", "onnxrt", "fp32", "routed", "the fp32 file as exported", Placement(), {}, True, parity,
+        decode, "checked", latency,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -46,7 +53,7 @@ def demo_out(tmp_path: Path) -> Path:
     state.phases.train = TrainPhase(validation=VALIDATION)
     state.write(tmp_path / "run")
     (tmp_path / "verify").mkdir()
-    (tmp_path / "verify" / "report.json").write_text(json.dumps(REPORT))
+    verify_report().write(tmp_path / "verify")
     return tmp_path
 
 

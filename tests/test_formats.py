@@ -19,6 +19,7 @@ from ftp_deploy.formats.eval_results import RESULTS_FILE, EvalResults
 from ftp_deploy.formats.export_manifest import ExportManifest, read_manifest
 from ftp_deploy.formats.record import from_json, to_json
 from ftp_deploy.formats.routed_config import CONFIG_FILE
+from ftp_deploy.formats.verify_report import VerifyReport
 from ftp_deploy.training.runfolder import RunFolder
 
 LEGACY = Path(__file__).parent / "data" / "legacy-2026-12-02"
@@ -112,3 +113,10 @@ def test_eval_results_written_before_the_formats_layer_read(tmp_path: Path) -> N
     assert results.comparisons["static"]["ftp"]["arc_easy"].inside_noise
     assert results.run is not None and results.run.training is not None and results.run.training.steps == 30
     assert results.settings.placement is not None and results.settings.placement.device == "cpu"
+
+
+def test_a_verify_report_from_before_its_format_is_refused_in_one_line(tmp_path: Path) -> None:
+    """report.json had no format tag before the formats layer: verify again to get a readable one."""
+    shutil.copy(LEGACY / "verify-report.json", tmp_path / VerifyReport.FILE)
+    with pytest.raises(ArtifactError, match=r"report.json is not an ftp-deploy verify report$"):
+        VerifyReport.read(tmp_path)

@@ -17,15 +17,15 @@ from transformers import AutoTokenizer
 from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
 from ftp_deploy.cached_generation import decode_step, routed_prefill
 from ftp_deploy.cli import main
+from ftp_deploy.comparison.decode import check_decode
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
+from ftp_deploy.formats.verify_report import Tolerance, VerifyReport
 from ftp_deploy.generation import generate_dense, generate_routed
 from ftp_deploy.generation_settings import GenerationSettings
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.verification.decode import check_decode
-from ftp_deploy.verification.parity import Tolerance
 from tests.conftest import random_batch, tiny_model, tiny_tokenizer
 from tests.test_cli import (
     HEAVY_MODULES,
@@ -318,6 +318,6 @@ def test_verify_checks_the_onnx_decode(with_past_export: tuple[Path, Path, Route
     assert result.passed and result.decode is not None, result.decode
     assert result.decode.tokens_identical and result.decode.cache_lengths_equal and result.decode.steps == 8
     assert result.decode.logits_max_abs_diff <= 1e-4 and result.decode.decode_median_ms > 0
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["decode"]["checked"] and report["decode"]["passed"]
+    report = VerifyReport.read(tmp_path / "report")
+    assert report.decode is not None and report.decode.passed
     assert "## Decode" in (tmp_path / "report" / "report.md").read_text()

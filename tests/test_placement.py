@@ -3,7 +3,6 @@ clear one-line refusals where the machine cannot do what was asked."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.formats.eval_results import EvalResults
 from ftp_deploy.formats.export_manifest import ExportedArtifact
 from ftp_deploy.formats.record import to_json
+from ftp_deploy.formats.verify_report import VerifyReport
 from ftp_deploy.models import load_base_model
 from ftp_deploy.placement import CPU, Placement, memory_errors, resolve_placement
 from ftp_deploy.routed_model import RoutedModel
@@ -238,6 +238,6 @@ def test_export_and_verify_with_their_reference_on_the_cpu_match_the_default(
     assert cli.main([*verify, "--report", str(tmp_path / "on-cpu")]) == 0
     assert cli.main([*verify[:-2], "--report", str(tmp_path / "before")]) == 0
     capsys.readouterr()
-    on_cpu, before = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("on-cpu", "before"))
-    assert on_cpu["parity"] == before["parity"] and on_cpu["parity"]["passed"]
-    assert on_cpu["reference_placement"] == CPU.to_json()
+    on_cpu, before = (VerifyReport.read(tmp_path / name) for name in ("on-cpu", "before"))
+    assert on_cpu.parity == before.parity and on_cpu.parity.passed
+    assert on_cpu.reference_placement == CPU

@@ -12,9 +12,9 @@ from ftp_deploy.evaluation.tasks import short_name
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text, storage
 from ftp_deploy.formats.eval_results import HEADLINE_AVERAGE, RESULTS_FILE, EvalResults, TaskScores
 from ftp_deploy.formats.measures import Difference
+from ftp_deploy.formats.record import REPORT_MD
 from ftp_deploy.stats import describe
 
-REPORT_FILE = "report.md"
 CHART_FILE = "retention.png"
 AVERAGE_LABEL = "headline average"
 
@@ -148,7 +148,7 @@ def retention_chart(results: EvalResults) -> bytes | None:
 def write_report(results: EvalResults, folder: Path) -> list[Path]:
     """Write results.json, report.md and (with multiple-choice tasks) retention.png; return their paths."""
     chart = retention_chart(results)
-    written = [folder / RESULTS_FILE, folder / REPORT_FILE]
+    written = [folder / RESULTS_FILE, folder / REPORT_MD]
     with storage(folder):
         results.write(folder)
         atomic_write_text(written[1], markdown_report(results, chart is not None))

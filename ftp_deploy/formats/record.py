@@ -21,6 +21,9 @@ from typing import Any, ClassVar, TypeVar, Union
 
 from ftp_deploy.fileio import atomic_write_json, read_versioned_json
 
+# Each stage's record has a human-readable report.md beside it (train, eval, verify).
+REPORT_MD = "report.md"
+
 R = TypeVar("R")
 D = TypeVar("D", bound="Document")
 
@@ -88,7 +91,7 @@ def _value(kind: Any, data: Any) -> Any:
         key_kind, value_kind = typing.get_args(kind) or (str, Any)
         if not isinstance(data, dict):
             raise TypeError(f"{kind} needs an object, got {type(data).__name__}")
-        return {_value(key_kind, key): _value(value_kind, value) for key, value in data.items()}
+        return {_key(key_kind, key): _value(value_kind, value) for key, value in data.items()}
     if kind is float:
         if isinstance(data, bool) or not isinstance(data, (int, float)):
             raise TypeError(f"a number is needed, got {data!r}")
@@ -102,6 +105,16 @@ def _value(kind: Any, data: Any) -> Any:
             raise TypeError(f"null needed, got {data!r}")
         return None
     raise TypeError(f"no JSON reading for the field type {kind!r}")
+
+
+def _key(kind: Any, key: Any) -> Any:
+    """JSON object keys are strings: an int-keyed dict (lengths, steps) reads its keys back as ints."""
+    if kind is int and isinstance(key, str):
+        try:
+            return int(key)
+        except ValueError as err:
+            raise ValueError(f"an integer key is needed, got {key!r}") from err
+    return _value(kind, key)
 
 
 def _items(data: Any, kind: Any) -> list[Any]:

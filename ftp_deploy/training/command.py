@@ -18,6 +18,7 @@ from rich.table import Table
 from ftp_deploy.cli_options import DeviceMapOption, DeviceOption, DtypeOption, ModelOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.data_root import DATA_ENV
+from ftp_deploy.formats.record import REPORT_MD
 from ftp_deploy.formats.run_state import RunState
 from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.schedule import DEFAULT_S_MAX
@@ -167,7 +168,6 @@ def train(
     from ftp_deploy.placement import resolve_placement
     from ftp_deploy.training.launcher import launch
     from ftp_deploy.training.ranks import joined_ranks
-    from ftp_deploy.training.report import REPORT_MD
 
     resolve_placement(device, dtype, device_map)  # a bad placement is one line before any process starts
     args = (settings, out, resume, time_budget, trust_remote_code, (device, dtype, device_map), checkpoint_activations)

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text
-from ftp_deploy.formats.record import from_json
+from ftp_deploy.formats.record import REPORT_MD, from_json
 from ftp_deploy.formats.run_state import DataRecord, HeldoutRow, PriorPhase, RunState, SearchPhase, TrainPhase
 from ftp_deploy.stats import describe
 from ftp_deploy.training.runfolder import storage
@@ -22,7 +22,6 @@ from ftp_deploy.training.settings import RunSettings
 
 SCHEDULE_PNG = "schedule.png"
 LOSSES_PNG = "losses.png"
-REPORT_MD = "report.md"
 ROUTINGS = (
     ("static_uniform", "static router, uniform schedule"),
     ("prior_uniform", "static router + sink prefix, uniform schedule"),

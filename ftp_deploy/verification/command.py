@@ -11,6 +11,7 @@ from rich.markdown import Markdown
 from ftp_deploy.cli_options import DeviceMapOption, ModelOverrideOption, ReferenceDeviceOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.errors import ParityError, UsageError
+from ftp_deploy.formats.record import REPORT_MD
 from ftp_deploy.verification.options import DEFAULT_DECODE_STEPS, DEFAULT_LATENCY_LENGTHS, MIN_TIMED_RUNS
 
 
@@ -76,7 +77,7 @@ def verify(
             progress=progress,
             placement=placement,
         )
-    report_md = result.report_dir / "report.md"
+    report_md = result.report_dir / REPORT_MD
     if console.is_terminal:
         console.print(Markdown(report_md.read_text(encoding="utf-8")))
     else:

@@ -13,9 +13,13 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.logger import G_LOGGER
 
 from ftp_deploy.artifacts import load_artifact, load_routed
+from ftp_deploy.comparison.decode import DecodeReport, OnnxDecoder, check_decode
+from ftp_deploy.comparison.feeds import Feed, InputPlan, load_feeds, random_feeds, save_feeds, text_feeds
+from ftp_deploy.comparison.parity import check_parity
 from ftp_deploy.data_root import data_file
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionOptionsLoader
+from ftp_deploy.engines.torch_runner import RoutedTorchRunner
 from ftp_deploy.engines.trt_env import require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import require_plan
 from ftp_deploy.engines.widen import cpu_runnable
@@ -24,19 +28,16 @@ from ftp_deploy.fileio import sha256_file, storage
 from ftp_deploy.flops import flop_ratio
 from ftp_deploy.formats.export_manifest import CPU_NATIVE_DTYPES, ExportedArtifact
 from ftp_deploy.formats.routed_config import CONFIG_FILE
+from ftp_deploy.formats.verify_report import INPUTS, RUN_RESULTS, ParityReport, Tolerance, VerifyReport
 from ftp_deploy.models import DTYPES, LoadedModel
 from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.verification.decode import DecodeReport, OnnxDecoder, check_decode
-from ftp_deploy.verification.inputs import Feed, InputPlan, load_feeds, random_feeds, save_feeds, text_feeds
 from ftp_deploy.verification.latency import LatencyComparison, compare_latency, latency_feed
 from ftp_deploy.verification.options import DEFAULT_DECODE_STEPS
-from ftp_deploy.verification.parity import ParityReport, Tolerance, check_parity
 from ftp_deploy.verification.report import environment, write_report
-from ftp_deploy.verification.runners import RoutedTorchRunner
 
 RUNTIMES = ("onnxrt", "trt")
 HELD_OUT_TEXT = "wikitext2/wiki.test.raw"  # under the data root
@@ -201,7 +202,7 @@ def verify(
     out_dir = report or art_dir.with_name(art_dir.name + "-verify")
     with storage(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_feeds(feeds, out_dir / "inputs.json")
+        save_feeds(feeds, out_dir / INPUTS)
 
     with progress.phase("compare outputs (Polygraphy Comparator)"):
         reference = RoutedTorchRunner(
@@ -212,7 +213,7 @@ def verify(
         )
         parity, results = check_parity(reference, _candidate(artifact, runtime), feeds, tolerance)
         with G_LOGGER.verbosity(G_LOGGER.ERROR), storage(out_dir):
-            results.save(str(out_dir / "run_results.json"))
+            results.save(str(out_dir / RUN_RESULTS))
 
     decode, decode_note = None, decode_skipped(artifact, runtime, decode_steps)
     if not decode_note:
@@ -239,18 +240,23 @@ def verify(
                 runs,
                 progress,
             )
-    header = {
-        "artifact": str(art_dir),
-        "baseline": str(baseline) if baseline else None,
-        "runtime": runtime,
-        "dtype": artifact.manifest.dtype,
-        "graph": artifact.manifest.graph,
-        "compared": compared.note,
-        "reference_placement": placement.to_json(),
-        "environment": environment(threads or torch.get_num_threads()),
-    }
+    record = VerifyReport(
+        artifact=str(art_dir),
+        baseline=str(baseline) if baseline else None,
+        runtime=runtime,
+        dtype=artifact.manifest.dtype,
+        graph=artifact.manifest.graph,
+        compared=compared.note,
+        reference_placement=placement,
+        environment=environment(threads or torch.get_num_threads()),
+        passed=parity.passed and (decode is None or decode.passed),
+        parity=parity,
+        decode=decode,
+        decode_note=decode_note,
+        latency=latency,
+    )
     with storage(out_dir):
-        write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol, decode, decode_note)
+        write_report(out_dir, record)
     return VerifyResult(parity, latency, out_dir, compared, decode, decode_note)
 
 
