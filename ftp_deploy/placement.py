@@ -43,9 +43,6 @@ class Placement:
     def on_cpu(self) -> bool:
         return self.device == "cpu" and self.device_map is None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype, "device_map": self.device_map}
-
 
 CPU = Placement()
 
