@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ftp_deploy.kv_cache import RoutedCache, cache_index
+from ftp_deploy.generation.cache import RoutedCache, cache_index
 from ftp_deploy.routed_model import RoutedModel, TokenFacts, token_facts
 from ftp_deploy.routing import additive_mask, compact_allowed
 

@@ -16,7 +16,7 @@ from ftp_deploy.console import console, err_console
 from ftp_deploy.errors import FtpDeployError
 from ftp_deploy.evaluation.command import evaluate
 from ftp_deploy.exporters.command import export
-from ftp_deploy.serving.command import generate
+from ftp_deploy.generation.command import generate
 from ftp_deploy.training.command import train
 from ftp_deploy.verification.command import verify
 
@@ -58,7 +58,7 @@ def run(
     dtype: DtypeOption = "fp32",
 ) -> None:
     """Run a prompt through the dense and the routed model, both with a KV cache; print outputs, times, cache sizes."""
-    from ftp_deploy.demo import compare_dense_routed
+    from ftp_deploy.generation.compare import compare_dense_routed
     from ftp_deploy.placement import memory_errors, resolve_placement
 
     placement = resolve_placement(device, dtype)

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from ftp_deploy import cli as cli_module
 from ftp_deploy import errors
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
-from ftp_deploy.cached_generation import extended_keep, masked_forward_with_keep
 from ftp_deploy.cli import app
+from ftp_deploy.generation.reference import extended_keep, masked_forward_with_keep
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec

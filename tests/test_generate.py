@@ -15,13 +15,13 @@ import torch
 from transformers import AutoTokenizer
 
 from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
-from ftp_deploy.cached_generation import decode_step, routed_prefill
 from ftp_deploy.cli import main
 from ftp_deploy.comparison.decode import check_decode
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.formats.verify_report import Tolerance, VerifyReport
-from ftp_deploy.generation import generate_dense, generate_routed
-from ftp_deploy.generation_settings import GenerationSettings
+from ftp_deploy.generation.reference import decode_step, routed_prefill
+from ftp_deploy.generation.settings import GenerationSettings
+from ftp_deploy.generation.timed import generate_dense, generate_routed
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -273,6 +273,16 @@ def test_sampling_repeats_under_a_seed_and_differs_across_seeds_and_from_greedy(
     greedy = _generated(capsys, source, "--prompt", PROMPT, "--max-new-tokens", "10")
     assert first == again
     assert first != other and greedy not in (first, other)
+
+
+def test_one_seed_samples_the_same_tokens_in_both_runtimes(
+    with_past_export: tuple[Path, Path, RoutedModel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both runtimes draw through transformers' warpers from one seeded generator (generation/sampling)."""
+    run, art, _ = with_past_export
+    sample = ["--prompt", PROMPT, "--max-new-tokens", "10", "--do-sample", "--temperature", "1.5", "--top-p", "0.9"]
+    for seed in ("1", "2"):
+        assert _generated(capsys, run, *sample, "--seed", seed) == _generated(capsys, art, *sample, "--seed", seed)
 
 
 def test_onnx_sampling_keeps_the_top_p_nucleus_and_follows_the_temperature(

@@ -214,7 +214,7 @@ def test_eval_on_cpu_and_device_map_auto_match_the_default_and_bf16_runs(
 def test_run_on_cpu_prints_what_it_did_before_and_runs_in_bf16(
     tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ftp_deploy.demo import compare_dense_routed
+    from ftp_deploy.generation.compare import compare_dense_routed
 
     prompt = "w1 w2 w3 w4 w5 w6 w7 w8"
     before = compare_dense_routed(prompt, str(tiny_model_dir), 0.3, None, 4)

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ftp_deploy.cached_generation import decode_step, extended_keep, masked_forward_with_keep, routed_prefill
 from ftp_deploy.comparison.parity import allows
 from ftp_deploy.formats.verify_report import DecodeReport, Tolerance
+from ftp_deploy.generation.reference import decode_step, extended_keep, masked_forward_with_keep, routed_prefill
 from ftp_deploy.routed_model import RoutedModel
 
 
@@ -50,8 +50,14 @@ def check_decode(
     attention_mask: torch.Tensor,
     steps: int,
     tolerance: Tolerance,
+    same_tokens: bool = True,
 ) -> DecodeReport:
-    """Prefill and `steps` decode steps of `candidate` against PyTorch (see the module docstring)."""
+    """Prefill and `steps` decode steps of `candidate` against PyTorch (see the module docstring).
+
+    `same_tokens`: a greedy token that differs from PyTorch's fails the check even with its logits within
+    tolerance (verify's verdict); export validation, on random prompts where near ties happen, leaves it
+    to the logits.
+    """
     ids_np, mask_np = input_ids.numpy(), attention_mask.numpy()
     reference = routed_prefill(routed, input_ids, attention_mask)
     cand_logits = candidate.prefill(ids_np, mask_np)
@@ -78,7 +84,7 @@ def check_decode(
             mismatch = step
     lengths_equal, cache_diff, cache_ok = _compare_cache(candidate.cache_layers(), reference.cache, tolerance)
     failures = []
-    if mismatch is not None:
+    if mismatch is not None and same_tokens:
         failures.append(f"decode: greedy token differs from PyTorch's at step {mismatch}")
     if not logits_ok:
         failures.append(

@@ -32,7 +32,7 @@ class DataRecord:
 
 
 @dataclass
-class Generation:
+class SearchGeneration:
     """One generation of a schedule search: its best and mean fitness, the best schedule so far."""
 
     index: int
@@ -56,7 +56,7 @@ class SearchPhase:
     start_fitness: float
     evaluations: int
     stopped_early: bool
-    history: list[Generation]
+    history: list[SearchGeneration]
     validation: Validated | None = None  # None when the search found nothing but its start
     seconds: float = 0.0
 

@@ -37,7 +37,7 @@ from ftp_deploy.training.ranks import ONE_PROCESS, Ranks
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.report import write_report
 from ftp_deploy.training.runfolder import RunFolder, storage
-from ftp_deploy.training.search import Generation, ScheduleSpace, SearchConfig, SearchResult, genetic_search
+from ftp_deploy.training.search import ScheduleSpace, SearchConfig, SearchGeneration, SearchResult, genetic_search
 from ftp_deploy.training.self_data import self_sampled_blocks
 from ftp_deploy.training.settings import RunSettings, differences
 from ftp_deploy.training.trainer import ROUTER_SPEC, RouterTrainer, StepMetrics, new_router
@@ -240,7 +240,7 @@ class _Run:
         began = time.monotonic()
         with self.progress.phase(title, config.generations) as advance:
 
-            def record(generation: Generation) -> None:
+            def record(generation: SearchGeneration) -> None:
                 self.folder.append_metrics({"phase": phase, **asdict(generation)})
                 advance(status=f"best KL {generation.best:.4f}")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ftp_deploy.formats.run_state import Generation, SearchPhase, Validated
+from ftp_deploy.formats.run_state import SearchGeneration, SearchPhase, Validated
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 from ftp_deploy.schedule import DEFAULT_S_MAX, Schedule, check_sparsity
 from ftp_deploy.training.config import SearchConfig
@@ -26,7 +26,7 @@ class SearchResult:
     best: Schedule
     best_fitness: float
     start_fitness: float
-    history: list[Generation] = field(default_factory=list)
+    history: list[SearchGeneration] = field(default_factory=list)
     evaluations: int = 0
     stopped_early: bool = False
     # KL of the start and of the schedule found on blocks the search did not see; None if not checked.
@@ -121,7 +121,7 @@ def genetic_search(
     config: SearchConfig,
     seed: int,
     should_stop: Callable[[], bool] = lambda: False,
-    on_generation: Callable[[Generation], None] = lambda g: None,
+    on_generation: Callable[[SearchGeneration], None] = lambda g: None,
     ranks: Ranks = ONE_PROCESS,
 ) -> SearchResult:
     """Minimize `fitness` over `space`; the start schedule is always in the first population.
@@ -163,7 +163,7 @@ def genetic_search(
             if index:
                 population = _breed(population, scores, space, config, rng)
             scores = score(population)
-            generation = Generation(index, min(scores), float(np.mean(scores)), list(result.best.thousandths))
+            generation = SearchGeneration(index, min(scores), float(np.mean(scores)), list(result.best.thousandths))
             result.history.append(generation)
             on_generation(generation)
     except _Stop:

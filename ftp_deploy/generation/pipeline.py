@@ -14,13 +14,13 @@ from ftp_deploy.artifacts import load_routed
 from ftp_deploy.errors import ArtifactError, ConfigError, UsageError
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.routed_config import CONFIG_FILE
-from ftp_deploy.generation import CallbackTextStreamer, Generation, generate_onnx, generate_routed
-from ftp_deploy.generation_settings import GenerationSettings
+from ftp_deploy.generation.settings import GenerationSettings
+from ftp_deploy.generation.source import GenerationSource, check_prompt, open_source, resolve_runtime
+from ftp_deploy.generation.timed import CallbackTextStreamer, Generation, generate_onnx, generate_routed
 from ftp_deploy.models import LoadedModel
 from ftp_deploy.placement import CPU, Placement, resolve_placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
-from ftp_deploy.serving.source import GenerationSource, check_prompt, open_source, resolve_runtime
 
 
 @dataclass

@@ -13,8 +13,8 @@ import typer
 from ftp_deploy.cli_options import DeviceOption, DtypeOption, ModelOverrideOption, TrustOption
 from ftp_deploy.console import RichProgress, console, err_console
 from ftp_deploy.errors import UsageError
-from ftp_deploy.generation_settings import GenerationSettings
-from ftp_deploy.serving.source import RUNTIMES, check_prompt, check_runtime
+from ftp_deploy.generation.settings import GenerationSettings
+from ftp_deploy.generation.source import RUNTIMES, check_prompt, check_runtime
 
 
 def generate(
@@ -48,7 +48,7 @@ def generate(
     check_runtime(runtime)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
-    from ftp_deploy.serving.pipeline import generate as run_generate
+    from ftp_deploy.generation.pipeline import generate as run_generate
 
     def write(text: str) -> None:
         console.file.write(text)

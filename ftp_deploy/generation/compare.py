@@ -1,4 +1,4 @@
-"""Dense vs routed on one prompt: what `ftp-deploy run` (and `make demo`) shows first.
+"""Dense vs routed on one prompt, each with its KV cache: what `ftp-deploy run` (and `make demo`) shows first.
 
 Both generate through transformers' own `generate` with a KV cache: the dense model with its
 DynamicCache, the routed one with the per-layer compacted RoutedCache (FTP_SPEC section 9).
@@ -12,15 +12,15 @@ from pathlib import Path
 import torch
 
 from ftp_deploy.artifacts import load_routed
-from ftp_deploy.generation import Generation, generate_dense, generate_routed
-from ftp_deploy.generation_settings import GenerationSettings
+from ftp_deploy.generation.pipeline import check_context, eos_ids, model_context, prompt_ids
+from ftp_deploy.generation.settings import GenerationSettings
+from ftp_deploy.generation.source import check_prompt
+from ftp_deploy.generation.timed import Generation, generate_dense, generate_routed
 from ftp_deploy.models import load_base_model
 from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule, check_sparsity
-from ftp_deploy.serving.pipeline import check_context, eos_ids, model_context, prompt_ids
-from ftp_deploy.serving.source import check_prompt
 
 
 @dataclass
