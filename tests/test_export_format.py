@@ -25,6 +25,7 @@ from ftp_deploy.formats.export_manifest import (
 )
 from ftp_deploy.formats.plan_manifest import PluginId, ProfileRecord
 from ftp_deploy.formats.record import from_json, to_json
+from ftp_deploy.formats.routed_config import RouterRecord
 
 
 def sample_manifest(**changes: object) -> ExportManifest:
@@ -35,7 +36,7 @@ def sample_manifest(**changes: object) -> ExportManifest:
         source_run=SourceRun("/runs/a", "0" * 64),
         base_model=BaseModelRecord("smollm2-135m", "llama", 2, 64, "1" * 64, "smollm2-135m"),
         schedule=ScheduleRecord((300, 200), 1000),
-        router={"kind": "static", "hidden": 64, "attention_window": 32, "seed": 0},
+        router=RouterRecord(kind="static"),
         routing_mode="topk",
         op_contract={"domain": "ftp", "ops": ["TokenCompact", "TokenScatter"]},
         dtype="fp32",
