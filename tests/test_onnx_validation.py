@@ -18,7 +18,7 @@ from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from tests.conftest import VOCAB, tiny_model
 
-SPEC = ExportSpec((300, 500), debug_outputs=True)
+SPEC = ExportSpec(thousandths=(300, 500), debug_outputs=True)
 TOL = SPEC.tolerance
 
 

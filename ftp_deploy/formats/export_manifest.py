@@ -29,7 +29,6 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 # The decode graph's own inputs besides the per-layer cache: one token per row and its position.
 DECODE_INPUT_NAMES = ("input_ids", "position_ids")
 CACHE_PARTS = ("key", "value", "valid")
-EXPORT_DTYPES = ("fp32", "fp16", "bf16")
 # What ONNX Runtime's CPU provider has kernels for; a bf16 file runs there only widened to fp32.
 CPU_NATIVE_DTYPES = ("fp32", "fp16")
 
