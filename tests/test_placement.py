@@ -187,8 +187,8 @@ def test_eval_on_cpu_and_device_map_auto_match_the_default_and_bf16_runs(
     tasks = f"mc:{data_dir / 'mc.jsonl'},ppl:{data_dir / 'text.txt'}"
     common = {"tasks": tasks, "baselines": "static", "data_dir": data_dir, "seq_len": 32, "scored_tokens": 8}
     common["limit"] = 4
-    default, _ = run_eval(run, report=tmp_path / "default", **common)  # type: ignore[arg-type]
-    mapped, _ = run_eval(run, report=tmp_path / "mapped", placement=resolve_placement(device_map="auto"), **common)  # type: ignore[arg-type]
+    default = run_eval(run, report=tmp_path / "default", **common).results
+    mapped = run_eval(run, report=tmp_path / "mapped", device_map="auto", **common).results
     assert eval_numbers(mapped) == eval_numbers(default)
     argv = [str(run), "--tasks", tasks, "--baselines", "static", "--data-dir", str(data_dir), "--seq-len", "32"]
     argv += ["--scored-tokens", "8"]

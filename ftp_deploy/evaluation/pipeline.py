@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,13 @@ from ftp_deploy.data_root import data_root
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.evaluation.baselines import build_methods
 from ftp_deploy.evaluation.comparisons import comparisons
-from ftp_deploy.evaluation.methods import DEFAULT_BASELINES, DENSE, STATIC, parse_baselines
+from ftp_deploy.evaluation.methods import DENSE, STATIC, parse_baselines
+from ftp_deploy.evaluation.options import REPORT_SUBFOLDER, EvalOptions
 from ftp_deploy.evaluation.report import write_report
 from ftp_deploy.evaluation.retention import retention_summary
 from ftp_deploy.evaluation.runner import EvalSettings, evaluate_methods, prepare
 from ftp_deploy.evaluation.shortgpt import calibration_file, calibration_ids
 from ftp_deploy.evaluation.tasks import (
-    DEFAULT_TASKS,
     SUBSET_SEED,
     Task,
     check_limit,
@@ -38,12 +39,11 @@ from ftp_deploy.formats.eval_results import Settings as ResultSettings
 from ftp_deploy.formats.record import to_json
 from ftp_deploy.formats.routed_config import ROUTER_FILE
 from ftp_deploy.models import LoadedModel
-from ftp_deploy.placement import CPU, Placement
+from ftp_deploy.placement import CPU, Placement, resolve_placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.schedule import Schedule
 
-REPORT_SUBFOLDER = "eval"
 # Context longer than this is cut from the left, as lm-evaluation-harness does at the model's limit.
 FALLBACK_MAX_LENGTH = 2048
 
@@ -126,31 +126,31 @@ def load_trained_run(
     return loaded, routed, artifact
 
 
+@dataclass
+class Evaluation:
+    """What `ftp-deploy eval` produced: the results (also in results.json) and every file it wrote."""
+
+    results: EvalResults
+    files: list[Path]
+
+
 def run_eval(
-    run_dir: Path,
-    tasks: str = DEFAULT_TASKS,
-    baselines: str = DEFAULT_BASELINES,
-    limit: int | None = None,
-    report: Path | None = None,
-    data_dir: Path | None = None,
-    model: str | None = None,
-    seq_len: int = 512,
-    scored_tokens: int | None = None,
-    trust_remote_code: bool = False,
-    progress: Progress = NO_PROGRESS,
-    placement: Placement = CPU,
-) -> tuple[EvalResults, list[Path]]:
+    run_dir: Path, options: EvalOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
+) -> Evaluation:
     """Evaluate a trained run against the baselines; write the report to `report` (default RUN_DIR/eval).
 
+    `options` (default EvalOptions()) with `fields` replaced by name, as the command line names them.
     `scored_tokens` defaults to the scored positions of FTP_SPEC 1b (ftp_deploy.fidelity).
     """
-    settings = EvalSettings(seq_len, SCORED_POSITIONS if scored_tokens is None else scored_tokens)
+    opts = replace(options or EvalOptions(), **fields)
+    placement = resolve_placement(opts.device, opts.dtype, opts.device_map)
+    settings = EvalSettings(opts.seq_len, SCORED_POSITIONS if opts.scored_tokens is None else opts.scored_tokens)
     settings.check()
-    baseline_names = parse_baselines(baselines)
-    data_dir = data_dir or data_root()
-    task_list = load_tasks(tasks, data_dir, limit)
+    baseline_names = parse_baselines(opts.baselines)
+    data_dir = opts.data_dir or data_root()
+    task_list = load_tasks(opts.tasks, data_dir, opts.limit)
     calibration = calibration_file(data_dir) if "shortgpt" in baseline_names else None
-    loaded, routed, artifact = load_trained_run(run_dir, model, trust_remote_code, placement)
+    loaded, routed, artifact = load_trained_run(run_dir, opts.model, opts.trust_remote_code, placement)
     results = evaluate_model(
         loaded,
         task_list,
@@ -163,5 +163,5 @@ def run_eval(
         routed,
     )
     results.run = SourceRun(str(run_dir), sha256_file(run_dir / ROUTER_FILE), artifact.routing_mode, artifact.training)
-    results.settings.limit, results.settings.placement = limit, placement
-    return results, write_report(results, report or run_dir / REPORT_SUBFOLDER)
+    results.settings.limit, results.settings.placement = opts.limit, placement
+    return Evaluation(results, write_report(results, opts.report or run_dir / REPORT_SUBFOLDER))
