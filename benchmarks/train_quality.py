@@ -177,7 +177,9 @@ def one_seed(
         "final_thousandths": list(load_artifact(out).schedule.thousandths),
         "train_seconds": train_seconds,
         "phase_seconds": {
-            "search": phases.search.seconds, "train": phases.train.seconds, "finetune": phases.finetune.seconds
+            "search": phases.search.seconds,
+            "train": phases.train.seconds,
+            "finetune": phases.finetune.seconds,
         },
         "search_evaluations": phases.search.evaluations,
         "router_from_step": phases.train.best_step,

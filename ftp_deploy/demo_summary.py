@@ -1,6 +1,6 @@
 """The few lines `make demo` ends with: what was trained, how close it is to dense, how much faster.
 
-    python -m ftp_deploy.demo_summary RUN_DIR VERIFY_REPORT_DIR
+python -m ftp_deploy.demo_summary RUN_DIR VERIFY_REPORT_DIR
 """
 
 from __future__ import annotations

@@ -204,5 +204,3 @@ def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         assert done.returncode == 0, f"{stage}: {done.stderr}"
         (root / f"{stage}.out").write_text(done.stdout + done.stderr)
     return folders
-
-

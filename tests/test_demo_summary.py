@@ -31,6 +31,8 @@ HELDOUT = {
     "trained": HeldoutRow(0.0331, 0.902, 15.39, 14.99, 512.0, kl_stderr=0.002, window_kl=[0.03, 0.036]),
     "static_uniform": HeldoutRow(0.0353, 0.898, 15.34, 14.99, 512.0, kl_stderr=0.002, window_kl=[0.033, 0.038]),
 }
+
+
 def verify_report() -> VerifyReport:
     """What verify writes for a passing --with-past export timed against its dense baseline (made-up figures)."""
     parity = ParityReport(Tolerance(1e-3, 1e-3), [], 1.0, routing_agreement=1.0, first_failing_block=None)

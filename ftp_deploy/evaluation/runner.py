@@ -33,8 +33,6 @@ class EvalSettings:
             raise ConfigError(f"the batch size must be at least 1 token, got {self.batch_tokens}")
 
 
-
-
 @dataclass
 class PreparedTask:
     """A task tokenized once for all methods: requests (choice, target) or windows (text)."""

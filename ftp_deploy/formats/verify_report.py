@@ -102,7 +102,6 @@ class ParityReport:
         return next((o.absolute["max"] for o in self.outputs if o.name == name), None)
 
 
-
 @dataclass
 class DecodeReport:
     """`logits_max_abs_diff`: worst over steps (prefill's next-token logits included) against the masked reference;
@@ -126,7 +125,6 @@ class DecodeReport:
         return not self.failures
 
 
-
 @dataclass
 class Latency:
     seq_len: int
@@ -148,7 +146,6 @@ class LatencyComparison:
         if self.dense is None:
             return {}
         return {d.seq_len: d.median_ms / r.median_ms for d, r in zip(self.dense, self.routed, strict=True)}
-
 
 
 @dataclass

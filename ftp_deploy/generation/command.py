@@ -12,9 +12,10 @@ import typer
 
 from ftp_deploy.cli_options import DeviceOption, DtypeOption, ModelOverrideOption, TrustOption
 from ftp_deploy.console import RichProgress, console, err_console
-from ftp_deploy.errors import UsageError
-from ftp_deploy.generation.settings import GenerationSettings
-from ftp_deploy.generation.source import RUNTIMES, check_prompt, check_runtime
+from ftp_deploy.generation.options import GenerateOptions
+from ftp_deploy.generation.source import RUNTIMES, check_prompt
+
+_GENERATE = GenerateOptions()
 
 
 def generate(
@@ -22,55 +23,53 @@ def generate(
         Path, typer.Argument(help="A run folder (ftp_config.json) or an exported artifact folder (manifest.json)")
     ],
     prompt: Annotated[str, typer.Option(help="Text to continue")],
-    max_new_tokens: Annotated[int, typer.Option(help="At most this many new tokens")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(help="At most this many new tokens")] = _GENERATE.max_new_tokens,
     runtime: Annotated[
         str | None,
         typer.Option(help=f"One of {', '.join(RUNTIMES)} (default: torch for a run folder, onnxrt for an export)"),
-    ] = None,
+    ] = _GENERATE.runtime,
     stream: Annotated[bool, typer.Option(help="Print the text as it is generated")] = False,
-    chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template")] = False,
-    do_sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding")] = False,
-    temperature: Annotated[float, typer.Option(help="--do-sample: softmax temperature")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="--do-sample: nucleus probability mass")] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="--do-sample: seed of the sampler")] = None,
-    threads: Annotated[int | None, typer.Option(help="--runtime onnxrt: ONNX Runtime intra-op threads")] = None,
-    model: ModelOverrideOption = None,
-    trust_remote_code: TrustOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "fp32",
+    chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template")] = _GENERATE.chat,
+    do_sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding")] = _GENERATE.do_sample,
+    temperature: Annotated[float, typer.Option(help="--do-sample: softmax temperature")] = _GENERATE.temperature,
+    top_p: Annotated[float, typer.Option(help="--do-sample: nucleus probability mass")] = _GENERATE.top_p,
+    seed: Annotated[int | None, typer.Option(help="--do-sample: seed of the sampler")] = _GENERATE.seed,
+    threads: Annotated[
+        int | None, typer.Option(help="--runtime onnxrt: ONNX Runtime intra-op threads")
+    ] = _GENERATE.threads,
+    model: ModelOverrideOption = _GENERATE.model,
+    trust_remote_code: TrustOption = _GENERATE.trust_remote_code,
+    device: DeviceOption = _GENERATE.device,
+    dtype: DtypeOption = _GENERATE.dtype,
 ) -> None:
     """Continue a prompt with a routed model: routed prefill, then decode with the per-layer compacted KV cache.
 
     The continuation goes to stdout; time to first token, decode time per token and KV-cache bytes to stderr.
     """
-    settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p, seed)
+    options = GenerateOptions(
+        max_new_tokens=max_new_tokens,
+        runtime=runtime,
+        chat=chat,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        threads=threads,
+        model=model,
+        trust_remote_code=trust_remote_code,
+        device=device,
+        dtype=dtype,
+    )
     check_prompt(prompt)
-    check_runtime(runtime)
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {threads}")
     from ftp_deploy.generation.pipeline import generate as run_generate
+    from ftp_deploy.placement import memory_errors
 
     def write(text: str) -> None:
         console.file.write(text)
         console.file.flush()
 
-    from ftp_deploy.placement import memory_errors
-
     with RichProgress(transient=True) as progress, memory_errors("--dtype bf16 or a shorter --prompt"):
-        result = run_generate(
-            source_dir,
-            prompt,
-            settings,
-            runtime=runtime,
-            chat=chat,
-            model=model,
-            trust_remote_code=trust_remote_code,
-            threads=threads,
-            on_text=write if stream else None,
-            progress=progress,
-            device=device,
-            dtype=dtype,
-        )
+        result = run_generate(source_dir, prompt, options, write if stream else None, progress)
     if not stream:
         console.print(result.text, markup=False, highlight=False, soft_wrap=True)
     g = result.generation

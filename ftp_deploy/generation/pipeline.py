@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from ftp_deploy.artifacts import load_routed
 from ftp_deploy.errors import ArtifactError, ConfigError, UsageError
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.routed_config import CONFIG_FILE
+from ftp_deploy.generation.options import GenerateOptions
 from ftp_deploy.generation.settings import GenerationSettings
 from ftp_deploy.generation.source import GenerationSource, check_prompt, open_source, resolve_runtime
 from ftp_deploy.generation.timed import CallbackTextStreamer, Generation, generate_onnx, generate_routed
@@ -93,36 +94,33 @@ def eos_ids(loaded: LoadedModel) -> int | list[int] | None:
 def generate(
     source_dir: Path,
     prompt: str,
-    settings: GenerationSettings,
-    runtime: str | None = None,
-    chat: bool = False,
-    model: str | None = None,
-    trust_remote_code: bool = False,
-    threads: int | None = None,
+    options: GenerateOptions | None = None,
     on_text: Callable[[str], None] | None = None,
     progress: Progress = NO_PROGRESS,
-    device: str = "auto",
-    dtype: str = "fp32",
+    **fields: Any,
 ) -> TextGeneration:
     """Continue `prompt` with the routed model of `source_dir`; `on_text` receives the text as it is made.
 
+    `options` (default GenerateOptions()) with `fields` replaced by name, as the command line names them.
     `runtime` None: PyTorch for a run folder, ONNX Runtime for an export. `threads`: ONNX Runtime's
     intra-op threads (PyTorch keeps its own setting). `device`, `dtype`: where and in what precision
     PyTorch runs the model; ONNX Runtime runs the export as it was written, on its CPU provider.
     """
+    opts = replace(options or GenerateOptions(), **fields)
     check_prompt(prompt)
-    placement = resolve_placement(device, dtype)
+    settings = opts.settings()
+    placement = resolve_placement(opts.device, opts.dtype)
     source = open_source(source_dir)
-    runtime = resolve_runtime(runtime, source)
-    if threads is not None and runtime != "onnxrt":
+    runtime = resolve_runtime(opts.runtime, source)
+    if opts.threads is not None and runtime != "onnxrt":
         raise UsageError("--threads sets ONNX Runtime's threads; it applies to --runtime onnxrt only")
-    if runtime == "onnxrt" and (device.strip().lower() not in ("auto", "cpu") or dtype != "fp32"):
+    if runtime == "onnxrt" and (opts.device.strip().lower() not in ("auto", "cpu") or opts.dtype != "fp32"):
         raise UsageError("--device and --dtype place the PyTorch model; they apply to --runtime torch only")
     if runtime == "onnxrt":
-        generation, tokenizer = _generate_onnx(source, prompt, settings, chat, threads, on_text, progress)
+        generation, tokenizer = _generate_onnx(source, prompt, settings, opts.chat, opts.threads, on_text, progress)
     else:
         generation, tokenizer = _generate_torch(
-            source, prompt, settings, chat, model, trust_remote_code, on_text, progress, placement
+            source, prompt, settings, opts.chat, opts.model, opts.trust_remote_code, on_text, progress, placement
         )
     text = tokenizer.decode(generation.token_ids[0], skip_special_tokens=True)
     return TextGeneration(text, generation, runtime, str(source_dir))

@@ -392,9 +392,7 @@ class _Run:
         self.state.finished = True
         self.folder.write_state(self.state)
 
-    def _metadata(
-        self, searched: SearchResult, tuned: SearchResult, heldout: dict[str, HeldoutRow]
-    ) -> TrainingRecord:
+    def _metadata(self, searched: SearchResult, tuned: SearchResult, heldout: dict[str, HeldoutRow]) -> TrainingRecord:
         train = self.phases.train
         if train is None or train.checkpoint is None:
             raise ArtifactError(f"{self.folder.path / RUN_FILE} has no finished training phase")
