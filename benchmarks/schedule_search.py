@@ -38,13 +38,13 @@ from common import (
 from ftp_deploy.fileio import atomic_write_bytes
 from ftp_deploy.flops import dense_block_weights
 from ftp_deploy.models import load_base_model
+from ftp_deploy.research.schedule_space import KnotSpace, cma_search
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.config import TrainConfig
 from ftp_deploy.training.heldout import scores_from_totals
 from ftp_deploy.training.reference import DenseReference
-from ftp_deploy.training.schedule_space import KnotSpace, cma_search
 from ftp_deploy.training.search import ScheduleSpace, SearchConfig, genetic_search
 
 

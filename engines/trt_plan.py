@@ -22,8 +22,8 @@ from ftp_deploy.formats.plan_manifest import (
 )
 
 BUILD_SCRIPT = "build_engine.sh"
-# How the plan is rebuilt for the machine it runs on; the export re-creates the ONNX file too.
-BUILD_MODULE = "ftp_deploy.engines.build_plan"
+# How the plan is rebuilt for the machine it runs on (engines/build_plan.py); the export re-creates the ONNX file too.
+BUILD_COMMAND = ("ftp-deploy", "build-plan")
 
 
 def onnx_plugin_ids(model: Path) -> list[PluginId]:
@@ -53,7 +53,7 @@ def read_plan_manifest(folder: Path) -> PlanManifest:
 
 
 def rebuild_command(folder: Path | str) -> list[str]:
-    return ["python3", "-m", BUILD_MODULE, str(folder)]
+    return [*BUILD_COMMAND, str(folder)]
 
 
 def require_plan(folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""`ftp-deploy export`: a routed run folder into an ONNX (or TensorRT) artifact folder, with progress on stderr."""
+"""`ftp-deploy export` (a routed run folder into an ONNX or TensorRT artifact folder) and `ftp-deploy build-plan`."""
 
 from __future__ import annotations
 
@@ -133,3 +133,21 @@ def _print_engine_commands(out: Path, section: TensorRtSection) -> None:
     console.print("time the engine with trtexec:", markup=False)
     console.print(f"  {benchmark}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"({out / section.build_script} runs both)", markup=False, highlight=False)
+
+
+def build_plan(
+    art_dir: Annotated[Path, typer.Argument(help="An artifact folder exported with --engine trt --onnx-only")],
+    timing_cache: Annotated[
+        Path | None, typer.Option(help="TensorRT timing cache file (default: one per TensorRT release and GPU)")
+    ] = None,
+) -> None:
+    """Build the TensorRT engine (model.plan) of an exported artifact on this machine's GPU, in place."""
+    from ftp_deploy.engines.build_plan import build_artifact_plan
+    from ftp_deploy.formats.plan_manifest import PLAN_FILE
+
+    plan = build_artifact_plan(art_dir, timing_cache)
+    console.print(
+        f"built {art_dir / PLAN_FILE} for {plan.environment.describe()} ({plan.plugin_implementation} plugins)",
+        markup=False,
+        highlight=False,
+    )

@@ -1,7 +1,7 @@
 """`ftp-deploy export` as one library call: the options checked, the ONNX (or TensorRT) export, the Triton repository.
 
-    from ftp_deploy.exporters.stage import export
-    result = export(run_dir, out, with_past=True)          # the same names as the command's options
+from ftp_deploy.exporters.stage import export
+result = export(run_dir, out, with_past=True)          # the same names as the command's options
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ArtifactError, DataError, UsageError
-from ftp_deploy.evaluation.command import evaluate
-from ftp_deploy.evaluation.pipeline import run_eval
+from ftp_deploy.evaluation import command as eval_command
+from ftp_deploy.evaluation.pipeline import evaluate
 from ftp_deploy.evaluation.report import markdown_report
 from ftp_deploy.flops import flop_ratio
 from ftp_deploy.formats.eval_results import EvalResults
@@ -54,7 +54,7 @@ def data_dir(tmp_path: Path) -> Path:
 def test_eval_writes_results_report_and_chart(tmp_path: Path, tiny_model_dir: Path, data_dir: Path) -> None:
     run = save_run(tmp_path / "run", tiny_model_dir)
     app = typer.Typer()
-    app.command()(evaluate)
+    app.command()(eval_command.evaluate)
     tasks = f"mc:{data_dir / 'mc.jsonl'},ppl:{data_dir / 'text.txt'}"
     args = [str(run), "--tasks", tasks, "--data-dir", str(data_dir), "--seq-len", "32", "--scored-tokens", "8"]
     result = CliRunner().invoke(app, [*args, "--limit", "5"])
@@ -93,7 +93,7 @@ def test_intervals_noise_flags_and_standard_errors_reach_results_and_report(
     """What the README promises of eval's figures, read back from the files a user gets."""
     run = save_run(tmp_path / "run", tiny_model_dir)
     task = f"mc:{data_dir / 'mc.jsonl'}"
-    run_eval(run, tasks=task, baselines="dense,static", data_dir=data_dir, seq_len=32, scored_tokens=8)
+    evaluate(run, tasks=task, baselines="dense,static", data_dir=data_dir, seq_len=32, scored_tokens=8)
     results = EvalResults.read(run / "eval")  # the file, as any reader gets it
     report = (run / "eval/report.md").read_text()
     methods = results.methods
@@ -131,7 +131,7 @@ def test_intervals_noise_flags_and_standard_errors_reach_results_and_report(
 def test_a_run_without_a_trained_router_is_refused(tmp_path: Path, tiny_model_dir: Path, data_dir: Path) -> None:
     run = save_run(tmp_path / "run", tiny_model_dir, kind="static")
     with pytest.raises(ArtifactError, match="holds no trained router"):
-        run_eval(run, tasks=f"mc:{data_dir / 'mc.jsonl'}", baselines="dense", data_dir=data_dir)
+        evaluate(run, tasks=f"mc:{data_dir / 'mc.jsonl'}", baselines="dense", data_dir=data_dir)
     assert not (run / "eval").exists()
 
 
@@ -162,7 +162,7 @@ def test_bad_input_is_one_clear_error(
 ) -> None:
     run = save_run(tmp_path / "run", tiny_model_dir)
     with pytest.raises(error, match=message) as caught:
-        run_eval(run, tasks=tasks.format(data=data_dir), limit=limit, data_dir=data_dir, seq_len=seq_len)
+        evaluate(run, tasks=tasks.format(data=data_dir), limit=limit, data_dir=data_dir, seq_len=seq_len)
     assert caught.value.exit_code == 2
     assert not (run / "eval").exists()
 
@@ -171,4 +171,4 @@ def test_shortgpt_without_calibration_text_names_the_file(tmp_path: Path, tiny_m
     run = save_run(tmp_path / "run", tiny_model_dir)
     (tmp_path / "mc.jsonl").write_text('{"context": "w1", "choices": [" w2", " w3"], "label": 0}\n')
     with pytest.raises(DataError, match=r"calibration text not found: .*calibration_text/exllamav2_wiki.utf8"):
-        run_eval(run, tasks=f"mc:{tmp_path / 'mc.jsonl'}", data_dir=tmp_path)
+        evaluate(run, tasks=f"mc:{tmp_path / 'mc.jsonl'}", data_dir=tmp_path)

@@ -10,7 +10,7 @@ import torch
 
 from ftp_deploy import cli
 from ftp_deploy.errors import ConfigError, DeviceMemoryError, MissingDependencyError, UsageError
-from ftp_deploy.evaluation.pipeline import run_eval
+from ftp_deploy.evaluation.pipeline import evaluate
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.formats.eval_results import EvalResults
 from ftp_deploy.formats.export_manifest import ExportedArtifact
@@ -187,8 +187,8 @@ def test_eval_on_cpu_and_device_map_auto_match_the_default_and_bf16_runs(
     tasks = f"mc:{data_dir / 'mc.jsonl'},ppl:{data_dir / 'text.txt'}"
     common = {"tasks": tasks, "baselines": "static", "data_dir": data_dir, "seq_len": 32, "scored_tokens": 8}
     common["limit"] = 4
-    default = run_eval(run, report=tmp_path / "default", **common).results
-    mapped = run_eval(run, report=tmp_path / "mapped", device_map="auto", **common).results
+    default = evaluate(run, report=tmp_path / "default", **common).results
+    mapped = evaluate(run, report=tmp_path / "mapped", device_map="auto", **common).results
     assert eval_numbers(mapped) == eval_numbers(default)
     argv = [str(run), "--tasks", tasks, "--baselines", "static", "--data-dir", str(data_dir), "--seq-len", "32"]
     argv += ["--scored-tokens", "8"]

@@ -30,7 +30,6 @@ import torch
 from ftp_deploy import cli
 from ftp_deploy.engines import trt_runner
 from ftp_deploy.engines.build_plan import build_artifact_plan
-from ftp_deploy.engines.build_plan import main as build_plan_main
 from ftp_deploy.engines.trt_env import default_timing_cache, require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import (
     BUILD_SCRIPT,
@@ -212,7 +211,7 @@ def test_an_incompatible_plan_says_what_differs(here: TrtEnvironment, named: str
         f"this machine has TensorRT {here.tensorrt} and {here.gpu} ({here.sm})"
     )
     assert f"(a different {named})" in message
-    assert "python3 -m ftp_deploy.engines.build_plan art" in message and "ftp-deploy export --engine trt" in message
+    assert "ftp-deploy build-plan art" in message and "ftp-deploy export --engine trt" in message
 
 
 def test_timing_cache_is_per_tensorrt_and_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -357,7 +356,7 @@ def test_build_script_builds_in_python_then_times_with_trtexec(onnx_only: OnnxOn
     script = (onnx_only.out / BUILD_SCRIPT).read_text()
     subprocess.run(["sh", "-n", str(onnx_only.out / BUILD_SCRIPT)], check=True)
     lines = script.splitlines()
-    build = lines.index("python3 -m ftp_deploy.engines.build_plan .")
+    build = lines.index("ftp-deploy build-plan .")
     trtexec = next(i for i, line in enumerate(lines) if line.strip().startswith("trtexec "))
     assert lines.index('cd "$(dirname "$0")"') < build < trtexec
     assert shlex.split(lines[trtexec]) == [
@@ -378,7 +377,7 @@ def test_trtexec_inputs_are_valid_tokens_at_the_opt_shape(onnx_only: OnnxOnlyExp
 
 def test_onnx_only_prints_the_commands_quoted(onnx_only: OnnxOnlyExport) -> None:
     out = onnx_only.out.resolve()
-    assert f"python3 -m ftp_deploy.engines.build_plan {shlex.quote(str(out))}" in onnx_only.stdout
+    assert f"ftp-deploy build-plan {shlex.quote(str(out))}" in onnx_only.stdout
     assert f"cd {shlex.quote(str(out))} && trtexec --loadEngine=model.plan" in onnx_only.stdout
     assert "trtexec cannot build it" in onnx_only.stdout
 
@@ -411,12 +410,14 @@ def test_verify_trt_without_a_plan_says_how_to_build_it(
     with pytest.raises(ArtifactError) as caught:
         verify(onnx_only.out, runtime="trt")
     assert "has no TensorRT plan (model.plan)" in str(caught.value)
-    assert f"python3 -m ftp_deploy.engines.build_plan {shlex.quote(str(onnx_only.out))}" in str(caught.value)
+    assert f"ftp-deploy build-plan {shlex.quote(str(onnx_only.out))}" in str(caught.value)
 
 
 @needs_no_trt_gpu
-def test_build_plan_module_without_tensorrt(onnx_only: OnnxOnlyExport, capsys: pytest.CaptureFixture[str]) -> None:
-    assert build_plan_main([str(onnx_only.out)]) == 2
+def test_build_plan_without_tensorrt_names_the_extra(
+    onnx_only: OnnxOnlyExport, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["build-plan", str(onnx_only.out)]) == 2
     assert "pip install 'ftp-deploy[trt]'" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""The `ftp-deploy eval` command: a thin typer layer over `pipeline.run_eval`.
+"""The `ftp-deploy eval` command: a thin typer layer over `pipeline.evaluate`.
 
 Only torch-free modules load at import, so registering the command keeps the CLI quick to start.
 """
@@ -62,12 +62,12 @@ def evaluate(
         dtype=dtype,
         device_map=device_map,
     )
-    from ftp_deploy.evaluation.pipeline import run_eval
+    from ftp_deploy.evaluation.pipeline import evaluate as run_evaluate
     from ftp_deploy.evaluation.report import table_rows
     from ftp_deploy.placement import memory_errors
 
     with RichProgress() as progress, memory_errors("--dtype bf16, a smaller --seq-len, or --device-map auto"):
-        evaluation = run_eval(run_dir, options, progress)
+        evaluation = run_evaluate(run_dir, options, progress)
     results = evaluation.results
     header, rows = table_rows(results)
     table = Table(title=f"{results.model.ref}: accuracy % (perplexity on scored positions)")

@@ -134,7 +134,7 @@ class Evaluation:
     files: list[Path]
 
 
-def run_eval(
+def evaluate(
     run_dir: Path, options: EvalOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
 ) -> Evaluation:
     """Evaluate a trained run against the baselines; write the report to `report` (default RUN_DIR/eval).

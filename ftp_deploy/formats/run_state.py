@@ -16,6 +16,8 @@ from ftp_deploy.formats.routed_config import ModelRef
 from ftp_deploy.placement import Placement
 
 RUN_FILE = "run.json"
+# Beside it, a log rather than a document: one JSON object per training step, read back by RunFolder.
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass

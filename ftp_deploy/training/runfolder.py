@@ -24,9 +24,8 @@ from safetensors.torch import save as save_safetensors
 from ftp_deploy import fileio
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text, sha256_file
-from ftp_deploy.formats.run_state import RUN_FILE, Checkpoint, RunState
+from ftp_deploy.formats.run_state import METRICS_FILE, RUN_FILE, Checkpoint, RunState
 
-METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 
 

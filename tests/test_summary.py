@@ -1,4 +1,4 @@
-"""`make demo`'s closing lines: read from the run folder and verify's report, and one line when either is missing."""
+"""`ftp-deploy summary` (make demo's last lines): from the run folder and verify's report; one line if one is gone."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
-from ftp_deploy.demo_summary import demo_summary, main
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.formats.run_state import HeldoutRow, RunState, TrainPhase
 from ftp_deploy.formats.verify_report import (
@@ -23,6 +23,7 @@ from ftp_deploy.placement import Placement
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
+from ftp_deploy.summary import run_summary
 from tests.conftest import tiny_model, training_record
 
 TRAINING = training_record(router_from_step=10, steps=11, train_seconds=113.0, prior_attention_weight=8.0)
@@ -60,7 +61,7 @@ def demo_out(tmp_path: Path) -> Path:
 
 
 def test_summary_states_what_was_trained_how_close_and_how_fast(demo_out: Path) -> None:
-    trained, close, parity, generation, faster = demo_summary(demo_out / "run", demo_out / "verify")
+    trained, close, parity, generation, faster = run_summary(demo_out / "run", demo_out / "verify")
     assert "learned router for tiny at mean sparsity 0.30: 11 router steps in 113 s" in trained
     assert "validation KL 0.0400 at step 0 (the attention-weighted prior (weight 8))" in trained
     assert "fell to 0.0350 at step 10" in trained
@@ -73,8 +74,17 @@ def test_summary_states_what_was_trained_how_close_and_how_fast(demo_out: Path) 
 
 def test_an_unfinished_run_or_a_missing_report_is_one_line(demo_out: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (demo_out / "verify" / "report.json").unlink()
-    assert main([str(demo_out / "run"), str(demo_out / "verify")]) == 2
+    assert cli.main(["summary", str(demo_out / "run"), "--verify-report", str(demo_out / "verify")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     RunState().write(demo_out / "run")
     with pytest.raises(ArtifactError, match="did not finish"):
-        demo_summary(demo_out / "run", demo_out / "verify")
+        run_summary(demo_out / "run", demo_out / "verify")
+
+
+def test_without_a_verify_report_the_summary_is_the_run_alone(
+    demo_out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["summary", str(demo_out / "run")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["Trained", "Close to dense"]
+    assert run_summary(demo_out / "run") == run_summary(demo_out / "run", demo_out / "verify")[:2]
