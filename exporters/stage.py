@@ -26,10 +26,14 @@ class Export:
 
 
 def export(
-    run_dir: Path, out: Path, options: ExportOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
+    run_dir: Path | str,
+    out: Path | str,
+    options: ExportOptions | None = None,
+    progress: Progress = NO_PROGRESS,
+    **fields: Any,
 ) -> Export:
     """Export the routed model of `run_dir` into `out` as `options` (with `fields` replaced by name) say."""
-    opts = replace(options or ExportOptions(), **fields)
+    opts, run_dir, out = replace(options or ExportOptions(), **fields), Path(run_dir), Path(out)
     shapes = (opts.min_shape, opts.opt_shape, opts.max_shape)
     if opts.triton_repo is not None:
         from ftp_deploy.exporters.triton_repo import check_repository

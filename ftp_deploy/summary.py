@@ -12,10 +12,9 @@ from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.formats.record import REPORT_MD, to_json
 from ftp_deploy.formats.routed_config import TrainingRecord
-from ftp_deploy.formats.run_state import TrainPhase
+from ftp_deploy.formats.run_state import RunState, TrainPhase
 from ftp_deploy.formats.verify_report import VerifyReport
 from ftp_deploy.plugins.token_compaction.contract import kept_count
-from ftp_deploy.training.runfolder import RunFolder
 
 SUMMARY_SEQ_LEN = 512
 
@@ -57,7 +56,7 @@ def run_summary(run_dir: Path, verify_dir: Path | None = None) -> list[str]:
     """
     artifact = load_artifact(run_dir)
     training = artifact.training
-    state = RunFolder(run_dir).read_state()
+    state = RunState.read(run_dir, f"{run_dir} is not a training run folder: {RunState.FILE} is missing")
     heldout, train = state.heldout, state.phases.train
     if heldout is None or train is None:
         raise ArtifactError(f"{run_dir} has no held-out scores: its training run did not finish")

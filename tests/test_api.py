@@ -79,11 +79,11 @@ def test_the_pipeline_from_python(tmp_path: Path, tiny_model_dir: Path, data_dir
     assert isinstance(evaluation.results, EvalResults) and evaluation.results.settings.seq_len == 32
     assert EvalResults.read(run / "eval").methods.keys() == evaluation.results.methods.keys()
 
-    exported = ftp_deploy.export(run, art, with_past=True)
+    exported = ftp_deploy.export(str(run), str(art), with_past=True)  # paths as text, as a script has them
     assert exported.out == art and exported.manifest == read_manifest(art)
     assert exported.manifest.with_past is not None and set(exported.manifest.graphs) == {"prefill", "decode"}
 
-    verified = ftp_deploy.verify(art, seq_lens=(), report=tmp_path / "verify")
+    verified = ftp_deploy.verify(str(art), seq_lens=(), report=tmp_path / "verify")
     assert verified.parity.passed and verified.decode is not None and verified.decode.passed
     assert VerifyReport.read(tmp_path / "verify", "no report").parity.passed
 

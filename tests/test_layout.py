@@ -180,3 +180,16 @@ def test_the_formats_and_the_options_load_without_torch() -> None:
     )
     assert len(light) > 10
     assert heavy_modules_after("\n".join(f"import {name}" for name in light)) == []
+
+
+def test_the_map_in_the_design_doc_matches_the_tree() -> None:
+    """docs/design.md's "Where things go": every folder and package in its table, every core module named."""
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    section = design.split("## Where things go", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("`")[1]: line for line in section.splitlines() if line.startswith("| `")}
+    packages = {f"ftp_deploy/{p.parent.name}/" for p in (ROOT / "ftp_deploy").glob("*/__init__.py")}
+    folders = {f"{folder}/" for folder in PACKAGE_DIRS if folder != "ftp_deploy"} | {"benchmarks/", "tests/"}
+    assert set(rows) == packages | folders | {"ftp_deploy/*.py"}
+    core = {p.stem for p in (ROOT / "ftp_deploy").glob("*.py")}
+    named = {word.strip("`,();") for word in rows["ftp_deploy/*.py"].split()}
+    assert core - named == set()

@@ -135,14 +135,14 @@ class Evaluation:
 
 
 def evaluate(
-    run_dir: Path, options: EvalOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
+    run_dir: Path | str, options: EvalOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
 ) -> Evaluation:
     """Evaluate a trained run against the baselines; write the report to `report` (default RUN_DIR/eval).
 
     `options` (default EvalOptions()) with `fields` replaced by name, as the command line names them.
     `scored_tokens` defaults to the scored positions of FTP_SPEC 1b (ftp_deploy.fidelity).
     """
-    opts = replace(options or EvalOptions(), **fields)
+    opts, run_dir = replace(options or EvalOptions(), **fields), Path(run_dir)
     placement = resolve_placement(opts.device, opts.dtype, opts.device_map)
     settings = EvalSettings(opts.seq_len, SCORED_POSITIONS if opts.scored_tokens is None else opts.scored_tokens)
     settings.check()

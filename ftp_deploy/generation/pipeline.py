@@ -92,7 +92,7 @@ def eos_ids(loaded: LoadedModel) -> int | list[int] | None:
 
 
 def generate(
-    source_dir: Path,
+    source_dir: Path | str,
     prompt: str,
     options: GenerateOptions | None = None,
     on_text: Callable[[str], None] | None = None,
@@ -106,7 +106,7 @@ def generate(
     intra-op threads (PyTorch keeps its own setting). `device`, `dtype`: where and in what precision
     PyTorch runs the model; ONNX Runtime runs the export as it was written, on its CPU provider.
     """
-    opts = replace(options or GenerateOptions(), **fields)
+    opts, source_dir = replace(options or GenerateOptions(), **fields), Path(source_dir)
     check_prompt(prompt)
     settings = opts.settings()
     placement = resolve_placement(opts.device, opts.dtype)

@@ -25,7 +25,7 @@ MEMORY_OPTIONS = (
 
 
 def train(
-    out: Path, options: TrainOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
+    out: Path | str, options: TrainOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
 ) -> RunState | None:
     """Search the schedule, train the router, fine-tune the schedule into the run folder `out`.
 
@@ -35,7 +35,7 @@ def train(
     `num_processes` > 1 starts: their rank 0 then shows its own on the console when `progress` is
     not NO_PROGRESS.
     """
-    opts = replace(options or TrainOptions(), **fields)
+    opts, out = replace(options or TrainOptions(), **fields), Path(out)
     from ftp_deploy.placement import resolve_placement
     from ftp_deploy.training.launcher import launch
     from ftp_deploy.training.ranks import joined_ranks

@@ -157,7 +157,7 @@ def _latency_run(
 
 
 def verify(
-    art_dir: Path, options: VerifyOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
+    art_dir: Path | str, options: VerifyOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
 ) -> VerifyResult:
     """Parity (Polygraphy Comparator) and latency of `art_dir`; writes the report folder.
 
@@ -165,7 +165,7 @@ def verify(
     reads as the command line does. `runtime="trt"` runs the artifact's model.plan through
     engines/trt_runner.py (TensorRT and a GPU).
     """
-    opts = replace(options or VerifyOptions(), **fields)
+    opts, art_dir = replace(options or VerifyOptions(), **fields), Path(art_dir)
     placement = resolve_placement(opts.device, DEFAULT_DTYPE, opts.device_map)
     if opts.runtime == "trt":
         require_tensorrt_gpu("--runtime trt")
