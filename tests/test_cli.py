@@ -273,6 +273,7 @@ README_EXIT_CODES = {
     "CacheMismatchError": 2,
     "DataError": 2,
     "MissingDependencyError": 2,
+    "OptionalDependencyError": 2,
     "DeviceMemoryError": 2,
     "UnsupportedExportError": 2,
     "OutputFolderError": 2,
