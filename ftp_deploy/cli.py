@@ -17,6 +17,7 @@ from ftp_deploy.errors import FtpDeployError
 from ftp_deploy.evaluation.command import evaluate
 from ftp_deploy.exporters.command import export
 from ftp_deploy.serving.command import generate
+from ftp_deploy.serving.serve_command import serve
 from ftp_deploy.training.command import train
 from ftp_deploy.verification.command import verify
 
@@ -89,6 +90,7 @@ app.command(name="eval")(evaluate)
 app.command()(export)
 app.command()(verify)
 app.command()(generate)
+app.command()(serve)
 
 
 def main(argv: list[str] | None = None) -> int:

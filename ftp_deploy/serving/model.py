@@ -39,6 +39,7 @@ class TritonPythonModel:
             Path(args["model_repository"]) / args["model_version"] / ARTIFACT_FOLDER
         )
         threads = int(parameters["threads"]) if parameters.get("threads") else None
+        self.name = str(args.get("model_name", config.get("name", "")))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.service = GenerationService.open(Path(folder), threads=threads)
 
@@ -85,10 +86,10 @@ class TritonPythonModel:
             return
         senders = [requests[index].get_response_sender() for index, _ in rows]
         deltas = [TextDelta(self.service) for _ in rows]
-        cancelled = _watch(requests, [index for index, _ in rows])
+        wanted = _watch(requests, [index for index, _ in rows])
 
         def on_token(position: int, token: int) -> bool:
-            if not cancelled(position, token):
+            if not wanted(position, token):
                 return False
             piece = deltas[position].add(token)
             outputs = {
@@ -110,11 +111,19 @@ class TritonPythonModel:
             return
         for position, ((_, row), result) in enumerate(zip(rows, results, strict=True)):
             if result.finish_reason == "cancelled":
+                self._log(
+                    f"a client left mid-stream after {len(result.tokens)} of {row.max_tokens} tokens; its row stopped"
+                )
                 _send_quietly(senders[position], None)
                 continue
             outputs = self.service.outputs(row, result, text=deltas[position].rest())
             del outputs["token_ids"]  # every token went out in its own response
             _send_quietly(senders[position], pb_utils.InferenceResponse(_tensors(outputs)))
+
+    def _log(self, message: str) -> None:
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:
+            logger.log_info(f"{self.name}: {message}")
 
 
 def _watch(requests: list[Any], indices: list[int]) -> Any:

@@ -44,6 +44,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -236,7 +237,8 @@ def repository_models(repo: Path) -> tuple[list[str], list[str]]:
     """(Python-backend models this server runs, other models: they need NVIDIA's container) of a repository."""
     from ftp_deploy.exporters.triton_repo import CONFIG_FILE, read_config
 
-    served, other = [], []
+    served: list[str] = []
+    other: list[str] = []
     for config_path in sorted(repo.glob(f"*/{CONFIG_FILE}")):
         try:
             config = read_config(config_path)
@@ -314,8 +316,13 @@ class RunningServer:
         self.stop()
 
 
-def start_server(paths: list[Path], settings: ServeSettings = ServeSettings()) -> RunningServer:
-    """Check everything, start tritonserver over the sources and wait until it is ready."""
+def start_server(
+    paths: list[Path], settings: ServeSettings = ServeSettings(), on_start: Callable[[], None] | None = None
+) -> RunningServer:
+    """Check everything, start tritonserver over the sources and wait until it is ready.
+
+    `on_start` is called once every check has passed, just before the server process starts.
+    """
     environment = probe_environment(settings.python_env)
     sources = open_sources(paths)
     check_port(settings.host, settings.http_port, "--http-port")
@@ -361,6 +368,8 @@ def start_server(paths: list[Path], settings: ServeSettings = ServeSettings()) -
     except BaseException:
         shutil.rmtree(workspace, ignore_errors=True)
         raise
+    if on_start is not None:
+        on_start()
     log = open(log_path, "wb")  # noqa: SIM115 -- the server writes it for as long as it runs
     process = subprocess.Popen(
         command,
