@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import queue
 import shutil
 import signal
@@ -413,6 +414,8 @@ def test_a_server_killed_mid_stream_fails_the_client_and_a_restart_serves(export
             _, error = stream.next()
         assert isinstance(error, InferenceServerException)
         stream.client.close()
+        with pytest.raises(ProcessLookupError):  # no backend stub outlives its server
+            os.killpg(running.process.pid, 0)
     finally:
         running.stop()
     with start_server([art], chosen) as again:  # the same ports
@@ -523,3 +526,20 @@ def test_an_environment_with_numpy_2_is_refused(
     argv[argv.index("--python-env") + 1] = str(env)
     code, err = run_cli(argv, capsys)
     assert code == 2 and "has numpy 2.4.6" in err and "numpy<2" in err
+
+
+def test_a_model_that_fails_to_load_is_one_line_and_exit_1(
+    exports: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server starts, its model does not load (a repository whose copy of the export was changed)."""
+    _, repo = exports
+    broken = tmp_path / "repo"
+    shutil.copytree(repo, broken, ignore=shutil.ignore_patterns("tiny"))  # the ORT model is no matter here
+    for model in ("tiny-generate", "tiny-stream"):
+        tokenizer = broken / model / "1" / "artifact" / "tokenizer.json"
+        changed = tokenizer.read_text() + " "
+        tokenizer.unlink()  # a hard link to the export's own file: replace it, never write through it
+        tokenizer.write_text(changed)
+    code, err = run_cli(serve_args(broken, settings()), capsys)
+    assert code == 1 and err.splitlines()[0] == "starting tritonserver ..." and len(err.splitlines()) == 2, err
+    assert "failed to load 'tiny-" in err and err.endswith("tokenizer.json does not match its sha256"), err

@@ -284,24 +284,48 @@ class RunningServer:
         return f"{self.settings.host}:{self.settings.grpc_port}"
 
     def wait(self) -> int:
-        return self.process.wait()
+        """Block until the server exits on its own; it is left unreaped, so `stop()` can still end its stubs."""
+        info = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT)
+        assert info is not None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """Ask the server to finish (SIGINT: in-flight requests end first), kill it after `timeout_s`."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process.returncode is None:
+            if not self._exited(0):
+                self.process.send_signal(signal.SIGINT)
+                self._exited(timeout_s)
+            self._end_group()
         self._cleanup()
         return self.process.returncode
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would end it (the stubs notice their parent is gone and exit)."""
-        self.process.kill()
+        """SIGKILL to the server and its backend stubs at once, as a crash of the machine's server would end them."""
+        if self.process.returncode is None:
+            self._end_group()
+
+    def _exited(self, timeout_s: float) -> bool:
+        """Whether the server exited within `timeout_s`, without reaping it (its PID keeps naming its group)."""
+        deadline = time.monotonic() + timeout_s
+        while os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _end_group(self) -> None:
+        # The Python backend's stubs run in the server's process group (it leads its own session). An
+        # idle stub exits within seconds of its server's death, but one that was generating when the
+        # server died was seen to stay (parent PID 1) for good: nothing of a stopped server may outlive
+        # it. The server is not reaped yet, so its PID still names the group and cannot be reused.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        deadline = time.monotonic() + 10
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            while time.monotonic() < deadline:  # until init has reaped the stubs too (signal 0 only asks)
+                os.killpg(self.process.pid, 0)
+                time.sleep(0.05)
 
     def _cleanup(self) -> None:
         if self._log is not None:
@@ -394,10 +418,11 @@ def _wait_ready(server: RunningServer, timeout_s: float) -> None:
     url = f"http://{server.http_url}/v2/health/ready"
     deadline = time.monotonic() + timeout_s
     while True:
-        code = server.process.poll()
-        if code is not None:
+        if server._exited(0):
+            server.kill()  # reaps it, and ends any stub it left
             raise ServerError(
-                f"tritonserver stopped (exit {code}) before it was ready: {failure_line(server.log_path)}"
+                f"tritonserver stopped (exit {server.process.returncode}) before it was ready: "
+                f"{failure_line(server.log_path)}"
             )
         try:
             with urllib.request.urlopen(url, timeout=1) as answer:
@@ -418,11 +443,15 @@ def failure_line(log_path: Path) -> str:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return f"no log at {log_path}"
+    def message(line: str) -> str:
+        # Triton quotes a message and escapes its newlines; a Python exception's traceback follows them.
+        return line.split("] ", 1)[-1].strip().strip('"').split("\\n", 1)[0].strip()
+
     for line in lines:
         if "failed to load '" in line:
-            return line.split("] ", 1)[-1].strip().strip('"')
+            return message(line)
     errors = [line for line in lines if line.startswith("E") or line.startswith("error:")]
-    return errors[-1].split("] ", 1)[-1].strip().strip('"') if errors else f"see {log_path}"
+    return message(errors[-1]) if errors else f"see {log_path}"
 
 
 def _die_with_parent() -> None:
