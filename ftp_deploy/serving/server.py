@@ -443,6 +443,7 @@ def failure_line(log_path: Path) -> str:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return f"no log at {log_path}"
+
     def message(line: str) -> str:
         # Triton quotes a message and escapes its newlines; a Python exception's traceback follows them.
         return line.split("] ", 1)[-1].strip().strip('"').split("\\n", 1)[0].strip()
