@@ -244,6 +244,20 @@ def test_streaming_sends_the_same_tokens_one_a_response(server: RunningServer, e
     assert events[-1]["finish_reason"] == whole["finish_reason"]
 
 
+def test_the_generate_endpoint_takes_options_as_parameters(server: RunningServer, exports: tuple[Path, Path]) -> None:
+    """Triton's HTTP generate extension, as its clients (LiteLLM's triton provider, curl) call it."""
+    body = json.dumps({"text_input": PROMPTS[1], "parameters": {"max_tokens": 7}}).encode()
+    url = f"http://{server.http_url}/v2/models/art-generate/generate"
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=RESPONSE_TIMEOUT_S) as answer:
+        got = json.loads(answer.read())
+    expected = reference(exports[0], PROMPTS[1], 7)
+    assert (got["token_ids"], got["text_output"], got["finish_reason"]) == (
+        expected["tokens"],
+        expected["text"],
+        "length",
+    )
+
+
 def test_sixteen_concurrent_clients_four_requests_each(server: RunningServer, exports: tuple[Path, Path]) -> None:
     generator = OnnxGenerator.open(exports[0], threads=1)
     rng = np.random.default_rng(1)

@@ -149,3 +149,14 @@ def test_text_pieces_join_to_the_whole_text(service: GenerationService) -> None:
     delta = TextDelta(service)
     pieces = [delta.add(token) for token in tokens] + [delta.rest()]
     assert "".join(pieces) == service.text(tokens) == "w6 w7 w8"
+
+
+def test_options_may_come_as_request_parameters(service: GenerationService) -> None:
+    row = service.parse({"input_ids": ids(5, 6)}, {"max_tokens": 3, "do_sample": True, "top_p": 0.5, "bad_words": [""]})
+    assert (row.max_tokens, row.do_sample, row.top_p) == (3, True, 0.5)  # keys that are no option are left alone
+    with pytest.raises(RequestError, match="given twice"):
+        service.parse({"input_ids": ids(5), "max_tokens": one(2, np.int32)}, {"max_tokens": 3})
+    with pytest.raises(RequestError, match="max_tokens must be int"):
+        service.parse({"input_ids": ids(5)}, {"max_tokens": True})
+    with pytest.raises(RequestError, match="max_tokens must be >= 1"):
+        service.parse({"input_ids": ids(5)}, {"max_tokens": 0})

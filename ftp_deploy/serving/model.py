@@ -51,7 +51,7 @@ class TritonPythonModel:
         for index, request in enumerate(requests):
             inputs = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
             try:
-                rows.append((index, self.service.parse(inputs)))
+                rows.append((index, self.service.parse(inputs, _parameters(request))))
             except RequestError as err:
                 errors[index] = str(err)
         bad = set(errors)  # the client's mistakes (INVALID_ARG); the others are the server's (INTERNAL)
@@ -134,6 +134,15 @@ def _watch(requests: list[Any], indices: list[int]) -> Any:
         return not (hasattr(request, "is_cancelled") and request.is_cancelled())
 
     return on_token
+
+
+def _parameters(request: Any) -> dict[str, Any]:
+    """The request's parameters (a JSON object: what `generate` clients send beside the inputs)."""
+    try:
+        parsed = json.loads(request.parameters() or "{}")
+    except (AttributeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def _error(message: str, bad_request: bool) -> Any:

@@ -6,9 +6,10 @@ the one definition of the model's interface: the repository writer builds `confi
 
 Inputs (each request one prompt; Triton's batch axis first, so a request's tensors are [1, ...]):
 `text_input` (a string) or `input_ids` (token ids), and optionally `max_tokens`, `do_sample`,
-`temperature`, `top_p`, `seed`, `chat` (wrap `text_input` in the tokenizer's chat template). Their
-meaning and defaults are `ftp-deploy generate`'s: greedy unless `do_sample`; the sampling options
-apply only with it.
+`temperature`, `top_p`, `seed`, `chat` (wrap `text_input` in the tokenizer's chat template); these
+options may come as request parameters instead (what clients of Triton's `generate` endpoint send:
+`{"text_input": ..., "parameters": {"max_tokens": 32}}`). Their meaning and defaults are
+`ftp-deploy generate`'s: greedy unless `do_sample`; the sampling options apply only with it.
 
 Outputs: `token_ids` (generated, end-of-sequence left out), `text_output`, `finish_reason` ("stop":
 end-of-sequence, "length": `max_tokens` reached), `prompt_tokens`, `ttft_ms` and `total_ms` (from
@@ -90,8 +91,13 @@ class GenerationService:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def parse(self, inputs: Mapping[str, np.ndarray]) -> RowRequest:
-        """A request's tensors (name -> array with the batch axis first) as a checked row, else RequestError."""
+    def parse(self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None) -> RowRequest:
+        """A request's tensors (name -> array with the batch axis first) as a checked row, else RequestError.
+
+        `parameters`: the request's parameters (Triton's `parameters`, which clients of its `generate`
+        endpoint send the options in); the options among them count as inputs, other keys are left alone.
+        """
+        inputs = {**inputs, **_options(parameters or {}, inputs)}
         unknown = sorted(set(inputs) - set(INPUT_NAMES))
         if unknown:  # Triton refuses these before the model sees them; kept for in-process callers
             raise RequestError(f"unknown input {unknown[0]!r}; the inputs are {', '.join(INPUT_NAMES)}")
@@ -216,6 +222,32 @@ class TextDelta:
         piece = text[len(self.sent) :] if text.startswith(self.sent) else text
         self.sent = text
         return piece
+
+
+# The options a request may also give as request parameters, and the JSON types each takes.
+PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "max_tokens": (int,),
+    "do_sample": (bool,),
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "seed": (int,),
+    "chat": (bool,),
+}
+
+
+def _options(parameters: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    options = {}
+    for name, kinds in PARAMETER_TYPES.items():
+        if name not in parameters:
+            continue
+        value = parameters[name]
+        if name in inputs:
+            raise RequestError(f"{name} is given twice: as an input and as a request parameter")
+        # bool is an int in Python; an int option must not take true/false, nor a bool option 0/1
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise RequestError(f"the request parameter {name} must be {' or '.join(k.__name__ for k in kinds)}")
+        options[name] = np.asarray([[value]])
+    return options
 
 
 def _scalar(inputs: Mapping[str, np.ndarray], name: str, kind: type, default: Any) -> Any:
