@@ -165,11 +165,19 @@ def run_level(
     return done, time.perf_counter() - start
 
 
-def batch_counts(server: RunningServer, model: str) -> tuple[int, int]:
+def batch_counts(server: RunningServer, model: str, at_least: int = 0) -> tuple[int, int]:
+    """(requests, executions) the server counted for the model; waits (10 s at most) until `at_least` requests,
+    since a decoupled model's batch is counted when its execute returns, just after its last response."""
     import tritonclient.http as httpclient
 
-    stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics(model)["model_stats"][0]
-    return int(stats["inference_count"]), int(stats["execution_count"])
+    client = httpclient.InferenceServerClient(server.http_url)
+    deadline = time.monotonic() + 10
+    while True:
+        stats = client.get_inference_statistics(model)["model_stats"][0]
+        counts = int(stats["inference_count"]), int(stats["execution_count"])
+        if counts[0] >= at_least or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -287,7 +295,7 @@ def main() -> None:
                 outcomes, wall = run_level(
                     server, names[graph], prompts, clients, args.requests_per_client, args.new_tokens
                 )
-                after = batch_counts(server, names[graph])
+                after = batch_counts(server, names[graph], at_least=before[0] + len(outcomes))
                 for index, outcome in outcomes:
                     outcome.verdict = judge(outcome, references[graph][index], args.tie)
                 counts = (after[0] - before[0], after[1] - before[1])
