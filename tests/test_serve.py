@@ -16,6 +16,7 @@ teardown (and dies with the test process: PR_SET_PDEATHSIG). The serving environ
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
 import queue
@@ -34,14 +35,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
 from ftp_deploy import cli
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.export_format import DECODER_FILE, MANIFEST_FILE, read_manifest, write_manifest
-from ftp_deploy.exporters.triton_repo import write_triton_repository
+from ftp_deploy.exporters.triton_repo import CONFIG_FILE, DEFAULT_MAX_BATCH, read_config, write_triton_repository
 from ftp_deploy.generation_settings import GenerationSettings
 from ftp_deploy.serving.pipeline import generate as generate_text
 from ftp_deploy.serving.server import RunningServer, ServeSettings, start_server
+from ftp_deploy.serving.triton_model import INPUT_NAMES
 from tests.conftest import REPO_ROOT
 from tests.test_serve_batching import CONTEXT, tiny_export
 
@@ -212,17 +215,40 @@ def test_greedy_answers_equal_generate_over_http_and_grpc(
     art, _ = exports
     assert server.models == ["art-generate", "art-stream", "tiny-generate", "tiny-stream"]
     assert server.not_served == ["tiny"]  # the onnxruntime model: NVIDIA's container only
+    tokenizer = AutoTokenizer.from_pretrained(art)
     for prompt, max_tokens in zip(PROMPTS, (12, 30, 1), strict=True):
         expected = reference(art, prompt, max_tokens)
+        ids = tokenizer(prompt).input_ids  # the same prompt as token ids
         for model in ("art-generate", "tiny-generate"):  # the export served, and the repository served as written
             for infer in (http_infer, grpc_infer):
-                got = infer(server, model, request(prompt, max_tokens))
-                assert {key: got[key] for key in ("tokens", "text")} == expected, (model, infer.__name__, prompt)
-                assert got["finish_reason"] == ("length" if len(expected["tokens"]) == max_tokens else "stop")
+                for sent in (request(prompt, max_tokens), request(ids, max_tokens)):
+                    got = infer(server, model, sent)
+                    assert {key: got[key] for key in ("tokens", "text")} == expected, (model, infer.__name__, prompt)
+                    assert got["finish_reason"] == ("length" if len(expected["tokens"]) == max_tokens else "stop")
     # The command itself prints the same text.
     code = cli.main(["generate", str(art), "--prompt", PROMPTS[1], "--max-new-tokens", "30", "--runtime", "onnxrt"])
     assert code == 0
     assert capsys.readouterr().out.strip() == http_infer(server, "art-generate", request(PROMPTS[1], 30))["text"]
+
+
+def test_the_repository_holds_both_generation_models(exports: tuple[Path, Path]) -> None:
+    """What export --with-past --triton-repo writes: the configs Triton reads, the export inside each model."""
+    art, repo = exports
+    for name, decoupled in (("tiny-generate", False), ("tiny-stream", True)):
+        config = read_config(repo / name / CONFIG_FILE)
+        assert (config.backend, config.max_batch_size, config.model_transaction_policy.decoupled) == (
+            "python",
+            DEFAULT_MAX_BATCH,
+            decoupled,
+        )
+        assert [spec.name for spec in config.input] == list(INPUT_NAMES)
+        assert all(spec.optional and spec.allow_ragged_batch for spec in config.input)
+        assert config.HasField("dynamic_batching") and "artifact_dir" not in config.parameters
+        template = importlib.util.find_spec("ftp_deploy.serving.model")  # not importable outside Triton's stub
+        assert template is not None and template.origin is not None
+        assert (repo / name / "1" / "model.py").read_text() == Path(template.origin).read_text()
+        for file in (*read_manifest(art).files, MANIFEST_FILE):  # linked, not copied
+            assert os.path.samefile(repo / name / "1" / "artifact" / file, art / file)
 
 
 def test_streaming_sends_the_same_tokens_one_a_response(server: RunningServer, exports: tuple[Path, Path]) -> None:
