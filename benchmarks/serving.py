@@ -242,6 +242,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--distinct-prompts", type=int, default=16, help="windows the clients cycle through")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime threads per instance")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
@@ -264,7 +265,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(exports["routed"])
-    distinct = max(levels) * args.requests_per_client
+    distinct = min(args.distinct_prompts, max(levels) * args.requests_per_client)
     prompts = wikitext_windows(tokenizer, distinct, args.prompt_len).numpy()
 
     print(f"references: {distinct} prompts of {args.prompt_len} tokens, each alone, per export")
@@ -324,6 +325,7 @@ def main() -> None:
             "prompt_len": args.prompt_len,
             "new_tokens": args.new_tokens,
             "requests_per_client": args.requests_per_client,
+            "distinct_prompts": distinct,
             "threads_per_instance": args.threads,
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
             "greedy": True,
