@@ -54,7 +54,8 @@ def export(
         Path | None,
         typer.Option(
             help="Also add the exported graphs to this Triton Inference Server model repository (config.pbtxt, "
-            "version 1; needs the \\[triton-server] extra)"
+            "version 1; with --with-past also the generation models ftp-deploy serve runs; needs the "
+            "\\[triton-server] extra)"
         ),
     ] = None,
     triton_max_batch: Annotated[
@@ -122,7 +123,10 @@ def export(
         from ftp_deploy.exporters.triton_repo import write_triton_repository
 
         configs = write_triton_repository(result.out, triton_repo, max_batch_size=triton_max_batch)
-        console.print(f"Triton model repository {triton_repo} (not served here):")
+        console.print(
+            f"Triton model repository {triton_repo} (ftp-deploy serve runs its generation models; "
+            "the onnxruntime / TensorRT ones need NVIDIA's server container):"
+        )
         for path in configs:
             console.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)
 

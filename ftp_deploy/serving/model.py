@@ -14,6 +14,9 @@ export folder) or else from the `artifact` folder beside this file (`export --tr
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +28,14 @@ ARTIFACT_FOLDER = "artifact"
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
-        # Triton 24.10's stub (the nvidia-pytriton 0.7 wheel's) hands numpy 2 arrays over with the
-        # wrong item layout: every tensor would silently hold garbage. Refuse to load instead.
+        # Triton 2.51's stub (the nvidia-pytriton 0.7 wheel's) hands request tensors over garbled under
+        # numpy 2 (seen: every value wrong), while a tensor made and read back in here looks right, so no
+        # self-test can tell: refuse numpy 2 outright. Whether a newer stub reads numpy 2 is not checked.
         if int(np.__version__.split(".")[0]) >= 2:
             raise pb_utils.TritonModelException(
                 f"numpy {np.__version__} in the serving environment: this Triton Python backend needs numpy<2"
             )
+        _exit_with_server()
         from ftp_deploy.serving.triton_model import GenerationService
 
         config = json.loads(args["model_config"])
@@ -124,6 +129,23 @@ class TritonPythonModel:
         logger = getattr(pb_utils, "Logger", None)
         if logger is not None:
             logger.log_info(f"{self.name}: {message}")
+
+
+def _exit_with_server() -> None:
+    """End this stub process once the server that started it is gone (its parent changes).
+
+    A stub that was generating when its server was killed was seen to stay for good (parent PID 1),
+    holding its memory; `ftp-deploy serve` also ends the server's process group, but a server killed
+    some other way (or a `serve` killed with SIGKILL) leaves no one else to do it.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
 
 
 def _watch(requests: list[Any], indices: list[int]) -> Any:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ftp_deploy.errors import ArtifactError, MissingDependencyError, ServerError, UsageError
+from ftp_deploy.errors import ArtifactError, MissingDependencyError, ServerError, StorageError, UsageError
 
 PIP_HINT = "pip install 'ftp-deploy[serve]'"
 STUB = "triton_python_backend_stub"
@@ -347,11 +347,23 @@ def start_server(
 
     `on_start` is called once every check has passed, just before the server process starts.
     """
+    from ftp_deploy.exporters.triton_repo import generation_names, write_generation_models
+
     environment = probe_environment(settings.python_env)
     sources = open_sources(paths)
+    planned = [
+        name
+        for source in sources
+        for name in (
+            generation_names(source.path.name) if source.export is not None else repository_models(source.path)[0]
+        )
+    ]
+    if len(set(planned)) != len(planned):
+        raise UsageError(f"two sources give models of one name ({', '.join(planned)}): rename a folder")
+    if settings.log_file is not None and not settings.log_file.parent.is_dir():
+        raise UsageError(f"--log-file {settings.log_file}: the folder {settings.log_file.parent} does not exist")
     check_port(settings.host, settings.http_port, "--http-port")
     check_port(settings.host, settings.grpc_port, "--grpc-port")
-    from ftp_deploy.exporters.triton_repo import write_generation_models
 
     workspace = Path(tempfile.mkdtemp(prefix="ftp-deploy-serve-"))
     try:
@@ -372,8 +384,6 @@ def start_server(
                 repositories.append(source.path.resolve())
                 models += served
                 not_served += other
-        if len(set(models)) != len(models):
-            raise UsageError(f"two sources give models of one name ({', '.join(models)}): rename a folder")
         log_path = settings.log_file or workspace / LOG_FILE
         command = [
             str(environment.tritonserver),
@@ -389,12 +399,15 @@ def start_server(
             "--exit-timeout-secs=10",
             "--strict-readiness=true",
         ]
+        log = open(log_path, "wb")  # noqa: SIM115 -- the server writes it for as long as it runs
+    except OSError as err:
+        shutil.rmtree(workspace, ignore_errors=True)
+        raise StorageError(f"could not prepare the server's workspace or log: {err}") from err
     except BaseException:
         shutil.rmtree(workspace, ignore_errors=True)
         raise
     if on_start is not None:
         on_start()
-    log = open(log_path, "wb")  # noqa: SIM115 -- the server writes it for as long as it runs
     process = subprocess.Popen(
         command,
         env=environment.server_env(),
