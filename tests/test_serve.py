@@ -77,7 +77,7 @@ def free_ports(count: int) -> list[int]:
 def settings(**changes: Any) -> ServeSettings:
     http, grpc = free_ports(2)
     fields: dict[str, Any] = dict(
-        http_port=http, grpc_port=grpc, python_env=SERVE_ENV, threads=1, start_timeout_s=START_TIMEOUT_S
+        http_port=http, grpc_port=grpc, python_env=SERVE_ENV, threads=1, start_timeout=START_TIMEOUT_S
     )
     return ServeSettings(**{**fields, **changes})
 
@@ -608,3 +608,20 @@ def test_a_model_that_fails_to_load_is_one_line_and_exit_1(
     code, err = run_cli(serve_args(broken, settings()), capsys)
     assert code == 1 and err.splitlines()[0] == "starting tritonserver ..." and len(err.splitlines()) == 2, err
     assert "failed to load 'tiny-" in err and err.endswith("tokenizer.json does not match its sha256"), err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--max-batch-size", "0"], "--max-batch-size must be >= 1, got 0"),
+        (["--instances", "0"], "--instances must be >= 1, got 0"),
+        (["--http-port", "70000"], "--http-port must lie in 1..65535, got 70000"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--log-file", "/no/such/folder/log.txt"], "the folder /no/such/folder does not exist"),
+    ],
+)
+def test_out_of_range_options_are_one_line_and_exit_2(
+    exports: tuple[Path, Path], capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    code, err = run_cli([*serve_args(exports[0], settings()), *options], capsys)
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err

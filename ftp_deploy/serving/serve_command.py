@@ -45,7 +45,7 @@ def serve(
         typer.Option(help="The Python environment the model runs in (default: this one); needs the \\[serve] extra"),
     ] = DEFAULTS.python_env,
     start_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to be ready")] = (
-        DEFAULTS.start_timeout_s
+        DEFAULTS.start_timeout
     ),
     log_file: Annotated[Path | None, typer.Option(help="Keep the server's log here")] = DEFAULTS.log_file,
 ) -> None:
@@ -64,7 +64,7 @@ def serve(
         threads=threads,
         max_queue_delay_ms=max_queue_delay_ms,
         python_env=python_env,
-        start_timeout_s=start_timeout,
+        start_timeout=start_timeout,
         log_file=log_file,
     )
     with _sigterm_as_interrupt():

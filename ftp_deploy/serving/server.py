@@ -92,7 +92,7 @@ class ServeSettings:
     threads: int | None = None
     max_queue_delay_ms: float = 10.0
     python_env: Path | None = None
-    start_timeout_s: float = 300.0
+    start_timeout: float = 300.0  # seconds
     log_file: Path | None = None
 
     def __post_init__(self) -> None:
@@ -109,8 +109,8 @@ class ServeSettings:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if not 0 <= self.max_queue_delay_ms <= 10_000:
             raise UsageError(f"--max-queue-delay-ms must lie in 0..10000, got {self.max_queue_delay_ms:g}")
-        if self.start_timeout_s <= 0:
-            raise UsageError(f"--start-timeout must be > 0, got {self.start_timeout_s:g}")
+        if self.start_timeout <= 0:
+            raise UsageError(f"--start-timeout must be > 0, got {self.start_timeout:g}")
 
     def generation_options(self) -> Any:
         from ftp_deploy.exporters.triton_repo import GenerationOptions
@@ -419,7 +419,7 @@ def start_server(
     )
     server = RunningServer(process, settings, models, not_served, workspace, log_path, log)
     try:
-        _wait_ready(server, settings.start_timeout_s)
+        _wait_ready(server, settings.start_timeout)
     except BaseException:
         server.kill()
         server._cleanup()
