@@ -58,7 +58,8 @@ def export(
         Path | None,
         typer.Option(
             help="Also add the exported graphs to this Triton Inference Server model repository (config.pbtxt, "
-            "version 1; needs the \\[triton-server] extra)"
+            "version 1; with --with-past also the generation models ftp-deploy serve runs; needs the "
+            "\\[triton-server] extra)"
         ),
     ] = _EXPORT.triton_repo,
     triton_max_batch: Annotated[
@@ -111,7 +112,10 @@ def export(
     if manifest.tensorrt is not None:
         _print_engine_commands(result.out, manifest.tensorrt)
     if result.triton_configs:
-        console.print(f"Triton model repository {triton_repo} (not served here):")
+        console.print(
+            f"Triton model repository {triton_repo} (ftp-deploy serve runs its generation models; "
+            "the onnxruntime / TensorRT ones need NVIDIA's server container):"
+        )
         for path in result.triton_configs:
             console.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)
 

@@ -18,6 +18,7 @@ from ftp_deploy.evaluation.command import evaluate
 from ftp_deploy.exporters.command import build_plan, export
 from ftp_deploy.generation.command import generate
 from ftp_deploy.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
+from ftp_deploy.serving.command import serve
 from ftp_deploy.training.command import train
 from ftp_deploy.training.options import DEFAULT_MODEL, DEFAULT_SPARSITY
 from ftp_deploy.verification.command import verify
@@ -118,6 +119,7 @@ app.command()(export)
 app.command()(verify)
 app.command()(generate)
 app.command(name="build-plan")(build_plan)
+app.command()(serve)
 
 
 def main(argv: list[str] | None = None) -> int:

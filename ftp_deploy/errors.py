@@ -132,3 +132,7 @@ class ExportValidationError(ParityError):
     def __init__(self, failures: list[str]) -> None:
         super().__init__("the exported model failed validation: " + "; ".join(failures))
         self.failures = failures
+
+
+class ServerError(FtpDeployError):
+    """The inference server did not start, or stopped while serving; the line says what its log said."""

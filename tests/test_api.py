@@ -16,6 +16,8 @@ from ftp_deploy.formats.eval_results import EvalResults
 from ftp_deploy.formats.export_manifest import read_manifest
 from ftp_deploy.formats.verify_report import VerifyReport
 from ftp_deploy.generation.command import generate as generate_command
+from ftp_deploy.serving.command import serve as serve_command
+from ftp_deploy.serving.options import ServeOptions
 from ftp_deploy.training.command import train as train_command
 from ftp_deploy.verification.command import verify as verify_command
 from tests.conftest import PIPELINE_PROMPT, random_words
@@ -24,7 +26,7 @@ from tests.test_eval_command import data_dir  # noqa: F401  (a fixture)
 
 # The command's parameters that are not options of the library call: what it is given
 # positionally (a folder, a prompt), and how the command prints (stream).
-POSITIONAL = {"run_dir", "out", "art_dir", "source_dir", "prompt", "stream"}
+POSITIONAL = {"run_dir", "out", "art_dir", "source_dir", "prompt", "stream", "sources"}
 # Options the command line spells as text and the library as values.
 SPELLED = {"attention_priors": lambda text: tuple(float(x) for x in text.split(",")), "seq_lens": None}
 COMMANDS = [
@@ -33,6 +35,7 @@ COMMANDS = [
     (export_command, ftp_deploy.ExportOptions),
     (verify_command, ftp_deploy.VerifyOptions),
     (generate_command, ftp_deploy.GenerateOptions),
+    (serve_command, ServeOptions),  # a server until Ctrl-C: serving.server.start_server in Python
 ]
 
 

@@ -44,12 +44,15 @@ FORBIDDEN = [
         if stage not in ("ftp_deploy.generation", "ftp_deploy.engines")
     ],
 ]
-# Modules that read JSON that is not a stage document: data files and the training log.
+# Modules that read JSON that is not a stage document: data files, the training log, Triton's messages.
 JSON_READERS = {
     "ftp_deploy.fileio": "the one reader of the formats' documents",
     "ftp_deploy.evaluation.loaders": "task files, JSON lines",
     "ftp_deploy.training.data": "training text, JSON lines",
     "ftp_deploy.training.runfolder": f"{METRICS_FILE}, the training log",
+    "ftp_deploy.serving.command": "the server's HTTP answers",
+    "ftp_deploy.serving.model": "Triton's model config and request parameters",
+    "ftp_deploy.serving.server": "the serving environment's self-description",
 }
 DOCUMENT_FILES = {MANIFEST_FILE, PLAN_MANIFEST_FILE, REPORT_MD, CONFIG_FILE, ROUTER_FILE, RUN_FILE, METRICS_FILE}
 DOCUMENT_FILES |= {REPORT_JSON, INPUTS, "results.json"}
