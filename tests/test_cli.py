@@ -284,6 +284,7 @@ README_EXIT_CODES = {
     "ExportValidationError": 1,
     "StorageError": 1,
     "RankFailure": 1,
+    "ServerError": 1,
     "ExportError": 1,
     "EngineBuildError": 1,
     "OnnxParseError": 1,
