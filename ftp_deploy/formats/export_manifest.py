@@ -17,7 +17,7 @@ from ftp_deploy.errors import ArtifactError
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.plan_manifest import PluginId, ProfileRecord, TrtEnvironment
 from ftp_deploy.formats.record import Document
-from ftp_deploy.formats.routed_config import RouterRecord
+from ftp_deploy.formats.routed_config import CONFIG_FILE, RouterRecord
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -249,6 +249,19 @@ class ExportedArtifact:
     @property
     def model_path(self) -> Path:
         return self.folder / self.manifest.model_file
+
+    def source_run(self, otherwise: str) -> Path:
+        """The run folder this export was made from, unchanged since (its config's sha256 is the manifest's).
+
+        `otherwise` ends the ArtifactError for a run folder that is gone or changed: what to do instead.
+        """
+        run = Path(self.manifest.source_run.path)
+        config = run / CONFIG_FILE
+        if not config.is_file() or sha256_file(config) != self.manifest.source_run.config_sha256:
+            raise ArtifactError(
+                f"the run folder {run} that {self.folder} was exported from is gone or changed; {otherwise}"
+            )
+        return run
 
     def graph_path(self, role: str) -> Path:
         """The file of the graph `role` ("prefill", "decode"); an ArtifactError if the export has none."""
