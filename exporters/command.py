@@ -12,7 +12,14 @@ from ftp_deploy.console import RichProgress, console
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape, parse_shape
 from ftp_deploy.errors import UsageError
 from ftp_deploy.export_format import EXPORT_DTYPES, TensorRtSection
-from ftp_deploy.exporters.options import DEFAULT_OPSET, ENGINES, SUPPORTED_OPSETS, ExportOptions
+from ftp_deploy.exporters.options import (
+    ATTENTION_FORMS,
+    DEFAULT_OPSET,
+    ENGINE_ATTENTION,
+    ENGINES,
+    SUPPORTED_OPSETS,
+    ExportOptions,
+)
 from ftp_deploy.exporters.triton_repo import DEFAULT_MAX_BATCH
 
 
@@ -50,6 +57,14 @@ def export(
         bool, typer.Option(help="--engine trt: no engine here; write the script that builds it on the target")
     ] = False,
     device: ReferenceDeviceOption = "auto",
+    attention: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The prefill's attention: {' or '.join(ATTENTION_FORMS)} (default: "
+            + ", ".join(f"{form} for --engine {engine}" for engine, form in ENGINE_ATTENTION.items())
+            + "); fused is ONNX Runtime's GroupQueryAttention, memory linear in the prompt, ONNX Runtime only"
+        ),
+    ] = None,
     triton_repo: Annotated[
         Path | None,
         typer.Option(
@@ -71,6 +86,8 @@ def export(
     shapes = {"--min-shape": min_shape, "--opt-shape": opt_shape, "--max-shape": max_shape}
     if engine != "trt" and (onnx_only or any(shapes.values())):
         raise UsageError("--onnx-only and the --*-shape options apply to --engine trt only")
+    if attention is not None and attention not in ATTENTION_FORMS:
+        raise UsageError(f"unknown --attention {attention!r}; choose one of {', '.join(ATTENTION_FORMS)}")
     given = {option: parse_shape(text, option) for option, text in shapes.items() if text is not None}
     from ftp_deploy.placement import memory_errors, resolve_placement
 
@@ -90,6 +107,7 @@ def export(
         overwrite=overwrite,
         trust_remote_code=trust_remote_code,
         device=placement.device,
+        attention=attention,
     )
     from ftp_deploy.exporters.pipeline import export_onnx
     from ftp_deploy.exporters.trt_export import TrtOptions, export_trt

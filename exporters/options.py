@@ -9,6 +9,11 @@ ENGINES = ("onnx", "trt")
 # versions exported routed models were checked and run with (tests/test_onnx_export.py).
 SUPPORTED_OPSETS = (18, 19, 20, 21, 22, 23)
 DEFAULT_OPSET = 18
+# How the prefill's attention is written: "fused" as ONNX Runtime's com.microsoft.GroupQueryAttention
+# (memory linear in the prompt; ONNX Runtime only), "standard" with plain ONNX ops (what TensorRT's
+# parser takes). Each engine has its default: onnx fused, trt standard.
+ATTENTION_FORMS = ("fused", "standard")
+ENGINE_ATTENTION = {"onnx": "fused", "trt": "standard"}
 
 
 @dataclass(frozen=True)
@@ -29,3 +34,5 @@ class ExportOptions:
     # Where the PyTorch reference that validates the graph runs (cpu or cuda:N, resolved); the
     # graph itself is traced on the CPU, and the reference computes in the precision of `dtype`.
     device: str = "cpu"
+    # One of ATTENTION_FORMS, or None for the engine's own (ENGINE_ATTENTION).
+    attention: str | None = None

@@ -23,7 +23,7 @@ from ftp_deploy.export_format import (
     past_name,
     present_name,
 )
-from ftp_deploy.exporters.options import DEFAULT_OPSET, SUPPORTED_OPSETS
+from ftp_deploy.exporters.options import ATTENTION_FORMS, DEFAULT_OPSET, SUPPORTED_OPSETS
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 from ftp_deploy.verification.parity import Tolerance
 
@@ -61,6 +61,8 @@ class ExportSpec:
     debug_outputs: bool = False
     # Also the per-layer present keys/values (prefill) and the decode graph (`DecodeSpec`).
     with_past: bool = False
+    # The prefill's attention (options.ATTENTION_FORMS): fused GroupQueryAttention, or standard ops.
+    attention: str = "fused"
     validation_batch: int = 2
     # Kept counts below and above the router's default attention window (32 queries).
     validation_lengths: tuple[int, ...] = (24, 61)
@@ -74,6 +76,10 @@ class ExportSpec:
         if self.opset not in SUPPORTED_OPSETS:
             raise UnsupportedExportError(
                 f"opset {self.opset} is not supported; choose one of {', '.join(map(str, SUPPORTED_OPSETS))}"
+            )
+        if self.attention not in ATTENTION_FORMS:
+            raise UnsupportedExportError(
+                f"attention form {self.attention!r} is unknown; choose one of {', '.join(ATTENTION_FORMS)}"
             )
         if self.dense and self.debug_outputs:
             raise UnsupportedExportError("--debug-outputs exposes routing decisions; the dense model has none")
