@@ -2,8 +2,10 @@
 and dense) against onnxruntime-genai's dense fp32 and int4 builds of the same weights (SmolLM2 by default).
 
 Every measurement runs in a fresh child process (this script with --child), so each has its own peak memory:
-the child opens the model (ftp-deploy's `OnnxGenerator`, prefill and decode sessions, as generation uses it;
-genai's `Model`), runs a 32-token warm-up, then times one prefill of the prompt at batch 1 up to the first
+the child opens the model (ftp-deploy's: an ONNX Runtime session over the export's prefill graph, every output
+fetched, as `OnnxGenerator.prefill` runs it; with "generator" in its name, the whole `OnnxGenerator`, which also
+holds the decode graph's session and with it a second copy of the weights; genai's: its `Model`, one graph for
+prompt and decode), runs a 32-token warm-up, then times one prefill of the prompt at batch 1 up to the first
 greedy token (time to first token), and reports
 
 - peak RSS: the child's peak resident memory over its whole life (VmHWM: weights, sessions, prefill; not
@@ -40,8 +42,9 @@ from typing import Any
 import numpy as np
 
 IMPLEMENTATIONS = ("ort routed", "ort dense", "genai fp32", "genai int4")
-# Also measurable: the routed export with its attention in standard ops (the --engine trt graph) run in ORT.
-EXTRA_IMPLEMENTATIONS = ("ort routed standard",)
+# Also measurable: the routed export with its attention in standard ops (the --engine trt graph) run in ORT,
+# and the routed export's whole generator (prefill and decode sessions).
+EXTRA_IMPLEMENTATIONS = ("ort routed standard", "ort routed generator")
 WARMUP_TOKENS = 32
 
 
@@ -83,13 +86,23 @@ def high_water_mib() -> float:
 def child(kind: str, model_dir: Path, prompt: Path, threads: int) -> dict[str, Any]:
     """One measurement in this (fresh) process: open, warm up, time one prefill to the first token."""
     ids = np.load(prompt).astype(np.int64)
-    if kind == "ort":
+    if kind == "ort-generator":
         from ftp_deploy.engines.onnx_generation import OnnxGenerator
 
         generator = OnnxGenerator.open(model_dir, threads=threads)
 
         def first_token(tokens: np.ndarray) -> int:
             return int(generator.prefill(tokens, np.ones_like(tokens)).argmax(-1)[0])
+    elif kind == "ort":
+        from ftp_deploy.engines.onnx_runtime import SessionFromOnnx, SessionOptionsLoader
+        from ftp_deploy.export_format import ExportedArtifact
+
+        artifact = ExportedArtifact.open(model_dir)
+        session = SessionFromOnnx(artifact.graph_path("prefill"), options=SessionOptionsLoader(threads=threads))()
+
+        def first_token(tokens: np.ndarray) -> int:
+            outputs = session.run(None, {"input_ids": tokens, "attention_mask": np.ones_like(tokens)})
+            return int(outputs[0][0, -1].argmax())  # logits come first, the caches after
     else:
         import onnxruntime_genai as og
 
@@ -149,13 +162,16 @@ def prepare(args: argparse.Namespace, work: Path, chosen: list[str]) -> dict[str
     if not (work / "run" / "ftp_config.json").is_file():
         save_artifact(RoutedArtifact.from_model(routed, loaded.ref), work / "run")
     for name, (folder, fields) in exports.items():
-        if name not in chosen:
+        if name not in chosen and not (name == "ort routed" and "ort routed generator" in chosen):
             continue
         if not (work / folder / "manifest.json").is_file():
             start = time.perf_counter()
             export_onnx(work / "run", work / folder, with_past=True, overwrite=True, **fields)
             print(f"export --with-past ({name}): {time.perf_counter() - start:.1f} s")
-        models[name] = ("ort", work / folder)
+        if name in chosen:
+            models[name] = ("ort", work / folder)
+        if name == "ort routed" and "ort routed generator" in chosen:
+            models["ort routed generator"] = ("ort-generator", work / folder)
     for precision in ("fp32", "int4"):
         if f"genai {precision}" in chosen:
             if not (work / "hf" / "config.json").is_file():
