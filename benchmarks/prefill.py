@@ -11,13 +11,16 @@ greedy token (time to first token), and reports
 - peak RSS: the child's peak resident memory over its whole life (VmHWM: weights, sessions, prefill; not
   `ru_maxrss`, which a child inherits from the process that started it);
 - prefill rise: its peak resident memory while the timed prefill ran (sampled every 2 ms) minus its resident
-  memory just before: what the prefill itself allocates.
+  memory just before: what the prefill itself allocates;
+- CPU seconds of the timed prefill (all its threads): less disturbed than wall time by other work on the
+  machine, which shows as waiting, not computing.
 
 Children import numpy and their runtime only (no torch). They run interleaved: every round starts one child
-per prompt length and implementation, in turn, so drift on a shared machine hits all alike; medians of
-`--runs` rounds are reported (peaks: the largest). Prompts are held-out text (wikitext-2 test). A length at the
-model's context (8192 for SmolLM2) is measured with one token less, so that the first generated token fits in
-the context as onnxruntime-genai requires (it refuses max_length above the context).
+per prompt length and implementation, in turn (every other round in reverse order, so a drifting load favours
+no one), and the comparisons are the medians over rounds of the ratios measured within one round; per
+implementation the median, the fastest run and the largest peaks are reported. Prompts are held-out text
+(wikitext-2 test). A length at the model's context (8192 for SmolLM2) is measured with one token less, so that
+the first generated token fits in the context as onnxruntime-genai requires (it refuses max_length above it).
 
     pip install 'ftp-deploy[bench]'   # onnxruntime-genai
     python benchmarks/prefill.py --json prefill.json
@@ -27,6 +30,7 @@ the context as onnxruntime-genai requires (it refuses max_length above the conte
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -120,11 +124,12 @@ def child(kind: str, model_dir: Path, prompt: Path, threads: int) -> dict[str, A
 
     first_token(ids[:, :WARMUP_TOKENS])
     with PrefillRss() as sampler:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         token = first_token(ids)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "ttft_ms": seconds * 1e3,
+        "cpu_s": cpu,
         "token": token,
         "peak_rss_mib": high_water_mib(),
         "prefill_rise_mib": (sampler.peak - sampler.before) / 2**20,
@@ -190,6 +195,8 @@ def measure(kind: str, folder: Path, prompt: Path, threads: int) -> dict[str, An
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "ttft_ms": statistics.median(r["ttft_ms"] for r in runs),
+        "fastest_ms": min(r["ttft_ms"] for r in runs),
+        "cpu_s": statistics.median(r["cpu_s"] for r in runs),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "prefill_rise_mib": max(r["prefill_rise_mib"] for r in runs),
         "tokens": sorted({r["token"] for r in runs}),
@@ -198,7 +205,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def comparisons(figures: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Routed against each other implementation: time-to-first-token speed-up, peak RSS ratio."""
+    """Routed against each other implementation: the time-to-first-token speed-up and the CPU-time ratio
+    (medians of the ratios within each round), and the peak RSS ratio (of the largest peaks)."""
     routed = figures.get("ort routed")
     if routed is None:
         return {}
@@ -206,9 +214,28 @@ def comparisons(figures: dict[str, dict[str, Any]]) -> dict[str, float]:
     for name, other in figures.items():
         if name != "ort routed":
             key = name.replace(" ", "_")
-            out[f"routed_speedup_vs_{key}"] = other["ttft_ms"] / routed["ttft_ms"]
+            pairs = list(zip(other["runs"], routed["runs"], strict=True))
+            out[f"routed_speedup_vs_{key}"] = statistics.median(a["ttft_ms"] / b["ttft_ms"] for a, b in pairs)
+            out[f"routed_cpu_speedup_vs_{key}"] = statistics.median(a["cpu_s"] / b["cpu_s"] for a, b in pairs)
             out[f"routed_peak_rss_over_{key}"] = routed["peak_rss_mib"] / other["peak_rss_mib"]
     return out
+
+
+def memory_growth(results: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """Per implementation, how its prefill rise grows from one measured length to the next (linear in the
+    prompt: the rise's ratio approaches the length's ratio; quadratic: its square)."""
+    growth: dict[str, list[dict[str, float]]] = {}
+    for shorter, longer in itertools.pairwise(results):
+        for name, figures in longer["implementations"].items():
+            before = shorter["implementations"].get(name)
+            if before is not None and before["prefill_rise_mib"] > 0:
+                growth.setdefault(name, []).append({
+                    "from_tokens": shorter["prompt_tokens"],
+                    "to_tokens": longer["prompt_tokens"],
+                    "length_ratio": longer["prompt_tokens"] / shorter["prompt_tokens"],
+                    "rise_ratio": figures["prefill_rise_mib"] / before["prefill_rise_mib"],
+                })  # fmt: skip
+    return growth
 
 
 def targets(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -237,9 +264,12 @@ def targets(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(row: dict[str, Any]) -> str:
     lines = [f"prompt {row['prompt_tokens']} tokens, batch 1:"]
-    lines.append(f"  {'':22}{'TTFT ms':>10}{'peak RSS MiB':>14}{'prefill rise MiB':>18}")
+    lines.append(f"  {'':22}{'TTFT ms':>10}{'fastest':>9}{'CPU s':>8}{'peak RSS MiB':>14}{'prefill rise MiB':>18}")
     for name, f in row["implementations"].items():
-        lines.append(f"  {name:22}{f['ttft_ms']:>10.0f}{f['peak_rss_mib']:>14.0f}{f['prefill_rise_mib']:>18.0f}")
+        lines.append(
+            f"  {name:22}{f['ttft_ms']:>10.0f}{f['fastest_ms']:>9.0f}{f['cpu_s']:>8.1f}"
+            f"{f['peak_rss_mib']:>14.0f}{f['prefill_rise_mib']:>18.0f}"
+        )
     lines += [f"  {key}: {value:.3f}" for key, value in row["comparisons"].items()]
     return "\n".join(lines)
 
@@ -274,9 +304,10 @@ def main() -> None:
     load_before = os.getloadavg()
     print(f"work dir {work}; load average {load_before[0]:.2f} on {os.cpu_count()} CPUs; {args.threads} threads")
     per_run: dict[int, dict[str, list[dict[str, Any]]]] = {n: {name: [] for name in models} for n in args.lengths}
-    for _ in range(args.runs):
+    for round_ in range(args.runs):
         for length in args.lengths:
-            for name, (kind, folder) in models.items():
+            order = list(models.items())
+            for name, (kind, folder) in order if round_ % 2 == 0 else reversed(order):
                 per_run[length][name].append(measure(kind, folder, work / f"prompt-{length}.npy", args.threads))
     results = []
     for length in args.lengths:
@@ -289,6 +320,10 @@ def main() -> None:
     found = targets(results)
     for name, value in found.items():
         print(f"target {name}: {value}")
+    growth = memory_growth(results)
+    for name, steps in growth.items():
+        text = ", ".join(f"x{s['rise_ratio']:.2f} for x{s['length_ratio']:.2f} the tokens" for s in steps)
+        print(f"prefill rise of {name}: {text}")
     from importlib import metadata
 
     import onnxruntime
@@ -312,6 +347,7 @@ def main() -> None:
         "prefill_rise_note": "peak RSS while the timed prefill ran minus RSS just before it (sampled every 2 ms)",
         "results": results,
         "targets": found,
+        "memory_growth": growth,
     }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

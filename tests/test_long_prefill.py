@@ -154,21 +154,6 @@ def test_trt_form_is_standard_ops_and_equals_pytorch(tmp_path: Path) -> None:
         export_trt(run, tmp_path / "fused", trt=TrtOptions(onnx_only=True), attention="fused")
 
 
-def test_a_head_size_gqa_refuses_gets_standard_ops(tmp_path: Path) -> None:
-    """The default falls back (and the manifest says so); an explicit --attention fused is refused."""
-    base = tiny_model("llama", num_layers=2)  # heads of 12
-    base.save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
-    routed = RoutedModel(base, Schedule.from_sparsities([0.3, 0.2]), RouterSpec(kind="static"))
-    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(tmp_path / "base"))), tmp_path / "run")
-    with pytest.raises(UnsupportedExportError, match="a multiple of 8, not 12"):
-        export_onnx(tmp_path / "run", tmp_path / "fused", attention="fused")
-    assert not (tmp_path / "fused").exists()
-    result = export_onnx(tmp_path / "run", tmp_path / "art")
-    assert result.manifest.attention == "standard"
-    assert not any(domain == GQA_DOMAIN for domain, _ in ops(tmp_path / "art" / MODEL_FILE))
-
-
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [
