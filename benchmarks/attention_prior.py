@@ -35,13 +35,14 @@ from ftp_deploy.evaluation.runner import EvalSettings, prepare, score_task
 from ftp_deploy.evaluation.scoring import Scorer, ScoringModel
 from ftp_deploy.evaluation.tally import Tally
 from ftp_deploy.flops import dense_block_weights
+from ftp_deploy.formats.run_state import HeldoutRow
 from ftp_deploy.models import load_base_model
+from ftp_deploy.research.schedule_space import KnotSpace
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.heldout import scores_from_totals
 from ftp_deploy.training.reference import DenseReference
-from ftp_deploy.training.schedule_space import KnotSpace
 from ftp_deploy.training.trainer import new_router
 
 SINK = 1 / 16
@@ -110,13 +111,13 @@ def main() -> None:
         "wikitext_128": wikitext_windows(loaded.tokenizer, 2 * args.windows, 128),
         "calibration_512": calibration_data(loaded.tokenizer, 512, 0).train[: args.windows],
     }
-    kl: dict[str, dict[str, dict[str, Any]]] = {}
+    kl: dict[str, dict[str, HeldoutRow]] = {}
     for text, length, scored in TEXTS:
         references = [DenseReference(base, chunk, scored) for chunk in texts[text].split(4)]
         kl[text] = scores_from_totals(heldout_totals(references, models))
         print(f"\n{text}: {texts[text].shape[0]} sequences of {length} tokens, last {scored} predictions")
         for name, row in kl[text].items():
-            print(f"{name:<36} KL {row['kl']:.4f} +- {row['kl_stderr']:.4f}  minus static uniform {versus_static(row)}")
+            print(f"{name:<36} KL {row.kl:.4f} +- {row.kl_stderr:.4f}  minus static uniform {versus_static(row)}")
     qa = accuracies(loaded, models, args.qa_items) if args.qa_items else {}
     if qa:
         print(f"\narc_easy / piqa accuracy, {args.qa_items} items each, and retention against dense")

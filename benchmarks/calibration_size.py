@@ -27,11 +27,11 @@ from common import calibration_data, write_json
 from ftp_deploy.fidelity import SCORED_POSITIONS
 from ftp_deploy.flops import dense_block_weights
 from ftp_deploy.models import load_base_model
+from ftp_deploy.research.schedule_space import KnotSpace
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.reference import DenseReference
-from ftp_deploy.training.schedule_space import KnotSpace
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ftp_deploy.data_root import data_file
-from ftp_deploy.evaluation.stats import describe
 from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity
+from ftp_deploy.formats.record import to_json
+from ftp_deploy.formats.run_state import HeldoutRow
+from ftp_deploy.stats import describe
 from ftp_deploy.timing import interleaved_times, summarize
 from ftp_deploy.training.config import CALIBRATION_TEXT, DataConfig
 from ftp_deploy.training.data import TokenData, load_token_data
@@ -40,7 +42,7 @@ __all__ = [
 def write_json(path: Path | None, figures: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(to_json(figures), indent=2) + "\n", encoding="utf-8")  # records as JSON
 
 
 def require_wikitext() -> None:
@@ -80,7 +82,7 @@ def heldout_totals(references: Iterable[DenseReference], routings: dict[str, Rou
     return totals
 
 
-def versus_static(row: dict[str, Any]) -> str:
+def versus_static(row: HeldoutRow) -> str:
     """A held-out row's KL minus the plain static router's, with its 95% interval ('' for that row itself)."""
-    versus = row["kl_minus"].get("static_uniform")
+    versus = row.kl_minus.get("static_uniform")
     return "" if versus is None else describe(versus, digits=4)

@@ -52,10 +52,10 @@ from transformers import DynamicCache
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.exporters.pipeline import export_onnx
-from ftp_deploy.generation import Generation, generate_onnx, timed_generate
-from ftp_deploy.generation_settings import GenerationSettings
-from ftp_deploy.hf_generation import RoutedForCausalLM
-from ftp_deploy.kv_cache import RoutedCache
+from ftp_deploy.generation.cache import RoutedCache
+from ftp_deploy.generation.model import RoutedForCausalLM
+from ftp_deploy.generation.settings import GenerationSettings
+from ftp_deploy.generation.timed import Generation, generate_onnx, timed_generate
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec

@@ -2,7 +2,7 @@
 
 The learned router starts as the static order plus the attention-sink prefix (step 0 equals the
 prior); labels come from one forward/backward per calibration batch at the routed point
-(ftp_deploy.training.importance), the router is fitted to rank tokens as they do, then optionally
+(ftp_deploy.research.importance), the router is fitted to rank tokens as they do, then optionally
 a few straight-through steps run; the calibration KL decides which router is kept (never worse
 than step 0). Held-out wikitext-2 windows score every row on the same windows, with standard
 errors and paired intervals against the plain static router, in top-k and monotone routing.
@@ -32,12 +32,12 @@ from common import (
 )
 
 from ftp_deploy.models import load_base_model
+from ftp_deploy.research.importance import fit_router, importance_batch
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.config import LossWeights, TrainConfig
 from ftp_deploy.training.heldout import scores_from_totals
-from ftp_deploy.training.importance import fit_router, importance_batch
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.trainer import RouterTrainer, new_router
 
@@ -110,7 +110,7 @@ def main() -> None:
     print(f"fit loss: first {fit_history[0]:.4f}, last {fit_history[-1]:.4f}; seconds: {timings}")
     print(f"{'routing':<24} {'KL +- s.e.':>18}  KL minus static uniform [95%]")
     for name, row in results.items():
-        print(f"{name:<24} {row['kl']:>8.4f} +- {row['kl_stderr']:.4f}  {versus_static(row)}")
+        print(f"{name:<24} {row.kl:>8.4f} +- {row.kl_stderr:.4f}  {versus_static(row)}")
     write_json(
         args.json,
         {

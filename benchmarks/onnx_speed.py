@@ -30,9 +30,9 @@ from common import interleaved_times, summarize, write_json
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionOptionsLoader
-from ftp_deploy.export_format import MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.flops import flop_ratio
+from ftp_deploy.formats.export_manifest import MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -129,8 +129,8 @@ def _check_reusable(exports: dict[str, Path], schedule: Schedule) -> None:
     for graph, folder in exports.items():
         problems = manifest_mismatches(folder)
         manifest = read_manifest(folder)
-        if manifest.sparsity_thousandths != schedule.thousandths:
-            problems.append(f"schedule {list(manifest.sparsity_thousandths)}")
+        if manifest.schedule.sparsity_thousandths != schedule.thousandths:
+            problems.append(f"schedule {list(manifest.schedule.sparsity_thousandths)}")
         if manifest.graph != graph or not manifest.last_token_logits:
             problems.append(f"a {manifest.graph} graph with last_token_logits={manifest.last_token_logits}")
         if problems:

@@ -99,7 +99,7 @@ def child(kind: str, model_dir: Path, prompt: Path, threads: int) -> dict[str, A
             return int(generator.prefill(tokens, np.ones_like(tokens)).argmax(-1)[0])
     elif kind == "ort":
         from ftp_deploy.engines.onnx_runtime import SessionFromOnnx, SessionOptionsLoader
-        from ftp_deploy.export_format import ExportedArtifact
+        from ftp_deploy.formats.export_manifest import ExportedArtifact
 
         artifact = ExportedArtifact.open(model_dir)
         session = SessionFromOnnx(artifact.graph_path("prefill"), options=SessionOptionsLoader(threads=threads))()

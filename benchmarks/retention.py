@@ -33,6 +33,8 @@ from ftp_deploy.evaluation.runner import EvalSettings
 from ftp_deploy.evaluation.shortgpt import calibration_file
 from ftp_deploy.evaluation.tasks import short_name
 from ftp_deploy.fidelity import SCORED_POSITIONS
+from ftp_deploy.formats.eval_results import EvalResults, MethodResult
+from ftp_deploy.formats.record import to_json
 from ftp_deploy.models import LoadedModel, load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.schedule import Schedule
@@ -54,11 +56,11 @@ def settings_to_evaluate(args: argparse.Namespace) -> Iterator[tuple[LoadedModel
         yield loaded, Schedule.uniform(sparsity, loaded.model.config.num_hidden_layers), "uniform", None
 
 
-def print_results(results: dict[str, Any]) -> None:
-    details = results["retention_details"]
+def print_results(results: EvalResults) -> None:
+    details = results.retention_details
     print(markdown_table(results))
-    print(f"headline average over: {', '.join(map(short_name, details['headline_tasks'])) or 'none'}")
-    for task, why in details["other_tasks"].items():
+    print(f"headline average over: {', '.join(map(short_name, details.headline_tasks)) or 'none'}")
+    for task, why in details.other_tasks.items():
         print(f"not in the average: {task} ({why})")
 
 
@@ -89,29 +91,34 @@ def main() -> None:
     settings.check()
     tasks = load_tasks(CHOICE_TASKS, args.data_dir, args.limit) + load_tasks("wikitext2", args.data_dir, args.windows)
     calibration = calibration_file(args.data_dir)
-    evaluations: list[dict[str, Any]] = []
+    evaluations: list[tuple[EvalResults, float, bool]] = []  # (results, schedule sparsity, ftp evaluated)
     for loaded, schedule, source, ftp in settings_to_evaluate(args):
-        measured: dict[str, dict[str, Any]] = {}
+        measured: dict[str, MethodResult] = {}
         if evaluations:
-            if weights_sha256(loaded.model) != evaluations[0]["model"]["weights_sha256"]:
+            first = evaluations[0][0]
+            if weights_sha256(loaded.model) != first.model.weights_sha256:
                 sys.exit("every --run must use the same base model (dense is scored once)")
-            measured = {DENSE: evaluations[0]["methods"][DENSE]}
+            measured = {DENSE: first.methods[DENSE]}
         with RichProgress(transient=True) as progress:
             results = evaluate_model(
                 loaded, tasks, list(BASELINES), schedule, source, settings, progress, calibration, ftp, measured
             )
         print_results(results)
-        results |= {"ftp": "evaluated" if ftp else "skipped: no --run", "schedule_sparsity": schedule.mean()}
-        evaluations.append(results)
+        evaluations.append((results, schedule.mean(), ftp is not None))
         # Written after every sparsity, so an interrupted long run keeps what it measured.
         write_json(args.json, summary(evaluations, args, time.perf_counter() - start))
     print(f"wall time {time.perf_counter() - start:.0f} s, {args.threads} threads")
 
 
-def summary(evaluations: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> dict[str, Any]:
+def summary(
+    evaluations: list[tuple[EvalResults, float, bool]], args: argparse.Namespace, wall: float
+) -> dict[str, Any]:
     return {
-        "retention": {f"{e['schedule_sparsity']:.3f}": e["retention"] for e in evaluations},
-        "evaluations": evaluations,
+        "retention": {f"{sparsity:.3f}": results.retention for results, sparsity, _ in evaluations},
+        "evaluations": [
+            {**to_json(results), "ftp": "evaluated" if ftp else "skipped: no --run", "schedule_sparsity": sparsity}
+            for results, sparsity, ftp in evaluations
+        ],
         "runs": [str(r) for r in args.run or []],
         "wall_seconds_total": wall,
         "threads": args.threads,

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import require_wikitext, wikitext_windows, write_json
 
 from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity, logits_to_keep, scored_logits, scored_targets
+from ftp_deploy.formats.record import to_json
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import FACTOR_NAMES, FactorRouter
@@ -112,11 +113,11 @@ def main() -> None:
         else:
             label = f"10 (position - s) + {weight:g} {factor}"
         share = reentered / computed
-        figures = f"{summary['kl']:>8.4f} {summary['top1_agreement']:>6.1%} {summary['perplexity']:>10.2f}"
+        figures = f"{summary.kl:>8.4f} {summary.top1_agreement:>6.1%} {summary.perplexity:>10.2f}"
         print(f"{label:<44} {figures} {share:>9.1%}")
-        rows.append({"factor": factor, "weight": weight, **summary, "reentry_share": share})
+        rows.append({"factor": factor, "weight": weight, **to_json(summary), "reentry_share": share})
     print(
-        f"\ndense perplexity {totals[0].summary()['dense_perplexity']:.2f}; {args.windows} windows of "
+        f"\ndense perplexity {totals[0].summary().dense_perplexity:.2f}; {args.windows} windows of "
         f"{args.window_len} tokens, last {SCORED_POSITIONS} predictions; "
         f"uniform sparsity {args.sparsity:g}; {seconds:.0f} s"
     )

@@ -23,6 +23,7 @@ from common import dense_references, heldout_totals, require_wikitext, versus_st
 
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.fidelity import SCORED_POSITIONS
+from ftp_deploy.formats.record import to_json
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -70,7 +71,7 @@ def main() -> None:
     results = scores_from_totals(totals)
     print(f"{'routing':<40} {'KL +- s.e.':>18} {'re-entries':>10}  KL minus static uniform [95%]")
     for name, row in results.items():
-        print(f"{name:<40} {row['kl']:>8.4f} +- {row['kl_stderr']:.4f} {reentered[name]:>10}  {versus_static(row)}")
+        print(f"{name:<40} {row.kl:>8.4f} +- {row.kl_stderr:.4f} {reentered[name]:>10}  {versus_static(row)}")
     seconds = time.monotonic() - started
     print(f"{args.windows} windows of {args.window_len} tokens, last {SCORED_POSITIONS} scored; {seconds:.0f} s")
     write_json(
@@ -80,7 +81,7 @@ def main() -> None:
             "sparsity": args.sparsity,
             "windows": args.windows,
             "window_len": args.window_len,
-            "results": {name: row | {"reentries": reentered[name]} for name, row in results.items()},
+            "results": {name: to_json(row) | {"reentries": reentered[name]} for name, row in results.items()},
             "seconds": seconds,
             "torch_threads": torch.get_num_threads(),
         },

@@ -38,13 +38,13 @@ from common import (
 from ftp_deploy.fileio import atomic_write_bytes
 from ftp_deploy.flops import dense_block_weights
 from ftp_deploy.models import load_base_model
+from ftp_deploy.research.schedule_space import KnotSpace, cma_search
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.config import TrainConfig
 from ftp_deploy.training.heldout import scores_from_totals
 from ftp_deploy.training.reference import DenseReference
-from ftp_deploy.training.schedule_space import KnotSpace, cma_search
 from ftp_deploy.training.search import ScheduleSpace, SearchConfig, genetic_search
 
 
@@ -91,19 +91,19 @@ def main() -> None:
     results = scores_from_totals(heldout_totals(dense_references(base, windows), rows))
     print(f"dense reference {dense_seconds:.0f} s once")
     for name, found in searches.items():
-        won = results[f"searched_{name}"]["kl_minus"]["static_uniform"]
-        found["kept"] = "searched" if won["high"] < 0 else "uniform"
+        won = results[f"searched_{name}"].kl_minus["static_uniform"]
+        found["kept"] = "searched" if won.high < 0 else "uniform"
         print(
             f"{name}: calibration KL start {found['start_fitness']:.4f}, best {found['best_fitness']:.4f} after "
             f"{found['evaluations']} evaluations ({found['seconds']:.0f} s); schedule {list(found['best'].thousandths)}"
         )
     for name, row in results.items():
-        print(f"held-out {name:<16} KL {row['kl']:.4f} +- {row['kl_stderr']:.4f}  minus uniform {versus_static(row)}")
+        print(f"held-out {name:<16} KL {row.kl:.4f} +- {row.kl_stderr:.4f}  minus uniform {versus_static(row)}")
     for name, found in searches.items():
         print(f"kept ({name}): {found['kept']} (a searched schedule is kept only if its held-out interval is below 0)")
     if args.plot is not None:
         curves = {name: found["curve"] for name, found in searches.items()}
-        atomic_write_bytes(args.plot, _curve_png(curves, results["static_uniform"]["kl"]))
+        atomic_write_bytes(args.plot, _curve_png(curves, results["static_uniform"].kl))
     write_json(
         args.json,
         {

@@ -31,12 +31,12 @@ from common import dense_references, heldout_totals, require_wikitext, versus_st
 
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.data_root import data_file
-from ftp_deploy.evaluation.stats import spread
 from ftp_deploy.fidelity import SCORED_POSITIONS, Fidelity
 from ftp_deploy.models import load_base_model
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
+from ftp_deploy.stats import spread
 from ftp_deploy.training.config import CALIBRATION_TEXT
 from ftp_deploy.training.data import DataConfig
 from ftp_deploy.training.heldout import scores_from_totals
@@ -99,7 +99,7 @@ def main() -> None:
     for seed in range(args.seed, args.seed + args.seeds):
         runs.append(one_seed(args, seed, base_loaded.model, uniform, references, fixed_totals))
     print_summary(args, runs)
-    kls = {name: [run["results"][name]["kl"] for run in runs] for name, _ in ROWS if name in runs[0]["results"]}
+    kls = {name: [run["results"][name].kl for run in runs] for name, _ in ROWS if name in runs[0]["results"]}
     write_json(
         args.json,
         {
@@ -143,9 +143,12 @@ def one_seed(
     started = time.monotonic()
     state = run_training(settings, out, time_budget=args.time_budget)
     train_seconds = time.monotonic() - started
-    searched = Schedule(tuple(state["phases"]["search"]["best_thousandths"]))
+    phases = state.phases
+    if phases.search is None or phases.prior is None or phases.train is None or phases.finetune is None:
+        sys.exit(f"the training run in {out} did not finish")
+    searched = Schedule(phases.search.best_thousandths)
     prior = RouterSpec(kind="static", sink_fraction=args.sink_fraction)
-    weight = state["phases"]["prior"]["attention_weight"]
+    weight = phases.prior.attention_weight
     trained = load_artifact(out)
     attention_prior = {}
     if weight:  # the chosen starting router, to show what training added to it
@@ -164,22 +167,25 @@ def one_seed(
     )
     eval_seconds = time.monotonic() - eval_started
     results = scores_from_totals(fixed_totals | seeded)
-    kls = [results[name]["kl"] for name in ORDER]
-    phases = state["phases"]
+    kls = [results[name].kl for name in ORDER]
     figures = {
         "seed": seed,
         "settings": settings.to_json(),
-        "dense_perplexity": results["trained"]["dense_perplexity"],
+        "dense_perplexity": results["trained"].dense_perplexity,
         "results": {name: results[name] for name, _ in ROWS if name in results},
         "searched_thousandths": list(searched.thousandths),
         "final_thousandths": list(load_artifact(out).schedule.thousandths),
         "train_seconds": train_seconds,
-        "phase_seconds": {name: phases[name]["seconds"] for name in ("search", "train", "finetune")},
-        "search_evaluations": phases["search"]["evaluations"],
-        "router_from_step": phases["train"]["best_step"],
+        "phase_seconds": {
+            "search": phases.search.seconds,
+            "train": phases.train.seconds,
+            "finetune": phases.finetune.seconds,
+        },
+        "search_evaluations": phases.search.evaluations,
+        "router_from_step": phases.train.best_step,
         "prior_attention_weight": weight,
-        "prior_candidates": phases["prior"]["candidates"],
-        "steps_done": phases["train"]["checkpoint"]["step"],
+        "prior_candidates": phases.prior.candidates,
+        "steps_done": phases.train.checkpoint.step if phases.train.checkpoint else 0,
         "eval_seconds": eval_seconds,
         "kl_order_met": all(a > b for a, b in itertools.pairwise(kls)),
         "run_folder": str(out),
@@ -197,10 +203,10 @@ def print_seed(args: argparse.Namespace, run: dict[str, Any]) -> None:
         if name not in results:
             continue
         row = results[name]
-        change = row["perplexity"] / dense_ppl - 1
+        change = row.perplexity / dense_ppl - 1
         print(
-            f"{label:<52} {row['perplexity']:>10.2f} {change:>+8.1%} {row['kl']:>8.4f} +- {row['kl_stderr']:.4f} "
-            f"{row['top1_agreement']:>6.1%}  {versus_static(row)}"
+            f"{label:<52} {row.perplexity:>10.2f} {change:>+8.1%} {row.kl:>8.4f} +- {row.kl_stderr:.4f} "
+            f"{row.top1_agreement:>6.1%}  {versus_static(row)}"
         )
     phases = run["phase_seconds"]
     print(
@@ -216,7 +222,7 @@ def print_seed(args: argparse.Namespace, run: dict[str, Any]) -> None:
 def print_summary(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
     print(f"\nheld-out KL over {len(runs)} seed(s): mean, std, min, max")
     for name, label in ROWS:
-        values = [run["results"][name]["kl"] for run in runs if name in run["results"]]
+        values = [run["results"][name].kl for run in runs if name in run["results"]]
         if values:
             figures = spread(values)
             print(
@@ -227,8 +233,8 @@ def print_summary(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
     print(f"targets: KL (d) < (c) < (b) < (a) met in {met} of {len(runs)} seed(s)")
     for run in runs:
         results = run["results"]
-        ratio = results["trained"]["kl"] / results["static_uniform"]["kl"]
-        ppl = results["trained"]["perplexity"] / run["dense_perplexity"]
+        ratio = results["trained"].kl / results["static_uniform"].kl
+        ppl = results["trained"].perplexity / run["dense_perplexity"]
         print(
             f"seed {run['seed']}: KL (d) / (b) = {ratio:.3f} (target <= 0.8); perplexity (d) / dense = {ppl:.3f} "
             "(target <= 1.05)"

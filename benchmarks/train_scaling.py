@@ -12,12 +12,10 @@ of the trained routers and whether the schedules are the same.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +28,35 @@ from common import write_json
 
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.data_root import data_file
-from ftp_deploy.training.command import train_rank
+from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.training.config import CALIBRATION_TEXT
-from ftp_deploy.training.data import DataConfig
 from ftp_deploy.training.launcher import launch
+from ftp_deploy.training.options import TrainOptions
 from ftp_deploy.training.ranks import ONE_PROCESS
-from ftp_deploy.training.search import SearchConfig
-from ftp_deploy.training.settings import FINETUNE_SEARCH, RunSettings
-from ftp_deploy.training.trainer import TrainConfig
+from ftp_deploy.training.runfolder import RunFolder
+from ftp_deploy.training.stage import train_rank
 
 PHASES = ("search", "train", "finetune")
 
 
-def timed_run(settings: RunSettings, out: Path, processes: int, threads: int) -> dict[str, Any]:
+def timed_run(options: TrainOptions, out: Path, processes: int, threads: int) -> dict[str, Any]:
     began = time.monotonic()
     if processes == 1:
         torch.set_num_threads(threads)
-        state = train_rank(ONE_PROCESS, settings, out, False, None, False)
+        state = train_rank(ONE_PROCESS, options, out, NO_PROGRESS)
     else:
-        state = launch(processes, train_rank, settings, out, False, None, False, timeout_s=1800, threads=threads)
-    seconds = {phase: state["phases"][phase]["seconds"] for phase in PHASES}
+        state = launch(processes, train_rank, options, out, False, timeout_s=1800, threads=threads)
+    assert state is not None  # rank 0's
+    phases = [state.phases.search, state.phases.train, state.phases.finetune]
+    seconds = {name: phase.seconds if phase is not None else 0.0 for name, phase in zip(PHASES, phases, strict=True)}
     return {"processes": processes, "threads_each": threads, "total": time.monotonic() - began, **seconds}
 
 
 def last_router(run: Path) -> dict[str, torch.Tensor]:
-    entry = json.loads((run / "run.json").read_text())["phases"]["train"]["checkpoint"]
-    return {k: v for k, v in load_file(run / entry["file"]).items() if k.startswith("router.")}
+    train = RunFolder(run).read_state().phases.train
+    if train is None or train.checkpoint is None:
+        sys.exit(f"{run} holds no training checkpoint")
+    return {k: v for k, v in load_file(run / train.checkpoint.file).items() if k.startswith("router.")}
 
 
 def main() -> None:
@@ -74,17 +75,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    settings = RunSettings(
+    options = TrainOptions(
         model=args.model,
         data=args.data,
-        sparsity=0.3,
-        data_config=DataConfig(seq_len=args.seq_len),
-        search=SearchConfig(population=args.ga_population, generations=args.ga_generations),
-        finetune=replace(FINETUNE_SEARCH, generations=args.finetune_generations),
-        train=TrainConfig(steps=args.steps, batch_size=args.batch_size, search_batch=args.search_batch),
+        seq_len=args.seq_len,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        search_batch=args.search_batch,
+        ga_population=args.ga_population,
+        ga_generations=args.ga_generations,
+        finetune_generations=args.finetune_generations,
     )
+    settings = options.run_settings()
     root = Path(tempfile.mkdtemp(prefix="train-scaling-"))
-    runs = [timed_run(settings, root / f"p{n}", n, args.threads) for n in (1, args.processes)]
+    runs = [timed_run(options, root / f"p{n}", n, args.threads) for n in (1, args.processes)]
     one, many = (load_artifact(root / f"p{n}") for n in (1, args.processes))
     routers = [last_router(root / f"p{n}") for n in (1, args.processes)]
     router_diff = max(float((routers[0][k] - routers[1][k]).abs().max()) for k in routers[0])

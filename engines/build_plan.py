@@ -1,4 +1,4 @@
-"""`python -m ftp_deploy.engines.build_plan ART_DIR`: build model.plan for this machine from an exported artifact.
+"""`ftp-deploy build-plan ART_DIR`: build model.plan for this machine from an exported artifact.
 
 This is how an `ftp-deploy export --engine trt --onnx-only` artifact becomes a TensorRT engine on
 the machine that will run it (its build_engine.sh runs this). trtexec cannot do the build: the
@@ -17,17 +17,16 @@ The build needs TensorRT and a GPU; without them it refuses before reading the f
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 from ftp_deploy.engines.trt_builder import PURPOSE, write_plan
 from ftp_deploy.engines.trt_env import require_tensorrt_gpu
-from ftp_deploy.engines.trt_plan import BUILD_MODULE, PLAN_FILE, PLAN_MANIFEST_FILE, PlanManifest, tensorrt_section
+from ftp_deploy.engines.trt_plan import tensorrt_section
 from ftp_deploy.engines.trt_profile import ShapeProfile
-from ftp_deploy.errors import ArtifactError, FtpDeployError
-from ftp_deploy.export_format import manifest_mismatches, read_manifest, write_manifest
+from ftp_deploy.errors import ArtifactError
+from ftp_deploy.formats.export_manifest import manifest_mismatches, read_manifest, write_manifest
+from ftp_deploy.formats.plan_manifest import PLAN_FILE, PLAN_MANIFEST_FILE, PlanManifest
 
 
 def build_artifact_plan(art_dir: Path, timing_cache: Path | None = None) -> PlanManifest:
@@ -44,27 +43,8 @@ def build_artifact_plan(art_dir: Path, timing_cache: Path | None = None) -> Plan
         raise ArtifactError(
             f"{art_dir} was exported for ONNX Runtime; export it with ftp-deploy export --engine trt --onnx-only"
         )
-    profile = ShapeProfile.from_json(manifest.tensorrt.profile)
+    profile = ShapeProfile.from_record(manifest.tensorrt.profile)
     plan = write_plan(art_dir, profile, manifest.dtype, timing_cache)
     section = tensorrt_section(profile, manifest.dtype, plan.plugins, plan)
     write_manifest(art_dir, replace(manifest, engine="trt", tensorrt=section))
     return plan
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {BUILD_MODULE}", description=__doc__.splitlines()[0])
-    parser.add_argument("art_dir", type=Path, help="an artifact folder exported with --engine trt --onnx-only")
-    parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: one per TensorRT and GPU)")
-    args = parser.parse_args(argv)
-    try:
-        plan = build_artifact_plan(args.art_dir, args.timing_cache)
-    except FtpDeployError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    env = plan.environment
-    print(f"built {args.art_dir / PLAN_FILE} for {env.describe()} ({plan.plugin_implementation} plugins)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

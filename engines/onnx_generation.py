@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from ftp_deploy.engines.onnx_runtime import SessionFromOnnx, SessionOptionsLoader
 from ftp_deploy.errors import CacheMismatchError, PrefillOnlyExportError, PromptError
-from ftp_deploy.export_format import (
+from ftp_deploy.formats.export_manifest import (
     DECODER_FILE,
     ExportedArtifact,
     WithPastRecord,
@@ -31,6 +31,7 @@ from ftp_deploy.export_format import (
     past_name,
     present_name,
 )
+from ftp_deploy.generation.sampling import Sampler
 
 TokenCallback = Callable[[np.ndarray, int], None]  # (the new token of every row [B], step index)
 
@@ -72,7 +73,7 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
 
 
 @dataclass
-class Generation:
+class GeneratedTokens:
     """`tokens` [B, n] generated after the prompt (rows that ended early are padded with `pad_token_id`),
     `finished` [B] whether each row produced an end-of-sequence token."""
 
@@ -229,11 +230,10 @@ class OnnxGenerator:
         eos_token_ids: Sequence[int] | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
-        top_k: int = 0,
         top_p: float = 1.0,
         seed: int | None = None,
         on_token: TokenCallback | None = None,
-    ) -> Generation:
+    ) -> GeneratedTokens:
         """Greedy (or sampled) continuation of a left-padded batch, up to `max_new_tokens` per row.
 
         A row stops at one of `eos_token_ids` (default: the export's); the loop stops when every
@@ -244,12 +244,12 @@ class OnnxGenerator:
         if do_sample and temperature <= 0:
             raise PromptError(f"temperature must be > 0 when sampling, got {temperature:g}")
         eos = np.asarray(self.record.eos_token_ids if eos_token_ids is None else list(eos_token_ids), np.int64)
-        rng = np.random.default_rng(seed)
+        sampler = Sampler(do_sample, temperature, top_p, seed)
         logits = self.prefill(input_ids, attention_mask, max_new_tokens)
         finished = np.zeros(logits.shape[0], dtype=bool)
         generated: list[np.ndarray] = []
         for step in range(max_new_tokens):
-            tokens = _pick(logits, do_sample, temperature, top_k, top_p, rng)
+            tokens = sampler.pick(logits)
             tokens = np.where(finished, self.record.pad_token_id, tokens)
             generated.append(tokens)
             if on_token is not None:
@@ -258,26 +258,4 @@ class OnnxGenerator:
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
             logits = self.decode(tokens[:, None])
-        return Generation(np.stack(generated, axis=1), finished, len(generated))
-
-
-def _pick(
-    logits: np.ndarray, do_sample: bool, temperature: float, top_k: int, top_p: float, rng: np.random.Generator
-) -> np.ndarray:
-    """The next token of every row: argmax, or a sample from the temperature / top-k / top-p distribution."""
-    if not do_sample:
-        return logits.argmax(-1).astype(np.int64)
-    scores = logits.astype(np.float64) / temperature
-    if 0 < top_k < scores.shape[-1]:
-        kth = np.partition(scores, -top_k, axis=-1)[:, -top_k][:, None]
-        scores = np.where(scores < kth, -np.inf, scores)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    if top_p < 1.0:
-        order = np.argsort(-probs, axis=-1)
-        sorted_probs = np.take_along_axis(probs, order, axis=-1)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        drop = np.cumsum(sorted_probs, axis=-1) - sorted_probs >= top_p
-        np.put_along_axis(probs, order, np.where(drop, 0.0, sorted_probs), axis=-1)
-        probs /= probs.sum(-1, keepdims=True)
-    return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], dtype=np.int64)
+        return GeneratedTokens(np.stack(generated, axis=1), finished, len(generated))

@@ -19,17 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ftp_deploy.engines.trt_env import current_environment, default_timing_cache, error_logger, require_tensorrt_gpu
-from ftp_deploy.engines.trt_plan import (
-    PLAN_FILE,
-    PlanManifest,
-    onnx_plugin_ids,
-    plugin_node_count,
-    write_plan_manifest,
-)
+from ftp_deploy.engines.trt_plan import onnx_plugin_ids, plugin_node_count, write_plan_manifest
 from ftp_deploy.engines.trt_profile import ShapeProfile, format_shape
 from ftp_deploy.errors import EngineBuildError, OnnxParseError
-from ftp_deploy.export_format import MODEL_FILE
 from ftp_deploy.fileio import atomic_write_bytes, sha256_file
+from ftp_deploy.formats.export_manifest import MODEL_FILE
+from ftp_deploy.formats.plan_manifest import PLAN_FILE, PlanHashes, PlanManifest
 from ftp_deploy.plugins.token_compaction.trt_plugin import register_trt_plugins
 
 PURPOSE = "building a TensorRT engine"
@@ -79,12 +74,11 @@ def write_plan(folder: Path, profile: ShapeProfile, dtype: str, timing_cache: Pa
     atomic_write_bytes(folder / PLAN_FILE, plan)
     manifest = PlanManifest(
         environment=environment,
-        profile=profile,
+        profile=profile.record(),
         dtype=dtype,
         plugins=tuple(onnx_plugin_ids(model)),
         plugin_implementation=implementation,
-        plan_sha256=sha256_file(folder / PLAN_FILE),
-        onnx_sha256=sha256_file(model),
+        sha256=PlanHashes(plan=sha256_file(folder / PLAN_FILE), onnx=sha256_file(model)),
     )
     write_plan_manifest(folder, manifest)
     return manifest

@@ -2,45 +2,17 @@
 
 `require_tensorrt_gpu` is the fail-fast check, so a missing piece is one line before any slow
 step. The environment is read through torch (GPU name, compute capability) and `tensorrt`
-(version); `TrtEnvironment` itself is plain data, so plan checks run without either.
+(version); `TrtEnvironment` itself is plain data (formats/plan_manifest), so plan checks run without either.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ftp_deploy.errors import MissingDependencyError
-
-
-@dataclass(frozen=True)
-class TrtEnvironment:
-    """The TensorRT version and GPU a plan is built for, or a machine has."""
-
-    tensorrt: str
-    gpu: str
-    compute_capability: tuple[int, int]
-
-    @property
-    def sm(self) -> str:
-        major, minor = self.compute_capability
-        return f"sm_{major}{minor}"
-
-    @property
-    def tensorrt_release(self) -> tuple[int, ...]:
-        """major.minor.patch: a plan loads only into the TensorRT release that built it.
-
-        A fourth component (the build number, as in 10.13.0.35) is left out of the comparison.
-        """
-        return tuple(int(part) for part in self.tensorrt.split(".")[:3] if part.isdigit())
-
-    def describe(self) -> str:
-        return f"TensorRT {self.tensorrt} and {self.gpu} ({self.sm})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"tensorrt": self.tensorrt, "gpu": self.gpu, "compute_capability": list(self.compute_capability)}
+from ftp_deploy.formats.plan_manifest import TrtEnvironment
 
 
 def _import_tensorrt() -> tuple[Any, str | None]:

@@ -1,48 +1,29 @@
-"""model.plan.json: what a TensorRT plan was built from, with what and for which GPU.
-
-A serialized engine loads only into the TensorRT release that built it and on the GPU it was
-built for; TensorRT's own refusal is a log line after a slow read. The manifest lets
-`check_plan_compatible` say exactly what differs before TensorRT is asked. Pure Python.
+"""A TensorRT plan's manifest (formats/plan_manifest) written and checked: `check_plan_compatible`
+says exactly what differs from this machine before TensorRT is asked to load the plan. Pure Python.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 
-from ftp_deploy.engines.trt_env import TrtEnvironment
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import ArtifactError, PlanCompatibilityError
-from ftp_deploy.export_format import TensorRtSection
-from ftp_deploy.fileio import atomic_write_json, read_versioned_json
+from ftp_deploy.formats.export_manifest import TensorRtSection
+from ftp_deploy.formats.plan_manifest import (
+    PLAN_FILE,
+    PLAN_MANIFEST_FILE,
+    PlanManifest,
+    PluginId,
+    TrtEnvironment,
+)
 
-PLAN_FILE = "model.plan"
-PLAN_MANIFEST_FILE = "model.plan.json"
 BUILD_SCRIPT = "build_engine.sh"
-PLAN_FORMAT = "ftp-deploy/tensorrt-plan"
-PLAN_FORMAT_VERSION = 1
-# How the plan is rebuilt for the machine it runs on; the export re-creates the ONNX file too.
-BUILD_MODULE = "ftp_deploy.engines.build_plan"
-
-
-@dataclass(frozen=True)
-class PluginId:
-    """A TensorRT plugin as the ONNX parser looks it up: (name, version, namespace)."""
-
-    namespace: str
-    name: str
-    version: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}::{self.name} (version {self.version})"
-
-    def to_json(self) -> dict[str, str]:
-        return {"namespace": self.namespace, "name": self.name, "version": self.version}
+# How the plan is rebuilt for the machine it runs on (engines/build_plan.py); the export re-creates the ONNX file too.
+BUILD_COMMAND = ("ftp-deploy", "build-plan")
 
 
 def onnx_plugin_ids(model: Path) -> list[PluginId]:
@@ -63,63 +44,16 @@ def plugin_node_count(model: Path) -> int:
     return sum(any(a.name == "plugin_namespace" for a in node.attribute) for node in graph.node)
 
 
-@dataclass(frozen=True)
-class PlanManifest:
-    environment: TrtEnvironment
-    profile: ShapeProfile
-    dtype: str
-    plugins: tuple[PluginId, ...]
-    # "aot": the plugin kernels are in the plan (any TensorRT runtime loads it, trtexec included);
-    # "jit": the plan calls back into Python, so only a process that registered the plugins runs it.
-    plugin_implementation: str
-    plan_sha256: str
-    onnx_sha256: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": PLAN_FORMAT,
-            "format_version": PLAN_FORMAT_VERSION,
-            "plan_file": PLAN_FILE,
-            "environment": self.environment.to_json(),
-            "profile": self.profile.to_json(),
-            "dtype": self.dtype,
-            "plugins": [p.to_json() for p in self.plugins],
-            "plugin_implementation": self.plugin_implementation,
-            "sha256": {"plan": self.plan_sha256, "onnx": self.onnx_sha256},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PlanManifest:
-        env = data["environment"]
-        major, minor = env["compute_capability"]
-        return cls(
-            environment=TrtEnvironment(str(env["tensorrt"]), str(env["gpu"]), (int(major), int(minor))),
-            profile=ShapeProfile.from_json(data["profile"]),
-            dtype=str(data["dtype"]),
-            plugins=tuple(PluginId(p["namespace"], p["name"], p["version"]) for p in data["plugins"]),
-            plugin_implementation=str(data["plugin_implementation"]),
-            plan_sha256=str(data["sha256"]["plan"]),
-            onnx_sha256=str(data["sha256"]["onnx"]),
-        )
-
-
 def write_plan_manifest(folder: Path, manifest: PlanManifest) -> None:
-    atomic_write_json(folder / PLAN_MANIFEST_FILE, manifest.to_json())
+    manifest.write(folder)
 
 
 def read_plan_manifest(folder: Path) -> PlanManifest:
-    return read_versioned_json(
-        folder / PLAN_MANIFEST_FILE,
-        PLAN_FORMAT,
-        PLAN_FORMAT_VERSION,
-        "TensorRT plan manifest",
-        missing=f"{folder} has no {PLAN_MANIFEST_FILE}: the TensorRT plan was not built here",
-        parse=PlanManifest.from_json,
-    )
+    return PlanManifest.read(folder, f"{folder} has no {PLAN_MANIFEST_FILE}: the TensorRT plan was not built here")
 
 
 def rebuild_command(folder: Path | str) -> list[str]:
-    return ["python3", "-m", BUILD_MODULE, str(folder)]
+    return [*BUILD_COMMAND, str(folder)]
 
 
 def require_plan(folder: Path) -> None:
@@ -161,11 +95,11 @@ def tensorrt_section(
 ) -> TensorRtSection:
     """The manifest.json part that says how the artifact becomes, or became, a TensorRT engine."""
     return TensorRtSection(
-        profile=profile.to_json(),
+        profile=profile.record(),
         dtype=dtype,
-        plugins=[p.to_json() for p in plugins],
+        plugins=tuple(plugins),
         build_script=BUILD_SCRIPT,
         plan_file=PLAN_FILE if plan is not None else None,
         plan_manifest=PLAN_MANIFEST_FILE if plan is not None else None,
-        built_for=plan.environment.to_json() if plan is not None else None,
+        built_for=plan.environment if plan is not None else None,
     )

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftp_deploy.errors import ShapeOutOfProfileError, UsageError
-from ftp_deploy.export_format import DECODE_INPUT_NAMES, INPUT_NAMES, WithPastRecord, past_name
+from ftp_deploy.formats.export_manifest import DECODE_INPUT_NAMES, INPUT_NAMES, WithPastRecord, past_name
+from ftp_deploy.formats.plan_manifest import ProfileRecord
 from ftp_deploy.plugins.token_compaction.contract import kept_count
 
 Shape = tuple[int, int]  # (batch, sequence)
@@ -59,20 +60,12 @@ class ShapeProfile:
                     f"--max-shape {format_shape(self.max_shape)})"
                 )
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "inputs": list(INPUT_NAMES),
-            "min": list(self.min_shape),
-            "opt": list(self.opt_shape),
-            "max": list(self.max_shape),
-        }
+    def record(self) -> ProfileRecord:
+        return ProfileRecord(INPUT_NAMES, self.min_shape, self.opt_shape, self.max_shape)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ShapeProfile:
-        batch_min, seq_min = data["min"]
-        batch_opt, seq_opt = data["opt"]
-        batch_max, seq_max = data["max"]
-        return cls((batch_min, seq_min), (batch_opt, seq_opt), (batch_max, seq_max))
+    def from_record(cls, record: ProfileRecord) -> ShapeProfile:
+        return cls(record.min, record.opt, record.max)
 
     def range_text(self) -> str:
         return ", ".join(f"{name} {self.min_shape[axis]}..{self.max_shape[axis]}" for axis, name in enumerate(AXES))

@@ -29,17 +29,11 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
 from ftp_deploy.engines.trt_env import current_environment, error_logger, require_tensorrt_gpu
-from ftp_deploy.engines.trt_plan import (
-    PLAN_FILE,
-    PlanManifest,
-    PluginId,
-    check_plan_compatible,
-    read_plan_manifest,
-    rebuild_command,
-)
-from ftp_deploy.engines.trt_profile import check_shapes_in_profile, format_shape
+from ftp_deploy.engines.trt_plan import check_plan_compatible, read_plan_manifest, rebuild_command
+from ftp_deploy.engines.trt_profile import ShapeProfile, check_shapes_in_profile, format_shape
 from ftp_deploy.errors import ArtifactError, EngineLoadError, PluginMissingError, ShapeOutOfProfileError
 from ftp_deploy.fileio import sha256_file
+from ftp_deploy.formats.plan_manifest import PLAN_FILE, PlanManifest, PluginId
 from ftp_deploy.plugins.token_compaction.trt_plugin import register_trt_plugins
 
 PURPOSE = "running a TensorRT plan"
@@ -69,7 +63,7 @@ class EngineFromPlan:
         plan = self.folder / PLAN_FILE
         if not plan.is_file():
             raise ArtifactError(f"{plan} is missing: build it with {' '.join(rebuild_command(self.folder))}")
-        if sha256_file(plan) != manifest.plan_sha256:
+        if sha256_file(plan) != manifest.sha256.plan:
             raise ArtifactError(f"{plan} does not match the sha256 in its model.plan.json")
         # JIT plugin layers call back into these registrations; AOT ones carry their kernels.
         register_trt_plugins()
@@ -128,7 +122,8 @@ class TrtPlanRunner(BaseRunner):
         import torch
 
         loaded, context = self._active(), self._context
-        check_shapes_in_profile({name: np.shape(array) for name, array in feed_dict.items()}, loaded.manifest.profile)
+        shapes = {name: np.shape(array) for name, array in feed_dict.items()}
+        check_shapes_in_profile(shapes, ShapeProfile.from_record(loaded.manifest.profile))
         buffers: dict[str, torch.Tensor] = {}
         with torch.cuda.stream(self._stream):
             for name in self._names(input_mode=True):

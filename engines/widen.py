@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, NodeProto, TensorProto, numpy_helper
 
-from ftp_deploy.export_format import CPU_NATIVE_DTYPES
+from ftp_deploy.formats.export_manifest import CPU_NATIVE_DTYPES
 
 NARROW_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 # Attributes that name an element type (Cast's `to`, the `dtype` of generator ops).

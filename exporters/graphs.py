@@ -12,7 +12,7 @@ from ftp_deploy.exporters.attention import use_grouped_attention
 from ftp_deploy.exporters.onnx_ops import ONNX_COMPACTION_OPS
 from ftp_deploy.exporters.pieces import layer_cache
 from ftp_deploy.exporters.spec import ExportSpec
-from ftp_deploy.kv_cache import RoutedCache
+from ftp_deploy.generation.cache import RoutedCache
 from ftp_deploy.models import DTYPES
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import token_positions

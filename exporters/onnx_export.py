@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ftp_deploy.errors import ExportError
-from ftp_deploy.export_format import DATA_FILE, DECODER_FILE, MODEL_FILE, past_name, present_name
 from ftp_deploy.exporters.onnx_ops import TRANSLATIONS
 from ftp_deploy.exporters.pieces import (
     BLOCK_HIDDEN,
@@ -43,6 +42,7 @@ from ftp_deploy.exporters.spec import (
     past_axis_name,
 )
 from ftp_deploy.exporters.stitch import GraphAssembler, LayerRewrite, WeightResolver, check_sentinel_confined
+from ftp_deploy.formats.export_manifest import DATA_FILE, DECODER_FILE, MODEL_FILE, past_name, present_name
 from ftp_deploy.plugins.token_compaction.contract import DOMAIN
 from ftp_deploy.plugins.token_compaction.onnx_functions import DOMAIN_OPSET, local_functions
 from ftp_deploy.routed_model import RoutedModel

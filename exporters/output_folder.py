@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ftp_deploy.errors import ArtifactError, OutputFolderError
-from ftp_deploy.export_format import read_manifest
+from ftp_deploy.formats.export_manifest import read_manifest
 
 
 def check_output_folder(out: Path, overwrite: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ftp_deploy.kv_cache import RoutedCache, cache_index
+from ftp_deploy.generation.cache import RoutedCache, cache_index
 from ftp_deploy.routed_model import RoutedModel, TokenFacts, run_layer_causal, token_facts
 
 # The kept-count numerator a block is traced with: K = 16 - 16*619//1000 = 7 at the example
@@ -176,7 +176,7 @@ class DecodePrologue(nn.Module):
 
 class DecodeBlock(nn.Module):
     """One block for one new token per row: it attends to the block's valid cached slots and itself,
-    and its key and value join the cache (cached_generation.decode_step, one layer). No routing happens
+    and its key and value join the cache (generation.reference.decode_step, one layer). No routing happens
     in decode, so the routed and the dense model share this piece; only their cache lengths differ."""
 
     io = BlockIO((BLOCK_HIDDEN, "cos", "sin", *PAST), (BLOCK_HIDDEN + NEXT, *PRESENT))

@@ -13,23 +13,10 @@ import onnxruntime
 import torch
 
 import ftp_deploy
-from ftp_deploy.artifacts import CONFIG_FILE, RoutedArtifact, load_artifact, load_routed
+from ftp_deploy.artifacts import RoutedArtifact, load_artifact, load_routed
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx
 from ftp_deploy.engines.widen import widened_to_fp32
 from ftp_deploy.errors import ExportError, UnsupportedExportError
-from ftp_deploy.export_format import (
-    DATA_FILE,
-    DECODER_FILE,
-    MODEL_FILE,
-    BaseModelRecord,
-    ExportManifest,
-    GraphRecord,
-    SourceRun,
-    ValidationRecord,
-    WithPastRecord,
-    prefill_runtimes,
-    write_manifest,
-)
 from ftp_deploy.exporters.attention import GQA_HEAD_MULTIPLE, fused_attention_fits
 from ftp_deploy.exporters.graphs import cast_weights, export_module
 from ftp_deploy.exporters.onnx_export import export_decoder_file, export_onnx_file
@@ -38,7 +25,23 @@ from ftp_deploy.exporters.output_folder import check_output_folder, remove_stale
 from ftp_deploy.exporters.spec import DecodeSpec, ExportSpec, sample_inputs
 from ftp_deploy.exporters.validation import validate_decode, validate_export
 from ftp_deploy.fileio import sha256_file, storage
-from ftp_deploy.placement import place_module
+from ftp_deploy.formats.export_manifest import (
+    DATA_FILE,
+    DECODER_FILE,
+    MODEL_FILE,
+    BaseModelRecord,
+    ExportManifest,
+    GraphRecord,
+    ScheduleRecord,
+    SourceRun,
+    ValidationRecord,
+    WithPastRecord,
+    prefill_runtimes,
+    write_manifest,
+)
+from ftp_deploy.formats.record import to_json
+from ftp_deploy.formats.routed_config import CONFIG_FILE
+from ftp_deploy.placement import place_module, resolve_placement
 from ftp_deploy.plugins.token_compaction.contract import (
     COMPACT_OP,
     DOMAIN,
@@ -80,20 +83,17 @@ def export_onnx(
     hashes every file.
     """
     opts = replace(options or ExportOptions(), **fields)
+    reference_device = resolve_placement(opts.device).device  # a bad --device fails before anything runs
     check_output_folder(out, opts.overwrite)
     for stale in remove_stale_staging(out):
         progress.note(f"removed {stale}: the staging folder of an earlier export to {out} that was interrupted")
     artifact = load_artifact(run_dir)
-    spec = ExportSpec(
-        artifact.schedule.thousandths,
-        dtype=opts.dtype,
-        opset=opts.opset,
-        dense=opts.dense,
-        last_token_logits=opts.last_token_logits or opts.with_past,
-        debug_outputs=opts.debug_outputs,
-        with_past=opts.with_past,
-        attention=opts.attention or ENGINE_ATTENTION["onnx"],
-    )
+    graph_options = {
+        **opts.graph(),
+        "last_token_logits": opts.last_token_logits or opts.with_past,
+        "attention": opts.attention or ENGINE_ATTENTION[opts.engine],
+    }
+    spec = ExportSpec(thousandths=artifact.schedule.thousandths, **graph_options)
     if not opts.dense:
         check_exportable(artifact)
     model_ref = opts.model or artifact.base.ref
@@ -119,7 +119,7 @@ def export_onnx(
             if opts.dtype != "fp32":
                 checked = widened_to_fp32(path).SerializeToString()
                 cast_weights(module, "fp32")  # the same rounded weights, computing in fp32 like the copy
-            place_module(module, opts.device)  # traced on the CPU; the reference runs on --device
+            place_module(module, reference_device)  # traced on the CPU; the reference runs on --device
             # One session serves validation and the smoke run: Polygraphy's Comparator activates and
             # deactivates its runner, the session outlives that. ONNX Runtime's CPU provider runs an
             # fp16 file natively, so that file gets a session of its own.
@@ -225,10 +225,9 @@ def _manifest(
         graph="dense" if spec.dense else "routed",
         # The run's config names the router file's sha256, so its hash pins the router too.
         source_run=SourceRun(str(run_dir.resolve()), sha256_file(run_dir / CONFIG_FILE)),
-        base_model=BaseModelRecord(**artifact.base.to_json(), loaded_from=model_ref),
-        sparsity_thousandths=spec.thousandths,
-        sparsity_den=SPARSITY_DEN,
-        router=artifact.router_spec.to_json(),
+        base_model=BaseModelRecord(**to_json(artifact.base), loaded_from=model_ref),
+        schedule=ScheduleRecord(spec.thousandths, SPARSITY_DEN),
+        router=artifact.router_record(),
         routing_mode=artifact.routing_mode,
         op_contract={
             "domain": DOMAIN,

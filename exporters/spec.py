@@ -7,15 +7,15 @@ and within what tolerance (verify's, for fp32).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.export_format import (
+from ftp_deploy.exporters.options import ATTENTION_FORMS, SUPPORTED_OPSETS, GraphOptions
+from ftp_deploy.formats.export_manifest import (
     DECODE_INPUT_NAMES,
-    EXPORT_DTYPES,
     INPUT_NAMES,
     cache_names,
     hidden_name,
@@ -23,9 +23,9 @@ from ftp_deploy.export_format import (
     past_name,
     present_name,
 )
-from ftp_deploy.exporters.options import ATTENTION_FORMS, DEFAULT_OPSET, SUPPORTED_OPSETS
+from ftp_deploy.formats.verify_report import Tolerance
+from ftp_deploy.placement import DTYPE_NAMES
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
-from ftp_deploy.verification.parity import Tolerance
 
 BATCH, SEQUENCE = "batch", "sequence"
 
@@ -46,22 +46,15 @@ def cache_axes(name: str, batch: str, length: str) -> dict[int, str]:
 
 
 @dataclass(frozen=True)
-class ExportSpec:
+class ExportSpec(GraphOptions):
     """One export: the routed graph (per-block sparsity in thousandths) or the dense baseline.
 
     `hidden_{l}` (debug outputs) is the hidden state leaving block l, `indices_{l}` the positions
     block l kept. Validation compares in fp32 (other dtypes through an fp32 copy), so within fp32's tolerance.
     """
 
-    thousandths: tuple[int, ...]
-    dtype: str = "fp32"
-    opset: int = DEFAULT_OPSET
-    dense: bool = False
-    last_token_logits: bool = False
-    debug_outputs: bool = False
-    # Also the per-layer present keys/values (prefill) and the decode graph (`DecodeSpec`).
-    with_past: bool = False
-    # The prefill's attention (options.ATTENTION_FORMS): fused GroupQueryAttention, or standard ops.
+    thousandths: tuple[int, ...] = field(kw_only=True)
+    # The prefill's attention as written, resolved from the options' engine default.
     attention: str = "fused"
     validation_batch: int = 2
     # Kept counts below and above the router's default attention window (32 queries).
@@ -71,11 +64,15 @@ class ExportSpec:
     example_shape: tuple[int, int] = (2, 16)
 
     def __post_init__(self) -> None:
-        if self.dtype not in EXPORT_DTYPES:
-            raise UnsupportedExportError(f"dtype {self.dtype!r} cannot be exported; choose one of {EXPORT_DTYPES}")
+        if self.dtype not in DTYPE_NAMES:
+            raise UnsupportedExportError(f"dtype {self.dtype!r} cannot be exported; choose one of {DTYPE_NAMES}")
         if self.opset not in SUPPORTED_OPSETS:
             raise UnsupportedExportError(
                 f"opset {self.opset} is not supported; choose one of {', '.join(map(str, SUPPORTED_OPSETS))}"
+            )
+        if self.attention not in ATTENTION_FORMS:
+            raise UnsupportedExportError(
+                f"attention form {self.attention!r} is unknown; choose one of {', '.join(ATTENTION_FORMS)}"
             )
         if self.attention not in ATTENTION_FORMS:
             raise UnsupportedExportError(

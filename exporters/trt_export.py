@@ -38,10 +38,10 @@ from ftp_deploy.engines.trt_plan import (
 )
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, decode_profile, format_shape
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.export_format import INPUT_NAMES, MODEL_FILE, ExportManifest
 from ftp_deploy.exporters.options import ENGINE_ATTENTION, ExportOptions
 from ftp_deploy.exporters.pipeline import ArtifactExtension, ExportResult, export_onnx
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text
+from ftp_deploy.formats.export_manifest import INPUT_NAMES, MODEL_FILE, ExportManifest
 from ftp_deploy.progress import NO_PROGRESS, Progress
 
 TRTEXEC_INPUTS = {name: f"trtexec_{name}.bin" for name in INPUT_NAMES}
@@ -125,8 +125,8 @@ def trt_extension(
         plugins = plan.plugins if plan is not None else tuple(onnx_plugin_ids(folder / MODEL_FILE))
         section = tensorrt_section(profile, manifest.dtype, plugins, plan)
         if manifest.with_past is not None:
-            thousandths = [0] * len(manifest.sparsity_thousandths) if manifest.graph == "dense" else None
-            past = decode_profile(profile, thousandths or manifest.sparsity_thousandths, manifest.with_past)
+            thousandths = [0] * len(manifest.schedule.sparsity_thousandths) if manifest.graph == "dense" else None
+            past = decode_profile(profile, thousandths or manifest.schedule.sparsity_thousandths, manifest.with_past)
             section = replace(section, decode_profile=past)
         return replace(manifest, engine="trt", tensorrt=section)
 

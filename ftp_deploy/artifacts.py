@@ -1,10 +1,9 @@
-"""Saving and loading a routed model: `ftp_config.json` + `router.safetensors`, no pickle."""
+"""Saving and loading a routed model: `ftp_config.json` (formats/routed_config) + `router.safetensors`, no pickle."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -12,17 +11,24 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, ConfigError
-from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, read_format_json, sha256_file
-from ftp_deploy.models import LoadedModel, ModelRef, load_base_model, model_ref_for
+from ftp_deploy.fileio import atomic_write_bytes, sha256_file
+from ftp_deploy.formats.record import to_json
+from ftp_deploy.formats.routed_config import (
+    CONFIG_FILE,
+    FACTOR_NAMES,
+    ROUTER_FILE,
+    ModelRef,
+    RoutedConfig,
+    RouterRecord,
+    RouterSpec,
+    ScheduleRecord,
+    TrainingRecord,
+)
+from ftp_deploy.models import LoadedModel, load_base_model, model_ref_for
 from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.routed_model import RoutedModel
-from ftp_deploy.router import FACTOR_NAMES, FactorRouter, RouterSpec
+from ftp_deploy.router import FactorRouter
 from ftp_deploy.schedule import Schedule
-
-CONFIG_FILE = "ftp_config.json"
-ROUTER_FILE = "router.safetensors"
-FORMAT = "ftp-deploy/routed-model"
-FORMAT_VERSION = 1
 
 FACTOR_DEFINITIONS = {
     "position": "t / (T - 1) over the valid tokens",
@@ -44,7 +50,12 @@ class RoutedArtifact:
     router_spec: RouterSpec
     routing_mode: str = "topk"
     router_state: dict[str, torch.Tensor] | None = None
-    training: dict[str, Any] = field(default_factory=dict)
+    training: TrainingRecord | None = None
+
+    def router_record(self) -> RouterRecord:
+        """The router as the files describe it: its spec and its parameter count."""
+        parameters = sum(t.numel() for t in self.router_state.values()) if self.router_state else 0
+        return RouterRecord(**to_json(self.router_spec), parameters=parameters)
 
     @property
     def has_trained_router(self) -> bool:
@@ -59,11 +70,11 @@ class RoutedArtifact:
         return routed
 
     @classmethod
-    def from_model(cls, routed: RoutedModel, base: ModelRef, training: dict[str, Any] | None = None) -> RoutedArtifact:
+    def from_model(cls, routed: RoutedModel, base: ModelRef, training: TrainingRecord | None = None) -> RoutedArtifact:
         state = None
         if routed.router is not None:
             state = {name: t.detach().cpu().contiguous() for name, t in routed.router.state_dict().items()}
-        return cls(base, routed.schedule, routed.router_spec, routed.routing_mode, state, dict(training or {}))
+        return cls(base, routed.schedule, routed.router_spec, routed.routing_mode, state, training)
 
 
 def check_base_model(expected: ModelRef, actual: ModelRef) -> None:
@@ -87,65 +98,34 @@ def save_artifact(artifact: RoutedArtifact, folder: Path) -> None:
     if artifact.router_state is not None:
         atomic_write_bytes(folder / ROUTER_FILE, save_safetensors(artifact.router_state))
         files[ROUTER_FILE] = sha256_file(folder / ROUTER_FILE)
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "base_model": artifact.base.to_json(),
-        "schedule": {
-            "sparsity_thousandths": list(artifact.schedule.thousandths),
-            "sparsities": artifact.schedule.sparsities,
-            "s_max": artifact.schedule.s_max,
-            "mean_sparsity": artifact.schedule.mean(),
-        },
-        "router": {**artifact.router_spec.to_json(), "parameters": _parameter_count(artifact.router_state)},
-        "factors": {name: FACTOR_DEFINITIONS[name] for name in FACTOR_NAMES},
-        "routing_mode": artifact.routing_mode,
-        "training": artifact.training,
-        "files": files,
-    }
-    atomic_write_json(folder / CONFIG_FILE, config)
-
-
-def _parameter_count(state: dict[str, torch.Tensor] | None) -> int:
-    return sum(t.numel() for t in state.values()) if state else 0
+    RoutedConfig(
+        base_model=artifact.base,
+        schedule=ScheduleRecord(
+            artifact.schedule.thousandths,
+            tuple(artifact.schedule.sparsities),
+            artifact.schedule.s_max,
+            artifact.schedule.mean(),
+        ),
+        router=artifact.router_record(),
+        routing_mode=artifact.routing_mode,
+        training=artifact.training,
+        factors={name: FACTOR_DEFINITIONS[name] for name in FACTOR_NAMES},
+        files=files,
+    ).write(folder)
 
 
 def load_artifact(folder: Path) -> RoutedArtifact:
-    config_path = folder / CONFIG_FILE
     if not folder.is_dir():
         raise ArtifactError(f"run folder not found: {folder}")
-    config = read_format_json(
-        config_path,
-        FORMAT,
-        "routed-model config",
-        missing=f"{folder} is not a routed-model folder: {CONFIG_FILE} is missing",
-    )
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{config_path} has format version {config.get('format_version')!r}; "
-            f"this ftp-deploy reads version {FORMAT_VERSION}"
-        )
+    config = RoutedConfig.read(folder, f"{folder} is not a routed-model folder: {CONFIG_FILE} is missing")
     try:
-        base = ModelRef.from_json(config["base_model"])
-        schedule_data = config["schedule"]
-        schedule = Schedule(tuple(int(n) for n in schedule_data["sparsity_thousandths"]), float(schedule_data["s_max"]))
-        schedule.check_layers(base.num_layers)
-        router_data = config["router"]
-        spec = RouterSpec(
-            kind=str(router_data["kind"]),
-            hidden=int(router_data["hidden"]),
-            attention_window=int(router_data["attention_window"]),
-            seed=int(router_data.get("seed", 0)),
-            sink_fraction=float(router_data.get("sink_fraction", 0.0)),
-        )
-        routing_mode = str(config["routing_mode"])
-        files = dict(config.get("files", {}))
-    except (KeyError, TypeError, ValueError) as err:
-        raise ArtifactError(f"{config_path} is missing or has an invalid field: {err}") from err
+        schedule = Schedule(config.schedule.sparsity_thousandths, config.schedule.s_max)
+        schedule.check_layers(config.base_model.num_layers)
     except ConfigError as err:
-        raise ArtifactError(f"{config_path}: {err}") from err
-    state = _load_router_state(folder, files.get(ROUTER_FILE), spec.hidden) if spec.kind == "learned" else None
-    return RoutedArtifact(base, schedule, spec, routing_mode, state, dict(config.get("training", {})))
+        raise ArtifactError(f"{folder / CONFIG_FILE}: {err}") from err
+    spec = config.router.spec
+    state = _load_router_state(folder, config.files.get(ROUTER_FILE), spec.hidden) if spec.kind == "learned" else None
+    return RoutedArtifact(config.base_model, schedule, spec, config.routing_mode, state, config.training)
 
 
 def _load_router_state(folder: Path, expected_hash: str | None, hidden: int) -> dict[str, torch.Tensor] | None:

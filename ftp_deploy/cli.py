@@ -15,9 +15,12 @@ from ftp_deploy.cli_options import DeviceOption, DtypeOption, ModelOption, Trust
 from ftp_deploy.console import console, err_console
 from ftp_deploy.errors import FtpDeployError
 from ftp_deploy.evaluation.command import evaluate
-from ftp_deploy.exporters.command import export
-from ftp_deploy.serving.command import generate
+from ftp_deploy.exporters.command import build_plan, export
+from ftp_deploy.generation.command import generate
+from ftp_deploy.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
+from ftp_deploy.serving.command import serve
 from ftp_deploy.training.command import train
+from ftp_deploy.training.options import DEFAULT_MODEL, DEFAULT_SPARSITY
 from ftp_deploy.verification.command import verify
 
 app = typer.Typer(
@@ -45,20 +48,34 @@ def info(run_dir: Annotated[Path, typer.Argument(help="A routed-model folder (ft
 
 
 @app.command()
+def summary(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run folder (ftp_config.json + run.json)")],
+    verify_report: Annotated[
+        Path | None, typer.Option(help="verify's report folder: adds export parity, generation and speed")
+    ] = None,
+) -> None:
+    """Say in a few sentences what a run achieved: what training changed, how close to dense, how fast."""
+    from ftp_deploy.summary import run_summary
+
+    for line in run_summary(run_dir, verify_report):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def run(
     prompt: Annotated[str, typer.Option(help="Text to continue")] = DEFAULT_PROMPT,
-    model: ModelOption = "smollm2-135m",
-    sparsity: Annotated[float, typer.Option(help="Uniform token sparsity for the static router")] = 0.3,
+    model: ModelOption = DEFAULT_MODEL,
+    sparsity: Annotated[float, typer.Option(help="Uniform token sparsity for the static router")] = DEFAULT_SPARSITY,
     router: Annotated[
         Path | None, typer.Option(help="A routed-model folder to use instead of the static router")
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=512)] = 24,
     trust_remote_code: TrustOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "fp32",
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
 ) -> None:
     """Run a prompt through the dense and the routed model, both with a KV cache; print outputs, times, cache sizes."""
-    from ftp_deploy.demo import compare_dense_routed
+    from ftp_deploy.generation.compare import compare_dense_routed
     from ftp_deploy.placement import memory_errors, resolve_placement
 
     placement = resolve_placement(device, dtype)
@@ -101,6 +118,8 @@ app.command(name="eval")(evaluate)
 app.command()(export)
 app.command()(verify)
 app.command()(generate)
+app.command(name="build-plan")(build_plan)
+app.command()(serve)
 
 
 def main(argv: list[str] | None = None) -> int:

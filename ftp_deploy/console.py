@@ -25,9 +25,9 @@ class RichProgress:
 
     Use it as a context manager around the library call; notes print above the bars. On a console
     that is not a terminal (a pipe, a log file, CI) the phases are plain lines instead, never cut to
-    the width: one when a phase starts, one at most every `PLAIN_EVERY_S` seconds while it advances,
-    and one when it ends; a transient progress prints nothing there, so its command's output (and an
-    error) is all that reaches the pipe.
+    the width: one at most every `PLAIN_EVERY_S` seconds while a phase advances and one when it ends
+    (a phase that fails prints nothing, so an error stays the one line it is); a transient progress
+    prints nothing there, so its command's output is all that reaches the pipe.
     """
 
     PLAIN_EVERY_S = 10.0
@@ -75,7 +75,6 @@ class RichProgress:
     def _plain_phase(self, description: str, total: int | None, completed: int) -> Iterator[Advance]:
         began = last = time.monotonic()
         done, latest = completed, ""
-        self._line(description + (f" ({completed}/{total} done before)" if completed else ""))
 
         def advance(steps: int = 1, status: str = "") -> None:
             nonlocal done, latest, last

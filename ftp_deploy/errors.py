@@ -53,6 +53,21 @@ class MissingDependencyError(UsageError):
     """An optional dependency or hardware (TensorRT, a CUDA GPU, triton) is not available."""
 
 
+class OptionalDependencyError(MissingDependencyError, ImportError):
+    """An optional package is not installed.
+
+    An ImportError, so plain Python callers can catch it as such, and a MissingDependencyError,
+    so the CLI reports it as one line with a usage exit code.
+    """
+
+
+def missing_dependency(module: str, extra: str) -> OptionalDependencyError:
+    """The error for `module` missing, naming the pip extra that installs it."""
+    return OptionalDependencyError(
+        f"{module} is not installed; install it with: pip install 'ftp-deploy[{extra}]'", name=module
+    )
+
+
 class DeviceMemoryError(UsageError):
     """The model or its batch does not fit the GPU's memory with the options given."""
 
@@ -117,3 +132,7 @@ class ExportValidationError(ParityError):
     def __init__(self, failures: list[str]) -> None:
         super().__init__("the exported model failed validation: " + "; ".join(failures))
         self.failures = failures
+
+
+class ServerError(FtpDeployError):
+    """The inference server did not start, or stopped while serving; the line says what its log said."""

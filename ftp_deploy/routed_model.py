@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ftp_deploy.attention_factor import attention_received
 from ftp_deploy.errors import ConfigError
-from ftp_deploy.kv_cache import RoutedCache, cache_index
+from ftp_deploy.generation.cache import RoutedCache, cache_index
 from ftp_deploy.models import check_full_attention
 from ftp_deploy.placement import module_device
 from ftp_deploy.placement import on_device as _to

@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ftp_deploy.schedule import check_sink_fraction
+# The router's description is a record of ftp_config.json; it is defined there, once.
+from ftp_deploy.formats.routed_config import FACTOR_NAMES as FACTOR_NAMES
+from ftp_deploy.formats.routed_config import RouterSpec as RouterSpec
 
-FACTOR_NAMES = ("position", "attention_score", "attention_rank", "required_sparsity")
 ROUTER_KINDS = ("learned", "static", "random")
-
-
-@dataclass(frozen=True)
-class RouterSpec:
-    """What decides the keep scores: a learned MLP, the static priority, or random scores."""
-
-    kind: str = "learned"
-    hidden: int = 64
-    attention_window: int = 32
-    seed: int = 0
-    # Fraction of the leading tokens kept in every block as attention sinks, whatever the scores
-    # (routing.forced_keep_mask); 0 keeps only x_0, as FTP_SPEC section 4's static order.
-    sink_fraction: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_sink_fraction(self.sink_fraction)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "inputs": list(FACTOR_NAMES),
-            "hidden": self.hidden,
-            "attention_window": self.attention_window,
-            "seed": self.seed,
-            "sink_fraction": self.sink_fraction,
-        }
 
 
 class FactorRouter(nn.Module):

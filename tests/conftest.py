@@ -23,6 +23,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from ftp_deploy.formats.routed_config import TrainingRecord
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 VOCAB = 96
@@ -44,6 +46,17 @@ TINY_BUILDERS = {
     "qwen2": lambda **kw: Qwen2ForCausalLM(Qwen2Config(**{**_COMMON, **kw})),
     "qwen3": lambda **kw: Qwen3ForCausalLM(Qwen3Config(**{**_COMMON, **kw}, head_dim=12)),
 }
+
+
+def training_record(**changes: Any) -> TrainingRecord:
+    """What ftp_config.json says of a run's training, with made-up values (`changes` replace them)."""
+    values: dict[str, Any] = dict(
+        ftp_deploy_version="0.1.0", data="text.txt", data_fingerprint="0" * 64, seq_len=24, seed=0,
+        target_sparsity=0.3, steps=1, router_from_step=0, prior_attention_weight=0.0, routing_mode="monotone",
+        steps_planned=1, stopped_by_time_budget=False, search_kl=0.1, uniform_kl=0.1, finetune_kl=0.1,
+        heldout_kl=0.1, heldout_static_searched_kl=0.1, train_seconds=1.0, settings={},
+    )  # fmt: skip
+    return TrainingRecord(**{**values, **changes})
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, num_layers: int = 4, **config: Any) -> torch.nn.Module:
@@ -191,5 +204,3 @@ def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         assert done.returncode == 0, f"{stage}: {done.stderr}"
         (root / f"{stage}.out").write_text(done.stdout + done.stderr)
     return folders
-
-

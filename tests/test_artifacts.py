@@ -10,27 +10,28 @@ import pytest
 import torch
 
 from ftp_deploy import fileio
-from ftp_deploy.artifacts import CONFIG_FILE, ROUTER_FILE, RoutedArtifact, load_artifact, save_artifact
+from ftp_deploy.artifacts import RoutedArtifact, load_artifact, save_artifact
 from ftp_deploy.errors import ArtifactError, BaseModelMismatchError
+from ftp_deploy.formats.routed_config import CONFIG_FILE, ROUTER_FILE
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from tests.conftest import TINY_BUILDERS, random_batch, tiny_model
+from tests.conftest import TINY_BUILDERS, random_batch, tiny_model, training_record
 
 
 def _saved(folder: Path, arch: str = "llama", router_seed: int = 3) -> RoutedModel:
     base = tiny_model(arch)
     torch.manual_seed(router_seed)
     routed = RoutedModel(base, Schedule.from_sparsities([0.1, 0.2, 0.3, 0.4]), RouterSpec())
-    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, "tiny"), {"steps": 5}), folder)
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, "tiny"), training_record(steps=5)), folder)
     return routed
 
 
 def test_round_trip_gives_identical_logits(tmp_path: Path) -> None:
     original = _saved(tmp_path / "run")
     loaded = load_artifact(tmp_path / "run")
-    assert loaded.has_trained_router and loaded.training == {"steps": 5}
+    assert loaded.has_trained_router and loaded.training == training_record(steps=5)
     rebuilt = loaded.build(tiny_model())
     ids, mask = random_batch(2, 17, "left")
     with torch.no_grad():

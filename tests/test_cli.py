@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from ftp_deploy import cli as cli_module
 from ftp_deploy import errors
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
-from ftp_deploy.cached_generation import extended_keep, masked_forward_with_keep
 from ftp_deploy.cli import app
+from ftp_deploy.generation.reference import extended_keep, masked_forward_with_keep
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -273,6 +273,7 @@ README_EXIT_CODES = {
     "CacheMismatchError": 2,
     "DataError": 2,
     "MissingDependencyError": 2,
+    "OptionalDependencyError": 2,
     "DeviceMemoryError": 2,
     "UnsupportedExportError": 2,
     "OutputFolderError": 2,
@@ -283,6 +284,7 @@ README_EXIT_CODES = {
     "ExportValidationError": 1,
     "StorageError": 1,
     "RankFailure": 1,
+    "ServerError": 1,
     "ExportError": 1,
     "EngineBuildError": 1,
     "OnnxParseError": 1,

@@ -16,6 +16,7 @@ from ftp_deploy.evaluation.runner import EvalSettings, PreparedTask, evaluate_me
 from ftp_deploy.evaluation.scoring import Scorer
 from ftp_deploy.evaluation.shortgpt import LayerSkipModel, block_influence, lowest_influence, removal_count
 from ftp_deploy.evaluation.tasks import load_task
+from ftp_deploy.formats.eval_results import Compute
 from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -54,15 +55,15 @@ def test_every_baseline_at_sparsity_zero_is_dense(tasks: list[PreparedTask]) -> 
     methods = build_methods(list(BASELINES), base, Schedule.uniform(0.0, 4), SETTINGS.seq_len, "uniform", calibration())
     results = evaluate_methods(methods, tasks, SETTINGS, NO_PROGRESS)
     mc, ppl = (p.task.name for p in tasks)
-    dense = results["dense"]["tasks"]
-    assert results["shortgpt"]["removed_layers"] == []
+    dense = results["dense"].tasks
+    assert results["shortgpt"].removed_layers == []
     for name in ("random", "static", "shortgpt"):
-        got = results[name]["tasks"]
+        got = results[name].tasks
         for key in ("acc", "acc_norm", "predictions", "predictions_norm"):
-            assert got[mc][key] == dense[mc][key], (name, key)
-        assert got[ppl]["ppl_scored"] == pytest.approx(dense[ppl]["ppl_scored"], rel=1e-6)
-        assert got[ppl]["ppl_all"] == pytest.approx(dense[ppl]["ppl_all"], rel=1e-6)
-        assert results[name]["measured"] == {"token_sparsity": 0.0, "flop_ratio": 1.0}
+            assert getattr(got[mc], key) == getattr(dense[mc], key), (name, key)
+        assert got[ppl].ppl_scored == pytest.approx(dense[ppl].ppl_scored, rel=1e-6)
+        assert got[ppl].ppl_all == pytest.approx(dense[ppl].ppl_all, rel=1e-6)
+        assert results[name].measured == Compute(0.0, 1.0)
     # The same batches and kernels as dense, so the log-likelihoods are identical.
     dense_scores = Scorer(methods[0].model).loglikelihoods(tasks[0].requests)
     assert Scorer(methods[3].model).loglikelihoods(tasks[0].requests) == dense_scores
@@ -117,9 +118,9 @@ def test_routed_baselines_skip_what_the_schedule_says(tasks: list[PreparedTask])
     assert by_name["shortgpt"].setup["schedule_sparsity"] == 0.5
     results = evaluate_methods(methods, tasks[1:], SETTINGS, NO_PROGRESS)
     # Perplexity windows are 32 tokens: block l keeps 32 - (32 * n_l) // 1000.
-    assert results["static"]["measured"]["token_sparsity"] == pytest.approx((6 + 12 + 19 + 25) / 128)
-    assert results["shortgpt"]["measured"] == {"token_sparsity": 0.5, "flop_ratio": 0.5}
-    assert results["random"]["measured"]["flop_ratio"] < 0.55
+    assert results["static"].measured.token_sparsity == pytest.approx((6 + 12 + 19 + 25) / 128)
+    assert results["shortgpt"].measured == Compute(0.5, 0.5)
+    assert results["random"].measured.flop_ratio < 0.55
 
 
 def test_routed_model_is_what_the_static_baseline_runs() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,16 +12,17 @@ from typer.testing import CliRunner
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ArtifactError, DataError, UsageError
-from ftp_deploy.evaluation.command import evaluate
-from ftp_deploy.evaluation.pipeline import run_eval
+from ftp_deploy.evaluation import command as eval_command
+from ftp_deploy.evaluation.pipeline import evaluate
 from ftp_deploy.evaluation.report import markdown_report
-from ftp_deploy.evaluation.stats import describe
 from ftp_deploy.flops import flop_ratio
+from ftp_deploy.formats.eval_results import EvalResults
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from tests.conftest import tiny_model
+from ftp_deploy.stats import describe
+from tests.conftest import tiny_model, training_record
 
 SCHEDULE = (0.2, 0.3, 0.3, 0.4)
 
@@ -32,7 +34,7 @@ def words(count: int, step: int) -> str:
 def save_run(folder: Path, model_dir: Path, kind: str = "learned") -> Path:
     base = tiny_model()
     routed = RoutedModel(base, Schedule.from_sparsities(SCHEDULE), RouterSpec(kind=kind))
-    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(model_dir)), {"steps": 1}), folder)
+    save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(model_dir)), training_record()), folder)
     return folder
 
 
@@ -52,7 +54,7 @@ def data_dir(tmp_path: Path) -> Path:
 def test_eval_writes_results_report_and_chart(tmp_path: Path, tiny_model_dir: Path, data_dir: Path) -> None:
     run = save_run(tmp_path / "run", tiny_model_dir)
     app = typer.Typer()
-    app.command()(evaluate)
+    app.command()(eval_command.evaluate)
     tasks = f"mc:{data_dir / 'mc.jsonl'},ppl:{data_dir / 'text.txt'}"
     args = [str(run), "--tasks", tasks, "--data-dir", str(data_dir), "--seq-len", "32", "--scored-tokens", "8"]
     result = CliRunner().invoke(app, [*args, "--limit", "5"])
@@ -91,43 +93,45 @@ def test_intervals_noise_flags_and_standard_errors_reach_results_and_report(
     """What the README promises of eval's figures, read back from the files a user gets."""
     run = save_run(tmp_path / "run", tiny_model_dir)
     task = f"mc:{data_dir / 'mc.jsonl'}"
-    run_eval(run, tasks=task, baselines="dense,static", data_dir=data_dir, seq_len=32, scored_tokens=8)
-    results = json.loads((run / "eval/results.json").read_text())
+    evaluate(run, tasks=task, baselines="dense,static", data_dir=data_dir, seq_len=32, scored_tokens=8)
+    results = EvalResults.read(run / "eval")  # the file, as any reader gets it
     report = (run / "eval/report.md").read_text()
-    methods = results["methods"]
+    methods = results.methods
     for name, method in methods.items():  # each accuracy with its binomial standard error
-        metrics = method["tasks"][task]
-        n, acc = metrics["items"], metrics["acc"]
-        assert acc == sum(metrics["correct"]) / n
-        assert metrics["acc_stderr"] == pytest.approx((acc * (1 - acc) / (n - 1)) ** 0.5), name
-        assert f"{100 * acc:.1f} ±{100 * metrics['acc_stderr']:.1f}" in report, name
-    comparisons = results["comparisons"]
+        metrics = method.tasks[task]
+        n, acc, stderr, correct = metrics.items, metrics.acc, metrics.acc_stderr, metrics.correct
+        assert n is not None and acc is not None and stderr is not None and correct is not None
+        assert acc == sum(correct) / n
+        assert stderr == pytest.approx((acc * (1 - acc) / (n - 1)) ** 0.5), name
+        assert f"{100 * acc:.1f} ±{100 * stderr:.1f}" in report, name
+    comparisons = results.comparisons
     assert set(comparisons) == {"dense", "static"}
     assert set(comparisons["dense"]) == {"static", "ftp"} and set(comparisons["static"]) == {"dense", "ftp"}
     for reference, per_method in comparisons.items():
         for method, per_task in per_method.items():
             diff = per_task[task]
-            ours, theirs = (methods[m]["tasks"][task]["correct"] for m in (method, reference))
-            assert diff["items"] == len(ours) == len(theirs)
-            assert diff["mean"] == pytest.approx((sum(ours) - sum(theirs)) / len(ours))
-            assert diff["low"] <= diff["mean"] <= diff["high"] and diff["confidence"] == 0.95
-            assert diff["inside_noise"] == (diff["low"] <= 0 <= diff["high"])
+            ours, theirs = (methods[m].tasks[task].correct or [] for m in (method, reference))
+            assert diff.items == len(ours) == len(theirs)
+            assert diff.mean == pytest.approx((sum(ours) - sum(theirs)) / len(ours))
+            assert diff.low <= diff.mean <= diff.high and diff.confidence == 0.95
+            assert diff.inside_noise == (diff.low <= 0 <= diff.high)
             cell = describe(diff, 100)
-            assert cell.endswith(" (noise)") == diff["inside_noise"]
+            assert cell.endswith(" (noise)") == diff.inside_noise
             row = next(line for line in report.splitlines() if line.startswith(f"| {method} | {cell}"))
             assert row  # the report's table for this reference carries the same interval
         assert f"Accuracy minus {reference}, in points, with the paired bootstrap 95% interval" in report
     # Six items leave every difference inside the noise; one outside it loses its flag in the report.
-    real = results["comparisons"]["static"]["ftp"][task]
-    real.update(low=0.01, high=max(real["high"], 0.02), inside_noise=False)
-    assert f"| ftp | {describe(real, 100)} |" in markdown_report(results, chart=False)
-    assert "(noise)" not in describe(real, 100)
+    real = results.comparisons["static"]["ftp"][task]
+    clear = replace(real, low=0.01, high=max(real.high, 0.02), inside_noise=False)
+    results.comparisons["static"]["ftp"][task] = clear
+    assert f"| ftp | {describe(clear, 100)} |" in markdown_report(results, chart=False)
+    assert "(noise)" not in describe(clear, 100)
 
 
 def test_a_run_without_a_trained_router_is_refused(tmp_path: Path, tiny_model_dir: Path, data_dir: Path) -> None:
     run = save_run(tmp_path / "run", tiny_model_dir, kind="static")
     with pytest.raises(ArtifactError, match="holds no trained router"):
-        run_eval(run, tasks=f"mc:{data_dir / 'mc.jsonl'}", baselines="dense", data_dir=data_dir)
+        evaluate(run, tasks=f"mc:{data_dir / 'mc.jsonl'}", baselines="dense", data_dir=data_dir)
     assert not (run / "eval").exists()
 
 
@@ -158,7 +162,7 @@ def test_bad_input_is_one_clear_error(
 ) -> None:
     run = save_run(tmp_path / "run", tiny_model_dir)
     with pytest.raises(error, match=message) as caught:
-        run_eval(run, tasks=tasks.format(data=data_dir), limit=limit, data_dir=data_dir, seq_len=seq_len)
+        evaluate(run, tasks=tasks.format(data=data_dir), limit=limit, data_dir=data_dir, seq_len=seq_len)
     assert caught.value.exit_code == 2
     assert not (run / "eval").exists()
 
@@ -167,4 +171,4 @@ def test_shortgpt_without_calibration_text_names_the_file(tmp_path: Path, tiny_m
     run = save_run(tmp_path / "run", tiny_model_dir)
     (tmp_path / "mc.jsonl").write_text('{"context": "w1", "choices": [" w2", " w3"], "label": 0}\n')
     with pytest.raises(DataError, match=r"calibration text not found: .*calibration_text/exllamav2_wiki.utf8"):
-        run_eval(run, tasks=f"mc:{tmp_path / 'mc.jsonl'}", data_dir=tmp_path)
+        evaluate(run, tasks=f"mc:{tmp_path / 'mc.jsonl'}", data_dir=tmp_path)

@@ -64,9 +64,9 @@ def test_acc_and_acc_norm_match_hand_computation(mc_task: ChoiceTask) -> None:
     assert got == pytest.approx(expected_scores, abs=1e-5)
     metrics = score_task(Scorer(DenseScoring(model)), prepared, SETTINGS)
     assert expected_acc != expected_norm  # so the per-byte norm is really exercised
-    assert metrics["acc"] == expected_acc / 3
-    assert metrics["acc_norm"] == expected_norm / 3
-    assert metrics["items"] == 3
+    assert metrics.acc == expected_acc / 3
+    assert metrics.acc_norm == expected_norm / 3
+    assert metrics.items == 3
 
 
 def test_encode_pair_follows_lm_evaluation_harness() -> None:
@@ -109,9 +109,9 @@ def test_window_perplexity_on_scored_and_all_positions(tmp_path: Path) -> None:
         scored += losses[-SETTINGS.scored_tokens :]
         every += losses
     metrics = score_task(Scorer(DenseScoring(model)), prepared, SETTINGS)
-    assert metrics["ppl_scored"] == pytest.approx(math.exp(sum(scored) / len(scored)), rel=1e-5)
-    assert metrics["ppl_all"] == pytest.approx(math.exp(sum(every) / len(every)), rel=1e-5)
-    assert (metrics["scored_tokens"], metrics["all_tokens"]) == (10, 46)
+    assert metrics.ppl_scored == pytest.approx(math.exp(sum(scored) / len(scored)), rel=1e-5)
+    assert metrics.ppl_all == pytest.approx(math.exp(sum(every) / len(every)), rel=1e-5)
+    assert (metrics.scored_tokens, metrics.all_tokens) == (10, 46)
 
 
 def test_lambada_accuracy_is_greedy_match_and_perplexity_per_item(tmp_path: Path) -> None:
@@ -130,8 +130,8 @@ def test_lambada_accuracy_is_greedy_match_and_perplexity_per_item(tmp_path: Path
         scores.append(float(logprobs[ids[-1]]))
         greedy.append(int(logprobs.argmax()) == ids[-1])
     metrics = score_task(Scorer(DenseScoring(model)), prepared, SETTINGS)
-    assert metrics["acc"] == sum(greedy) / 2
-    assert metrics["ppl"] == pytest.approx(math.exp(-sum(scores) / 2), rel=1e-5)
+    assert metrics.acc == sum(greedy) / 2
+    assert metrics.ppl == pytest.approx(math.exp(-sum(scores) / 2), rel=1e-5)
 
 
 class CountingDense(DenseScoring):
@@ -159,5 +159,5 @@ def test_a_text_shorter_than_a_window_is_one_window(tmp_path: Path) -> None:
     prepared = prepare(load_task(f"ppl:{path}", None, None), tiny_tokenizer(), SETTINGS, max_length=512)
     assert prepared.windows == [[5, 6, 7, 8]]
     metrics = score_task(Scorer(DenseScoring(tiny_model())), prepared, SETTINGS)
-    assert (metrics["scored_tokens"], metrics["all_tokens"]) == (3, 3)
-    assert metrics["ppl_scored"] == metrics["ppl_all"]
+    assert (metrics.scored_tokens, metrics.all_tokens) == (3, 3)
+    assert metrics.ppl_scored == metrics.ppl_all

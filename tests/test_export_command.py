@@ -13,10 +13,10 @@ import torch
 from ftp_deploy import cli, fileio
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ExportError, MissingDependencyError, OutputFolderError
-from ftp_deploy.export_format import MANIFEST_FILE, manifest_mismatches, write_manifest
 from ftp_deploy.exporters import pipeline, trt_export
 from ftp_deploy.exporters.output_folder import check_output_folder, staged_folder
 from ftp_deploy.exporters.trt_export import export_trt
+from ftp_deploy.formats.export_manifest import MANIFEST_FILE, manifest_mismatches, write_manifest
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec

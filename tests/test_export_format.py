@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from ftp_deploy.errors import ArtifactError
-from ftp_deploy.export_format import (
+from ftp_deploy.formats.export_manifest import (
     MANIFEST_FILE,
-    MANIFEST_VERSION,
     MODEL_FILE,
     BaseModelRecord,
     ExportedArtifact,
     ExportManifest,
+    ScheduleRecord,
     SourceRun,
     TensorRtSection,
     ValidationRecord,
@@ -23,6 +23,9 @@ from ftp_deploy.export_format import (
     read_manifest,
     write_manifest,
 )
+from ftp_deploy.formats.plan_manifest import PluginId, ProfileRecord
+from ftp_deploy.formats.record import from_json, to_json
+from ftp_deploy.formats.routed_config import RouterRecord
 
 
 def sample_manifest(**changes: object) -> ExportManifest:
@@ -32,9 +35,8 @@ def sample_manifest(**changes: object) -> ExportManifest:
         graph="routed",
         source_run=SourceRun("/runs/a", "0" * 64),
         base_model=BaseModelRecord("smollm2-135m", "llama", 2, 64, "1" * 64, "smollm2-135m"),
-        sparsity_thousandths=(300, 200),
-        sparsity_den=1000,
-        router={"kind": "static", "hidden": 64, "attention_window": 32, "seed": 0},
+        schedule=ScheduleRecord((300, 200), 1000),
+        router=RouterRecord(kind="static"),
         routing_mode="topk",
         op_contract={"domain": "ftp", "ops": ["TokenCompact", "TokenScatter"]},
         dtype="fp32",
@@ -53,12 +55,13 @@ def sample_manifest(**changes: object) -> ExportManifest:
 
 def test_manifest_round_trips_through_json() -> None:
     manifest = sample_manifest(files={"model.onnx": "2" * 64})
-    data = json.loads(json.dumps(manifest.to_json()))
-    assert ExportManifest.from_json(data) == manifest
-    assert data["format_version"] == MANIFEST_VERSION and "tensorrt" not in data
-    section = TensorRtSection({"min": [1, 1]}, "fp32", [{"namespace": "ftp"}], "build_engine.sh")
+    data = json.loads(json.dumps(to_json(manifest)))
+    assert from_json(ExportManifest, data) == manifest
+    assert data["tensorrt"] is None and data["schedule"] == {"sparsity_thousandths": [300, 200], "sparsity_den": 1000}
+    profile = ProfileRecord(("input_ids", "attention_mask"), (1, 1), (1, 512), (4, 2048))
+    section = TensorRtSection(profile, "fp32", (PluginId("ftp", "TokenCompact", "1"),), "build_engine.sh")
     with_trt = sample_manifest(engine="trt", tensorrt=section)
-    assert ExportManifest.from_json(json.loads(json.dumps(with_trt.to_json()))) == with_trt
+    assert from_json(ExportManifest, json.loads(json.dumps(to_json(with_trt)))) == with_trt
 
 
 def test_write_manifest_hashes_every_other_file(tmp_path: Path) -> None:
@@ -71,13 +74,14 @@ def test_write_manifest_hashes_every_other_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ({"format_version": MANIFEST_VERSION + 1}, f"format version {MANIFEST_VERSION + 1}; this ftp-deploy reads"),
+        ({"format_version": 3}, "format version 3; this ftp-deploy reads version 2"),
         ({"format_version": None}, "format version None"),
         ({"dtype": None, "validation": {"lengths": [24]}}, "incomplete or malformed"),
     ],
 )
 def test_other_versions_and_broken_manifests_are_refused(tmp_path: Path, change: dict, fragment: str) -> None:
-    data = {**sample_manifest().to_json(), **change}
+    header = {"format": ExportManifest.FORMAT, "format_version": ExportManifest.VERSION}
+    data = {**header, **to_json(sample_manifest()), **change}
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match=fragment) as caught:
         read_manifest(tmp_path)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ftp_deploy.research.importance import fit_router, importance_batch, ranking_loss
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.training.importance import fit_router, importance_batch, ranking_loss
 from ftp_deploy.training.trainer import new_router
 from tests.conftest import random_batch, tiny_model
 

@@ -6,16 +6,16 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from ftp_deploy.cached_generation import (
+from ftp_deploy.errors import ConfigError
+from ftp_deploy.generation.cache import RoutedCache, kv_bytes
+from ftp_deploy.generation.model import RoutedForCausalLM
+from ftp_deploy.generation.reference import (
     Prefill,
     decode_step,
     extended_keep,
     masked_forward_with_keep,
     routed_prefill,
 )
-from ftp_deploy.errors import ConfigError
-from ftp_deploy.hf_generation import RoutedForCausalLM
-from ftp_deploy.kv_cache import RoutedCache, kv_bytes
 from ftp_deploy.routed_model import RoutedModel
 from tests.conftest import random_batch
 from tests.test_routed_model import routed

@@ -17,18 +17,19 @@ import torch
 
 from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
+from ftp_deploy.comparison.parity import allows
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.export_format import DECODER_FILE, MODEL_FILE, read_manifest
 from ftp_deploy.exporters.attention import GQA_DOMAIN, GQA_OP
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.exporters.spec import sample_inputs
 from ftp_deploy.exporters.trt_export import TrtOptions, export_trt
-from ftp_deploy.kv_cache import RoutedCache
+from ftp_deploy.formats.export_manifest import DECODER_FILE, MODEL_FILE, read_manifest
+from ftp_deploy.formats.verify_report import Tolerance
+from ftp_deploy.generation.cache import RoutedCache
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec, token_positions
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.verification.parity import Tolerance
 from tests.conftest import VOCAB, tiny_model, tiny_tokenizer
 from tests.test_onnx_generation import SCHEDULE, compare_decode
 
@@ -85,7 +86,7 @@ def assert_prefill_equals_pytorch(run: Path, path: Path, lengths: tuple[int, ...
             compact = routed(ids, mask, logits_to_keep=1, cache=cache).logits[:, -1]
             masked = routed(ids, mask, mode="masked").logits[:, -1]
         for reference in (compact, masked):
-            assert TOLERANCE.allows(got["logits"][:, -1], reference.numpy()), f"logits at length {length}"
+            assert allows(TOLERANCE, got["logits"][:, -1], reference.numpy()), f"logits at length {length}"
         for layer, (keys, values, _) in enumerate(cache):
             valid = cache.slot_valid[layer].numpy()
             assert np.array_equal(got[f"present.{layer}.valid"], valid)
@@ -130,7 +131,7 @@ def test_dense_fused_prefill_equals_the_unrouted_model_at_long_prompts(tmp_path:
         got = prefill_outputs(tmp_path / "art" / MODEL_FILE, ids, mask)
         with torch.no_grad():
             want = routed.base(ids, attention_mask=mask, position_ids=token_positions(mask)).logits[:, -1]
-        assert TOLERANCE.allows(got["logits"][:, -1], want.numpy()), f"logits at length {length}"
+        assert allows(TOLERANCE, got["logits"][:, -1], want.numpy()), f"logits at length {length}"
         valid = mask.bool().numpy()
         for layer in range(len(SCHEDULE)):  # every token cached, valid ones first
             assert np.array_equal(got[f"present.{layer}.valid"], np.sort(valid, axis=1)[:, ::-1])
@@ -149,7 +150,7 @@ def test_trt_form_is_standard_ops_and_equals_pytorch(tmp_path: Path) -> None:
         for seed, length in enumerate(LENGTHS[:2]):
             ids, mask = sample_inputs(2, length, VOCAB, seed=seed)
             got = prefill_outputs(tmp_path / "art" / MODEL_FILE, ids, mask)["logits"][:, -1]
-            assert TOLERANCE.allows(got, routed(ids, mask, logits_to_keep=1).logits[:, -1].numpy())
+            assert allows(TOLERANCE, got, routed(ids, mask, logits_to_keep=1).logits[:, -1].numpy())
     with pytest.raises(UnsupportedExportError, match="standard ONNX ops"):
         export_trt(run, tmp_path / "fused", trt=TrtOptions(onnx_only=True), attention="fused")
 

@@ -18,11 +18,11 @@ import torch
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.export_format import DATA_FILE, MANIFEST_FILE, MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.exporters.attention import GQA_DOMAIN
 from ftp_deploy.exporters.options import SUPPORTED_OPSETS
 from ftp_deploy.exporters.pipeline import ExportResult, export_onnx
 from ftp_deploy.exporters.spec import sample_inputs
+from ftp_deploy.formats.export_manifest import DATA_FILE, MANIFEST_FILE, MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.plugins.token_compaction.contract import COMPACT_OP, DOMAIN, SCATTER_OP
 from ftp_deploy.routed_model import RoutedModel
@@ -86,7 +86,7 @@ def test_artifact_folder_holds_the_files_the_manifest_hashes(small_export: tuple
     assert sorted(p.name for p in result.out.iterdir()) == sorted([MODEL_FILE, DATA_FILE, MANIFEST_FILE])
     assert manifest_mismatches(result.out) == []
     manifest = read_manifest(result.out)
-    assert manifest.sparsity_thousandths == (300, 0)
+    assert manifest.schedule.sparsity_thousandths == (300, 0)
     assert manifest.op_contract == {
         "domain": "ftp", "ops": ["TokenCompact", "TokenScatter"], "plugin_namespace": "ftp", "plugin_version": "1",
     }  # fmt: skip
@@ -108,7 +108,7 @@ def test_graph_axes_are_the_manifest_axes(small_export: tuple[RoutedModel, Expor
         for value in values:
             dims = value.type.tensor_type.shape.dim
             named = {str(axis): dim.dim_param for axis, dim in enumerate(dims) if dim.dim_param}
-            assert named == result.manifest.to_json()[key][value.name]
+            assert named == getattr(result.manifest, key)[value.name]
     assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim][1:] == [1, VOCAB]
 
 

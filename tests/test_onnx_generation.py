@@ -14,23 +14,23 @@ from transformers import AutoTokenizer
 
 from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
-from ftp_deploy.cached_generation import greedy_trace
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import CacheMismatchError, PrefillOnlyExportError, PromptError, UnsupportedExportError
-from ftp_deploy.export_format import (
+from ftp_deploy.exporters.attention import use_grouped_attention
+from ftp_deploy.exporters.pipeline import export_onnx
+from ftp_deploy.exporters.trt_export import export_trt, trt_extension
+from ftp_deploy.fileio import sha256_file
+from ftp_deploy.formats.export_manifest import (
     DECODER_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     read_manifest,
     write_manifest,
 )
-from ftp_deploy.exporters.attention import use_grouped_attention
-from ftp_deploy.exporters.pipeline import export_onnx
-from ftp_deploy.exporters.trt_export import export_trt, trt_extension
-from ftp_deploy.fileio import sha256_file
-from ftp_deploy.hf_generation import RoutedForCausalLM
-from ftp_deploy.kv_cache import RoutedCache
+from ftp_deploy.generation.cache import RoutedCache
+from ftp_deploy.generation.model import RoutedForCausalLM
+from ftp_deploy.generation.reference import greedy_trace
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.routed_model import RoutedModel
@@ -134,7 +134,7 @@ def test_eos_ends_a_row_and_sampling_is_seeded(llama_export: tuple[Path, Path]) 
     assert ended.finished[0] and np.array_equal(ended.tokens[0, : first + 1], greedy.tokens[0, : first + 1])
     assert (ended.tokens[0, first + 1 :] == generator.record.pad_token_id).all()
     sampled = [
-        generator.generate(ids.numpy(), mask.numpy(), max_new_tokens=5, do_sample=True, top_k=20, top_p=0.9, seed=3)
+        generator.generate(ids.numpy(), mask.numpy(), max_new_tokens=5, do_sample=True, top_p=0.9, seed=3)
         for _ in range(2)
     ]
     assert np.array_equal(sampled[0].tokens, sampled[1].tokens)
@@ -215,7 +215,7 @@ def test_trt_onnx_only_writes_a_decode_profile_over_past_lengths(
     assert shapes["input_ids"] == {"min": [1, 1], "opt": [1, 1], "max": [4, 1]}
     record = manifest.with_past
     assert record is not None
-    for layer, num in enumerate(manifest.sparsity_thousandths):
+    for layer, num in enumerate(manifest.schedule.sparsity_thousandths):
         kept = 512 - 512 * num // 1000  # K_l at the opt prompt length: what a routed layer holds there
         key = shapes[f"past.{layer}.key"]
         assert key == {

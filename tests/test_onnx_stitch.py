@@ -24,7 +24,7 @@ def _stitched(num_layers: int, kind: str = "static", dense: bool = False, **conf
     base = tiny_model("llama", num_layers=num_layers, **config)
     sparsities = [0.1 * (i % 5) for i in range(num_layers)]
     routed = RoutedModel(base, Schedule.from_sparsities(sparsities), RouterSpec(kind=kind))
-    spec = ExportSpec(routed.schedule.thousandths, dense=dense, last_token_logits=True)
+    spec = ExportSpec(thousandths=routed.schedule.thousandths, dense=dense, last_token_logits=True)
     export_module(routed, spec)
     return stitched_model(routed, spec, VOCAB)
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ftp_deploy.engines.torch_runner import ModuleRunner
 from ftp_deploy.errors import ExportValidationError
 from ftp_deploy.exporters.graphs import RoutedGraph
 from ftp_deploy.exporters.spec import ExportSpec
@@ -15,10 +16,9 @@ from ftp_deploy.exporters.validation import validate_export
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.verification.runners import ModuleRunner
 from tests.conftest import VOCAB, tiny_model
 
-SPEC = ExportSpec((300, 500), debug_outputs=True)
+SPEC = ExportSpec(thousandths=(300, 500), debug_outputs=True)
 TOL = SPEC.tolerance
 
 

@@ -18,9 +18,9 @@ from polygraphy.comparator import RunResults
 
 from ftp_deploy import cli
 from ftp_deploy.artifacts import load_artifact
+from ftp_deploy.comparison.feeds import load_feeds
+from ftp_deploy.formats.verify_report import DEFAULT_TOLERANCES, VerifyReport
 from ftp_deploy.models import DTYPES
-from ftp_deploy.verification.inputs import load_feeds
-from ftp_deploy.verification.parity import DEFAULT_TOLERANCES
 from tests.conftest import tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -69,12 +69,13 @@ def test_train_eval_export_verify(arch: str, dtype: str, tmp_path: Path, capsys:
     art = tmp_path / "art"
     call(capsys, "export", run, "--engine", "onnx", "--out", art, "--dtype", dtype, "--debug-outputs")
     out = call(capsys, "verify", art, "--seq-lens", "", "--report", tmp_path / "report")
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    report = VerifyReport.read(tmp_path / "report")
     native = dtype == "fp16"
     compute = dtype if native else "fp32"
-    assert report["dtype"] == dtype and report["parity"]["passed"] and report["parity"]["routing_agreement"] == 1.0
-    assert report["tolerance"] == dict(zip(("atol", "rtol"), DEFAULT_TOLERANCES[compute], strict=True))
-    assert ("widened to fp32" in report["compared"]) != native and "compared: " in out
+    assert report.dtype == dtype and report.parity.passed and report.parity.routing_agreement == 1.0
+    tolerance = report.parity.tolerance
+    assert (tolerance.atol, tolerance.rtol) == DEFAULT_TOLERANCES[compute]
+    assert ("widened to fp32" in report.compared) != native and "compared: " in out
 
     # The reference that ran is the routed model in the arithmetic the report names, on the export's weights.
     weights = tiny_model(arch, num_layers=2)

@@ -3,7 +3,6 @@ clear one-line refusals where the machine cannot do what was asked."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,12 @@ import torch
 
 from ftp_deploy import cli
 from ftp_deploy.errors import ConfigError, DeviceMemoryError, MissingDependencyError, UsageError
-from ftp_deploy.evaluation.pipeline import run_eval
-from ftp_deploy.export_format import ExportedArtifact
+from ftp_deploy.evaluation.pipeline import evaluate
 from ftp_deploy.exporters.pipeline import export_onnx
+from ftp_deploy.formats.eval_results import EvalResults
+from ftp_deploy.formats.export_manifest import ExportedArtifact
+from ftp_deploy.formats.record import to_json
+from ftp_deploy.formats.verify_report import VerifyReport
 from ftp_deploy.models import load_base_model
 from ftp_deploy.placement import CPU, Placement, memory_errors, resolve_placement
 from ftp_deploy.routed_model import RoutedModel
@@ -163,15 +165,16 @@ def test_training_with_a_device_map_and_checkpointing_gives_the_same_run(
         placement=Placement("cpu", "fp32", "auto"),
         checkpoint_activations=True,
     )
-    assert other["phases"]["finetune"]["best_thousandths"] == plain["phases"]["finetune"]["best_thousandths"]
-    assert other["heldout"] == plain["heldout"]
-    assert (plain["placement"], other["placement"]) == (CPU.to_json(), Placement("cpu", "fp32", "auto").to_json())
+    assert plain.phases.finetune is not None and other.phases.finetune is not None
+    assert other.phases.finetune.best_thousandths == plain.phases.finetune.best_thousandths
+    assert other.heldout == plain.heldout
+    assert (plain.placement, other.placement) == (CPU, Placement("cpu", "fp32", "auto"))
     router_a = (tmp_path / "plain" / "router.safetensors").read_bytes()
     assert (tmp_path / "other" / "router.safetensors").read_bytes() == router_a
 
 
-def eval_numbers(results: dict[str, object]) -> dict[str, object]:
-    return {key: value for key, value in results.items() if key not in ("wall_seconds", "settings")}
+def eval_numbers(results: EvalResults) -> dict[str, object]:
+    return {key: value for key, value in to_json(results).items() if key not in ("wall_seconds", "settings")}
 
 
 def test_eval_on_cpu_and_device_map_auto_match_the_default_and_bf16_runs(
@@ -184,33 +187,34 @@ def test_eval_on_cpu_and_device_map_auto_match_the_default_and_bf16_runs(
     tasks = f"mc:{data_dir / 'mc.jsonl'},ppl:{data_dir / 'text.txt'}"
     common = {"tasks": tasks, "baselines": "static", "data_dir": data_dir, "seq_len": 32, "scored_tokens": 8}
     common["limit"] = 4
-    default, _ = run_eval(run, report=tmp_path / "default", **common)  # type: ignore[arg-type]
-    mapped, _ = run_eval(run, report=tmp_path / "mapped", placement=resolve_placement(device_map="auto"), **common)  # type: ignore[arg-type]
+    default = evaluate(run, report=tmp_path / "default", **common).results
+    mapped = evaluate(run, report=tmp_path / "mapped", device_map="auto", **common).results
     assert eval_numbers(mapped) == eval_numbers(default)
     argv = [str(run), "--tasks", tasks, "--baselines", "static", "--data-dir", str(data_dir), "--seq-len", "32"]
     argv += ["--scored-tokens", "8"]
     for options, folder in ((["--device", "cpu"], "cpu"), (["--device", "cpu", "--dtype", "bf16"], "bf16")):
         assert cli.main(["eval", *argv, "--limit", "4", "--report", str(tmp_path / folder), *options]) == 0
     capsys.readouterr()
-    on_cpu = json.loads((tmp_path / "cpu" / "results.json").read_text())
-    assert eval_numbers(on_cpu) == eval_numbers(json.loads(json.dumps(default)))
-    assert on_cpu["settings"]["placement"] == CPU.to_json()
-    bf16 = json.loads((tmp_path / "bf16" / "results.json").read_text())
-    assert bf16["settings"]["placement"]["dtype"] == "bf16"
-    assert bf16["model"]["weights_sha256"] != default["model"]["weights_sha256"]
-    assert list(bf16["methods"]) == list(default["methods"])
+    on_cpu = EvalResults.read(tmp_path / "cpu")
+    assert eval_numbers(on_cpu) == eval_numbers(default)
+    assert on_cpu.settings.placement == CPU
+    bf16 = EvalResults.read(tmp_path / "bf16")
+    assert bf16.settings.placement is not None and bf16.settings.placement.dtype == "bf16"
+    assert bf16.model.weights_sha256 != default.model.weights_sha256
+    assert list(bf16.methods) == list(default.methods)
     ppl_task = f"ppl:{data_dir / 'text.txt'}"
-    for name, method in bf16["methods"].items():
+    for name, method in bf16.methods.items():
         # bf16 keeps 8 bits of mantissa: the perplexity moves, by little (the same windows in fp32 as reference).
-        ppl = method["tasks"][ppl_task]["ppl_scored"]
-        fp32_ppl = default["methods"][name]["tasks"][ppl_task]["ppl_scored"]
+        ppl = method.tasks[ppl_task].ppl_scored
+        fp32_ppl = default.methods[name].tasks[ppl_task].ppl_scored
+        assert ppl is not None and fp32_ppl is not None
         assert ppl != fp32_ppl and abs(ppl / fp32_ppl - 1) < 0.005, (name, ppl, fp32_ppl)  # seen: 1e-4
 
 
 def test_run_on_cpu_prints_what_it_did_before_and_runs_in_bf16(
     tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ftp_deploy.demo import compare_dense_routed
+    from ftp_deploy.generation.compare import compare_dense_routed
 
     prompt = "w1 w2 w3 w4 w5 w6 w7 w8"
     before = compare_dense_routed(prompt, str(tiny_model_dir), 0.3, None, 4)
@@ -234,6 +238,6 @@ def test_export_and_verify_with_their_reference_on_the_cpu_match_the_default(
     assert cli.main([*verify, "--report", str(tmp_path / "on-cpu")]) == 0
     assert cli.main([*verify[:-2], "--report", str(tmp_path / "before")]) == 0
     capsys.readouterr()
-    on_cpu, before = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("on-cpu", "before"))
-    assert on_cpu["parity"] == before["parity"] and on_cpu["parity"]["passed"]
-    assert on_cpu["reference_placement"] == CPU.to_json()
+    on_cpu, before = (VerifyReport.read(tmp_path / name) for name in ("on-cpu", "before"))
+    assert on_cpu.parity == before.parity and on_cpu.parity.passed
+    assert on_cpu.reference_placement == CPU

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from ftp_deploy.errors import ConfigError
+from ftp_deploy.research.schedule_space import KnotSpace, cma_search
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.training.schedule_space import KnotSpace, cma_search
 
 WEIGHTS = [1.0] * 12
 
@@ -49,3 +52,19 @@ def test_cma_search_finds_a_ramp_and_keeps_to_its_budget() -> None:
     assert all(a >= b for (_, a), (_, b) in zip(result.curve, result.curve[1:], strict=False))
     stopped = cma_search(fitness, space, evaluations=120, should_stop=lambda: True)
     assert stopped.stopped_early and stopped.evaluations == 1
+
+
+def test_without_cmaes_the_search_names_the_research_extra() -> None:
+    """cmaes is the [research] extra's, not a requirement: a plain install imports everything else."""
+    code = (
+        "import sys; sys.modules['cmaes'] = None\n"
+        "from ftp_deploy.research.schedule_space import KnotSpace, cma_search\n"
+        "space = KnotSpace(0.3, [1.0] * 12, knots=3)\n"
+        "try:\n"
+        "    cma_search(lambda schedule: 0.0, space, evaluations=4)\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.startswith("OptionalDependencyError cmaes is not installed")
+    assert "pip install 'ftp-deploy[research]'" in result.stdout

@@ -17,6 +17,7 @@ from ftp_deploy.cli import app
 from ftp_deploy.console import RichProgress
 from ftp_deploy.errors import BaseModelMismatchError
 from ftp_deploy.evaluation.tasks import task_files
+from ftp_deploy.formats.verify_report import OutputParity, ParityReport, Tolerance
 from ftp_deploy.models import load_base_model, model_ref_for
 from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.routed_model import RoutedModel
@@ -24,7 +25,6 @@ from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.config import SELF_SOURCE, default_source
 from ftp_deploy.verification.latency import Latency, LatencyComparison
-from ftp_deploy.verification.parity import OutputParity, ParityReport, Tolerance
 from ftp_deploy.verification.report import summary_lines
 from tests.conftest import tiny_model
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pytest
 
-from ftp_deploy.evaluation.comparisons import AVERAGE, comparisons
+from ftp_deploy.evaluation.comparisons import comparisons
 from ftp_deploy.evaluation.report import comparison_lines
-from ftp_deploy.evaluation.stats import describe, paired_bootstrap, spread, standard_error
+from ftp_deploy.formats.eval_results import HEADLINE_AVERAGE, Compute, MethodResult, TaskFacts, TaskScores
+from ftp_deploy.stats import describe, paired_bootstrap, spread, standard_error
 
 
 def test_standard_error_of_known_values() -> None:
@@ -78,28 +78,34 @@ def test_spread_of_seeds() -> None:
     assert spread([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3.0}
 
 
-def method(correct: dict[str, list[int]]) -> dict[str, Any]:
-    return {"tasks": {t: {"acc": sum(c) / len(c), "correct": c} for t, c in correct.items()}}
+def method(correct: dict[str, list[int]]) -> MethodResult:
+    tasks = {t: TaskScores(acc=sum(c) / len(c), correct=c) for t, c in correct.items()}
+    return MethodResult("a method", Compute(0.0, 1.0), tasks)
+
+
+def facts(kind: str) -> TaskFacts:
+    return TaskFacts(kind, {}, available=40)
 
 
 def test_comparisons_against_dense_and_static() -> None:
-    data = {"arc": {"kind": "choice"}, "piqa": {"kind": "choice"}, "wiki": {"kind": "perplexity"}}
+    data = {"arc": facts("choice"), "piqa": facts("choice"), "wiki": facts("perplexity")}
     methods = {
         "dense": method({"arc": [1] * 40, "piqa": [1] * 40}),
         "static": method({"arc": [1] * 20 + [0] * 20, "piqa": [1] * 40}),
         "ftp": method({"arc": [1] * 30 + [0] * 10, "piqa": [1] * 39 + [0]}),
     }
-    methods["dense"]["tasks"]["wiki"] = methods["ftp"]["tasks"]["wiki"] = methods["static"]["tasks"]["wiki"] = {}
+    for result in methods.values():
+        result.tasks["wiki"] = TaskScores(ppl_scored=20.0)
     found = comparisons(methods, data, ["arc", "piqa"], ["dense", "static"])
     vs_dense, vs_static = found["dense"]["ftp"], found["static"]["ftp"]
-    assert set(vs_dense) == {"arc", "piqa", AVERAGE}  # perplexity tasks have no per-item pairs
-    assert vs_dense["arc"]["mean"] == pytest.approx(-0.25)
-    assert not vs_dense["arc"]["inside_noise"]
-    assert vs_dense[AVERAGE]["mean"] == pytest.approx((-0.25 - 0.025) / 2)
-    assert vs_static["arc"]["mean"] == pytest.approx(0.25)
-    assert vs_static["piqa"]["inside_noise"]
+    assert set(vs_dense) == {"arc", "piqa", HEADLINE_AVERAGE}  # perplexity tasks have no per-item pairs
+    assert vs_dense["arc"].mean == pytest.approx(-0.25)
+    assert not vs_dense["arc"].inside_noise
+    assert vs_dense[HEADLINE_AVERAGE].mean == pytest.approx((-0.25 - 0.025) / 2)
+    assert vs_static["arc"].mean == pytest.approx(0.25)
+    assert vs_static["piqa"].inside_noise
     assert "dense" not in found["dense"]
-    lines = "\n".join(comparison_lines({"comparisons": found}))
+    lines = "\n".join(comparison_lines(found))
     assert "Accuracy minus static" in lines
     assert "| ftp | +25.0 [" in lines
     assert describe(vs_static["piqa"], 100).endswith("(noise)")
@@ -107,7 +113,7 @@ def test_comparisons_against_dense_and_static() -> None:
 
 def test_comparisons_skip_a_missing_static_baseline() -> None:
     methods = {"dense": method({"arc": [1, 0]}), "ftp": method({"arc": [1, 1]})}
-    found = comparisons(methods, {"arc": {"kind": "choice"}}, ["arc"], ["dense", "static"])
+    found = comparisons(methods, {"arc": facts("choice")}, ["arc"], ["dense", "static"])
     assert list(found) == ["dense"]
 
 
@@ -126,13 +132,13 @@ def test_heldout_rows_carry_window_errors_and_paired_differences() -> None:
             "trained": totals([kl - 0.01 for kl in uniform]),  # better by 0.01 on every window
         }
     )
-    assert rows["static_uniform"]["kl"] == pytest.approx(0.05)
-    assert rows["static_uniform"]["kl_stderr"] == pytest.approx(standard_error(uniform))
-    assert set(rows["static_uniform"]["kl_minus"]) == {"static_searched"}
-    assert rows["static_searched"]["kl_minus"]["static_uniform"]["inside_noise"]
-    better = rows["trained"]["kl_minus"]["static_uniform"]
-    assert better["mean"] == pytest.approx(-0.01) and better["high"] == pytest.approx(-0.01)
-    assert not better["inside_noise"]
+    assert rows["static_uniform"].kl == pytest.approx(0.05)
+    assert rows["static_uniform"].kl_stderr == pytest.approx(standard_error(uniform))
+    assert set(rows["static_uniform"].kl_minus) == {"static_searched"}
+    assert rows["static_searched"].kl_minus["static_uniform"].inside_noise
+    better = rows["trained"].kl_minus["static_uniform"]
+    assert better.mean == pytest.approx(-0.01) and better.high == pytest.approx(-0.01)
+    assert not better.inside_noise
 
 
 def test_fidelity_keeps_each_window_kl_and_their_mean_is_the_kl() -> None:
@@ -145,6 +151,6 @@ def test_fidelity_keeps_each_window_kl_and_their_mean_is_the_kl() -> None:
     fidelity = Fidelity()
     fidelity.add(dense, routed, torch.zeros(3, 5, dtype=torch.long))
     assert len(fidelity.window_kl) == 3
-    assert fidelity.summary()["kl"] == pytest.approx(float(kl_to_dense(log_probs(dense), routed)), rel=1e-5)
-    assert sum(fidelity.window_kl) / 3 == pytest.approx(fidelity.summary()["kl"], rel=1e-5)
+    assert fidelity.summary().kl == pytest.approx(float(kl_to_dense(log_probs(dense), routed)), rel=1e-5)
+    assert sum(fidelity.window_kl) / 3 == pytest.approx(fidelity.summary().kl, rel=1e-5)
     assert min(fidelity.window_kl) > 0 and len(set(fidelity.window_kl)) == 3

@@ -30,10 +30,12 @@ from safetensors.torch import load_file, save_file
 from ftp_deploy import cli
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ConfigError
+from ftp_deploy.formats.record import to_json
 from ftp_deploy.schedule import Schedule
 from ftp_deploy.training.losses import LossWeights
 from ftp_deploy.training.ranks import ONE_PROCESS, Ranks
 from ftp_deploy.training.reference import DenseReference
+from ftp_deploy.training.runfolder import RunFolder
 from ftp_deploy.training.search import ScheduleSpace, SearchConfig, genetic_search
 from ftp_deploy.training.trainer import RouterTrainer, TrainConfig, new_router
 from tests.conftest import VOCAB, one_thread, tiny_model, tiny_train_args
@@ -72,7 +74,7 @@ def work(ranks: Ranks) -> dict:
         "router": {name: t.clone() for name, t in run.router.state_dict().items()},
         "metrics": metrics,
         "validation": validation,
-        "search": search.to_json(),
+        "search": to_json(search.phase(0.0)),
         "evaluated_here": len(evaluated_here),
     }
 
@@ -167,8 +169,9 @@ def one_process(train_inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPa
 
 def last_router(run: Path) -> dict[str, torch.Tensor]:
     """The router of the last training step (the artifact holds the best-validated one)."""
-    entry = json.loads((run / "run.json").read_text())["phases"]["train"]["checkpoint"]
-    return {k: v for k, v in load_file(run / entry["file"]).items() if k.startswith("router.")}
+    train = RunFolder(run).read_state().phases.train
+    assert train is not None and train.checkpoint is not None
+    return {k: v for k, v in load_file(run / train.checkpoint.file).items() if k.startswith("router.")}
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
@@ -199,13 +202,13 @@ def small_one_process(train_inputs: tuple[Path, Path], tmp_path_factory: pytest.
     out = tmp_path_factory.mktemp("small-one") / "run"
     with one_thread():
         assert cli.main(small_args(train_inputs, out)) == 0
-    assert json.loads((out / "run.json").read_text())["processes"] == 1
+    assert processes_of(out) == 1
     return out
 
 
 def processes_of(run: Path) -> int:
     """How many processes the run's process group had (torch.distributed's world size, as run.json records it)."""
-    return int(json.loads((run / "run.json").read_text())["processes"])
+    return RunFolder(run).read_state().processes
 
 
 @pytest.mark.parametrize(
@@ -313,8 +316,9 @@ def test_killing_rank_1_mid_training_leaves_a_run_that_resumes(
     assert first.returncode == 1
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "another process of this run stopped" in lines[0] and "--resume" in lines[0], err
-    state = json.loads((run / "run.json").read_text())
-    assert state["phases"]["train"]["checkpoint"]["step"] == 2 and not state.get("finished")
+    state = RunFolder(run).read_state()
+    assert state.phases.train is not None and state.phases.train.checkpoint is not None
+    assert state.phases.train.checkpoint.step == 2 and not state.finished
 
     assert cli.main([*train_args(train_inputs, run), "--checkpoint-every", "2", "--resume"]) == 0, (
         capsys.readouterr().err

@@ -18,8 +18,11 @@ import pytest
 import torch
 
 from ftp_deploy import cli
-from ftp_deploy.artifacts import CONFIG_FILE, ROUTER_FILE, load_artifact
+from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError
+from ftp_deploy.formats.routed_config import CONFIG_FILE, ROUTER_FILE
+from ftp_deploy.formats.run_state import RunState
+from ftp_deploy.training.runfolder import RunFolder
 from tests.conftest import one_thread, tiny_train_args
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -29,7 +32,9 @@ KILLER = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from ftp_deploy import artifacts, cli
+from ftp_deploy import cli
+from ftp_deploy.formats import record
+from ftp_deploy.formats.routed_config import CONFIG_FILE
 from ftp_deploy.training import runfolder
 
 point = sys.argv[1]
@@ -39,12 +44,12 @@ def append_then_die(self, record):
     if record["phase"] == point:  # the first generation of that search is recorded, the second not run
         os.kill(os.getpid(), signal.SIGKILL)
 runfolder.RunFolder.append_metrics = append_then_die
-write_json = artifacts.atomic_write_json
+write_json = record.atomic_write_json  # what every document's write goes through
 def die_before_config(path, data):
-    if point == "save" and path.name == artifacts.CONFIG_FILE:
+    if point == "save" and path.name == CONFIG_FILE:
         os.kill(os.getpid(), signal.SIGKILL)
     write_json(path, data)
-artifacts.atomic_write_json = die_before_config
+record.atomic_write_json = die_before_config
 sys.exit(cli.main(sys.argv[2:]))
 """
 
@@ -71,8 +76,8 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def state(run: Path) -> dict:
-    return json.loads((run / "run.json").read_text())
+def state(run: Path) -> RunState:
+    return RunFolder(run).read_state()
 
 
 @pytest.mark.parametrize("point", ["search", "finetune", "save"])
@@ -87,19 +92,19 @@ def test_resume_after_sigkill_ends_where_a_straight_run_does(
         check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    phases = state(run)["phases"]
+    phases = state(run).phases
     if point == "search":
-        assert "search" not in phases
+        assert phases.search is None
     elif point == "finetune":
-        assert phases["train"]["done"] and "finetune" not in phases
+        assert phases.train is not None and phases.train.done and phases.finetune is None
     else:
         assert (run / ROUTER_FILE).is_file() and not (run / CONFIG_FILE).exists()
         with pytest.raises(ArtifactError):
             load_artifact(run)
-    assert not state(run).get("finished")
+    assert not state(run).finished
 
     train(capsys, *train_args(train_inputs, run), "--resume")
-    assert state(run)["finished"]
+    assert state(run).finished
     resumed, reference = load_artifact(run), load_artifact(straight)
     assert resumed.schedule.thousandths == reference.schedule.thousandths
     assert resumed.router_state is not None and reference.router_state is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ from typer.testing import CliRunner
 from ftp_deploy import cli
 from ftp_deploy.artifacts import load_artifact
 from ftp_deploy.errors import ArtifactError, ConfigError, DataError, FtpDeployError, StorageError
+from ftp_deploy.formats.record import from_json
+from ftp_deploy.formats.run_state import Validated
 from ftp_deploy.progress import NO_PROGRESS
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
@@ -57,6 +58,12 @@ def settings(model: Path, data: Path, **changes: object) -> RunSettings:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
+def checkpoint_step(out: Path) -> int:
+    train = runfolder.RunFolder(out).read_state().phases.train
+    assert train is not None and train.checkpoint is not None
+    return train.checkpoint.step
+
+
 def train_losses(out: Path) -> list[float]:
     return [r["loss"] for r in runfolder.RunFolder(out).read_metrics() if r["phase"] == "train"]
 
@@ -71,10 +78,10 @@ def test_a_run_leaves_the_routed_model_report_and_metrics(
     out = tmp_path / "run"
     state = run_training(settings(tiny_model_dir, text_file), out)
     artifact = load_artifact(out)
-    assert artifact.has_trained_router and artifact.training["steps"] == STEPS
-    assert artifact.schedule.mean() == pytest.approx(0.3) and artifact.schedule.thousandths == tuple(
-        state["phases"]["finetune"]["best_thousandths"]
-    )
+    assert artifact.has_trained_router and artifact.training is not None and artifact.training.steps == STEPS
+    assert state.phases.finetune is not None
+    assert artifact.schedule.mean() == pytest.approx(0.3)
+    assert artifact.schedule.thousandths == state.phases.finetune.best_thousandths
     ids, mask = random_batch(2, 20, "left")
     with torch.no_grad():
         artifact.build(tiny_model())(ids, mask)  # loads and runs in compact mode
@@ -87,7 +94,7 @@ def test_a_run_leaves_the_routed_model_report_and_metrics(
     report = (out / "report.md").read_text()
     assert "![per-block sparsity](schedule.png)" in report and "trained router, fine-tuned schedule" in report
     assert list((out / "checkpoints").iterdir()) == [out / "checkpoints" / "step-0000006.safetensors"]
-    assert state["finished"] and set(state["heldout"]) == {"static_uniform", "static_searched", "trained"}
+    assert state.finished and set(state.heldout or {}) == {"static_uniform", "static_searched", "trained"}
 
 
 @pytest.mark.parametrize("routing", ["monotone", "topk"])
@@ -99,18 +106,20 @@ def test_the_prior_with_the_lowest_calibration_kl_is_the_one_trained(
         settings(tiny_model_dir, text_file, routing_mode=routing, train=TrainConfig(steps=1, scored=8, search_batch=2)),
         out,
     )
-    prior = state["phases"]["prior"]
+    prior = state.phases.prior
+    assert prior is not None
     artifact = load_artifact(out)
     assert artifact.routing_mode == routing
     assert "| router prior | " in (out / "report.md").read_text()
     if routing == "topk":  # the attention factors would bring back stale tokens: the static order alone
-        assert prior["candidates"] == [] and prior["attention_weight"] == 0.0
+        assert prior.candidates == [] and prior.attention_weight == 0.0
         return
-    scores = dict(prior["candidates"])
+    scores = dict(prior.candidates)
     assert sorted(scores) == [0.0, 8.0, 32.0, 128.0]
-    assert prior["attention_weight"] == min(scores, key=scores.__getitem__)
-    assert artifact.training["prior_attention_weight"] == prior["attention_weight"]
-    assert state["phases"]["train"]["validation"][0][1] == pytest.approx(scores[prior["attention_weight"]])
+    assert prior.attention_weight == min(scores, key=scores.__getitem__)
+    assert artifact.training is not None and artifact.training.prior_attention_weight == prior.attention_weight
+    assert state.phases.train is not None
+    assert state.phases.train.validation[0][1] == pytest.approx(scores[prior.attention_weight])
 
 
 def test_a_searched_schedule_that_loses_on_the_validation_blocks_is_not_kept(
@@ -121,10 +130,11 @@ def test_a_searched_schedule_that_loses_on_the_validation_blocks_is_not_kept(
 
     monkeypatch.setattr(pipeline._Run, "_validation_kl", uniform_wins)
     state = run_training(settings(tiny_model_dir, text_file), tmp_path / "run")
-    search = state["phases"]["search"]
-    assert search["validation"] == {"start": 0.0, "found": 1.0}  # the calibration batch preferred another
-    assert set(search["best_thousandths"]) == {300} and search["best_fitness"] == search["start_fitness"]
-    assert state["phases"]["finetune"]["best_thousandths"] == search["best_thousandths"]
+    search, finetune = state.phases.search, state.phases.finetune
+    assert search is not None and finetune is not None
+    assert search.validation == Validated(start=0.0, found=1.0)  # the calibration batch preferred another
+    assert set(search.best_thousandths) == {300} and search.best_fitness == search.start_fitness
+    assert finetune.best_thousandths == search.best_thousandths
 
 
 class Notes:
@@ -167,8 +177,8 @@ def test_validation_blocks_are_never_trained_on_searched_or_held_out(
     progress = Notes()
     train_config = TrainConfig(steps=2, batch_size=2, scored=8, search_batch=2, validation_batch=16)
     state = run_training(settings(tiny_model_dir, text_file, train=train_config), tmp_path / "run", progress=progress)
-    held = state["data"]["validation_blocks"]
-    blocks = state["data"]["train_blocks"]
+    assert state.data is not None and state.data.validation_blocks is not None
+    held, blocks = state.data.validation_blocks, state.data.train_blocks
     assert held == blocks // 4 < 16 and blocks > 8  # capped to a quarter of the training blocks
     assert progress.notes == [
         f"--validation-batch 16: the data has {blocks} training blocks and at most a quarter of them validate, "
@@ -193,8 +203,9 @@ def test_resume_after_a_kill_gives_identical_losses(tiny_model_dir: Path, text_f
     out = tmp_path / "killed"
     with pytest.raises(Killed):
         run_training(settings(tiny_model_dir, text_file), out, on_step=kill_at_step_4)
-    state = json.loads((out / "run.json").read_text())
-    assert state["phases"]["train"]["checkpoint"]["step"] == 4 and "finetune" not in state["phases"]
+    state = runfolder.RunFolder(out).read_state()
+    assert state.phases.train is not None and state.phases.train.checkpoint is not None
+    assert state.phases.train.checkpoint.step == 4 and state.phases.finetune is None
     resumed_steps: list[int] = []
     run_training(settings(tiny_model_dir, text_file), out, resume=True, on_step=lambda m: resumed_steps.append(m.step))
     assert resumed_steps == [4, 5]
@@ -219,7 +230,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(
     monkeypatch.setattr(runfolder, "atomic_write_bytes", write)
     with pytest.raises(StorageError, match="No space left on device"):
         run_training(settings(tiny_model_dir, text_file), out)
-    assert json.loads((out / "run.json").read_text())["phases"]["train"]["checkpoint"]["step"] == 2
+    assert checkpoint_step(out) == 2
     assert not list(out.rglob("*.tmp"))
     monkeypatch.setattr(runfolder, "atomic_write_bytes", real_write)
     run_training(settings(tiny_model_dir, text_file), out, resume=True)
@@ -266,8 +277,9 @@ def test_a_spent_time_budget_still_leaves_a_static_equivalent_router(
     out = tmp_path / "run"
     state = run_training(settings(tiny_model_dir, text_file), out, time_budget=1e-6)
     artifact = load_artifact(out)
-    assert state["phases"]["train"]["stopped_by_time_budget"] and artifact.training["steps"] == 0
-    assert state["phases"]["search"]["evaluations"] == 1  # only the start schedule was scored
+    assert state.phases.train is not None and state.phases.train.stopped_by_time_budget
+    assert artifact.training is not None and artifact.training.steps == 0
+    assert state.phases.search is not None and state.phases.search.evaluations == 1  # only the start was scored
     base = tiny_model()
     ids, mask = random_batch(2, 24, None)
     with torch.no_grad():
@@ -285,7 +297,8 @@ def test_the_command(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.M
     result = CliRunner().invoke(app, [*common, *small, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert f"run folder: {tmp_path / 'run'}" in result.output.replace("\n", "")
-    assert load_artifact(tmp_path / "run").training["data"] == "self"
+    training = load_artifact(tmp_path / "run").training
+    assert training is not None and training.data == "self"
     assert list((tmp_path / "cache" / "ftp-deploy" / "self-data").glob("*.safetensors"))
     result = CliRunner().invoke(app, [*common, "--sparsity", "1.5", "--out", str(tmp_path / "bad")])
     assert isinstance(result.exception, FtpDeployError) and "outside" in str(result.exception)
@@ -312,8 +325,9 @@ def test_routing_priors_and_validation_batch_take_effect_from_the_command_line(
     out = tmp_path / "run"
     argv = tiny_train_args(train_inputs, out, steps=1, batch_size=2, search_batch=2, population=3)
     assert cli.main([*argv, *options]) == 0, capsys.readouterr().err
-    state = json.loads((out / "run.json").read_text())
-    assert load_artifact(out).routing_mode == routing == state["settings"]["routing_mode"]
-    assert [weight for weight, _ in state["phases"]["prior"]["candidates"]] == priors
-    held = state["data"]["validation_blocks"]
-    assert held == (validation if validation is not None else min(16, state["data"]["train_blocks"] // 4))
+    state = runfolder.RunFolder(out).read_state()
+    assert load_artifact(out).routing_mode == routing == from_json(RunSettings, state.settings).routing_mode
+    assert state.phases.prior is not None and [weight for weight, _ in state.phases.prior.candidates] == priors
+    assert state.data is not None
+    held = state.data.validation_blocks
+    assert held == (validation if validation is not None else min(16, state.data.train_blocks // 4))

@@ -14,9 +14,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from ftp_deploy import cli
+from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE
 from ftp_deploy.errors import MissingDependencyError, OutputFolderError
-from ftp_deploy.export_format import DATA_FILE, MODEL_FILE, TensorRtSection, write_manifest
 from ftp_deploy.exporters.triton_repo import CONFIG_FILE, read_config, write_triton_repository
+from ftp_deploy.formats.export_manifest import DATA_FILE, MODEL_FILE, TensorRtSection, write_manifest
 from tests.test_export_command import make_run
 from tests.test_export_format import sample_manifest
 
@@ -42,8 +43,7 @@ def fake_artifact(folder: Path, logits_type: int = TensorProto.BFLOAT16, plan: b
     manifest = sample_manifest(debug_outputs=True)
     if plan:
         (folder / "model.plan").write_bytes(b"plan")
-        profile = {"min": [1, 1], "opt": [1, 512], "max": [4, 2048]}
-        section = TensorRtSection(profile, "bf16", [], "build_engine.sh", plan_file="model.plan")
+        section = TensorRtSection(DEFAULT_PROFILE.record(), "bf16", (), "build_engine.sh", plan_file="model.plan")
         manifest = replace(manifest, engine="trt", tensorrt=section)
     write_manifest(folder, manifest)
     return folder

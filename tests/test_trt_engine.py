@@ -30,14 +30,9 @@ import torch
 from ftp_deploy import cli
 from ftp_deploy.engines import trt_runner
 from ftp_deploy.engines.build_plan import build_artifact_plan
-from ftp_deploy.engines.build_plan import main as build_plan_main
-from ftp_deploy.engines.trt_env import TrtEnvironment, default_timing_cache, require_tensorrt_gpu
+from ftp_deploy.engines.trt_env import default_timing_cache, require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import (
     BUILD_SCRIPT,
-    PLAN_FILE,
-    PLAN_MANIFEST_FILE,
-    PlanManifest,
-    PluginId,
     check_plan_compatible,
     onnx_plugin_ids,
     plugin_node_count,
@@ -54,9 +49,19 @@ from ftp_deploy.errors import (
     ShapeOutOfProfileError,
     UsageError,
 )
-from ftp_deploy.export_format import DATA_FILE, MANIFEST_FILE, MODEL_FILE, manifest_mismatches, read_manifest
 from ftp_deploy.exporters.trt_export import TRTEXEC_INPUTS
 from ftp_deploy.fileio import sha256_file
+from ftp_deploy.formats.export_manifest import DATA_FILE, MANIFEST_FILE, MODEL_FILE, manifest_mismatches, read_manifest
+from ftp_deploy.formats.plan_manifest import (
+    PLAN_FILE,
+    PLAN_MANIFEST_FILE,
+    PlanHashes,
+    PlanManifest,
+    PluginId,
+    ProfileRecord,
+    TrtEnvironment,
+)
+from ftp_deploy.formats.record import from_json, to_json
 from ftp_deploy.verification.verify import verify
 from tests.conftest import VOCAB
 from tests.test_export_command import make_run
@@ -81,7 +86,11 @@ PLUGINS = (PluginId("ftp", "TokenCompact", "1"), PluginId("ftp", "TokenScatter",
 
 
 def plan_manifest(environment: TrtEnvironment = H100) -> PlanManifest:
-    return PlanManifest(environment, PROFILE, "fp16", PLUGINS, "aot", "a" * 64, "b" * 64)
+    return PlanManifest(environment, PROFILE.record(), "fp16", PLUGINS, "aot", PlanHashes("a" * 64, "b" * 64))
+
+
+def with_plan_hash(manifest: PlanManifest, plan: Path, **changes: object) -> PlanManifest:
+    return replace(manifest, sha256=replace(manifest.sha256, plan=sha256_file(plan)), **changes)  # type: ignore[arg-type]
 
 
 # --- the optimization profile -------------------------------------------------------------------
@@ -104,7 +113,8 @@ def test_default_profile() -> None:
         (1, 512),
         (4, 2048),
     )
-    assert ShapeProfile.from_json(json.loads(json.dumps(PROFILE.to_json()))) == PROFILE
+    saved = json.loads(json.dumps(to_json(PROFILE.record())))
+    assert ShapeProfile.from_record(from_json(ProfileRecord, saved)) == PROFILE
 
 
 @pytest.mark.parametrize(
@@ -201,7 +211,7 @@ def test_an_incompatible_plan_says_what_differs(here: TrtEnvironment, named: str
         f"this machine has TensorRT {here.tensorrt} and {here.gpu} ({here.sm})"
     )
     assert f"(a different {named})" in message
-    assert "python3 -m ftp_deploy.engines.build_plan art" in message and "ftp-deploy export --engine trt" in message
+    assert "ftp-deploy build-plan art" in message and "ftp-deploy export --engine trt" in message
 
 
 def test_timing_cache_is_per_tensorrt_and_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -253,7 +263,7 @@ def fake_tensorrt(registered: set[tuple[str, str, str]]) -> Any:
 def fake_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A folder with a plan and its manifest, and EngineFromPlan on a stand-in TensorRT on an H100."""
     (tmp_path / PLAN_FILE).write_bytes(b"plan")
-    write_plan_manifest(tmp_path, replace(plan_manifest(), plan_sha256=sha256_file(tmp_path / PLAN_FILE)))
+    write_plan_manifest(tmp_path, with_plan_hash(plan_manifest(), tmp_path / PLAN_FILE))
     monkeypatch.setattr(trt_runner, "current_environment", lambda trt: H100)
     monkeypatch.setattr(trt_runner, "register_trt_plugins", lambda: None)
     monkeypatch.setattr(trt_runner, "error_logger", lambda trt: types.SimpleNamespace(errors=["bad magic"]))
@@ -323,15 +333,16 @@ def test_onnx_only_artifact_is_complete_and_hash_consistent(onnx_only: OnnxOnlyE
 def test_onnx_only_manifest_has_the_tensorrt_section(onnx_only: OnnxOnlyExport) -> None:
     manifest = read_manifest(onnx_only.out)
     assert manifest.engine == "trt" and manifest.dtype == "fp32"
-    assert manifest.tensorrt is not None and manifest.tensorrt.to_json() == {
+    assert manifest.tensorrt is not None and to_json(manifest.tensorrt) == {
         "profile": {"inputs": ["input_ids", "attention_mask"], "min": [1, 1], "opt": [2, 64], "max": [4, 256]},
         "dtype": "fp32",
         "strongly_typed": True,
-        "plugins": [p.to_json() for p in PLUGINS],
+        "plugins": [to_json(p) for p in PLUGINS],
         "build_script": BUILD_SCRIPT,
         "plan_file": None,
         "plan_manifest": None,
         "built_for": None,
+        "decode_profile": None,
     }
 
 
@@ -345,7 +356,7 @@ def test_build_script_builds_in_python_then_times_with_trtexec(onnx_only: OnnxOn
     script = (onnx_only.out / BUILD_SCRIPT).read_text()
     subprocess.run(["sh", "-n", str(onnx_only.out / BUILD_SCRIPT)], check=True)
     lines = script.splitlines()
-    build = lines.index("python3 -m ftp_deploy.engines.build_plan .")
+    build = lines.index("ftp-deploy build-plan .")
     trtexec = next(i for i, line in enumerate(lines) if line.strip().startswith("trtexec "))
     assert lines.index('cd "$(dirname "$0")"') < build < trtexec
     assert shlex.split(lines[trtexec]) == [
@@ -366,7 +377,7 @@ def test_trtexec_inputs_are_valid_tokens_at_the_opt_shape(onnx_only: OnnxOnlyExp
 
 def test_onnx_only_prints_the_commands_quoted(onnx_only: OnnxOnlyExport) -> None:
     out = onnx_only.out.resolve()
-    assert f"python3 -m ftp_deploy.engines.build_plan {shlex.quote(str(out))}" in onnx_only.stdout
+    assert f"ftp-deploy build-plan {shlex.quote(str(out))}" in onnx_only.stdout
     assert f"cd {shlex.quote(str(out))} && trtexec --loadEngine=model.plan" in onnx_only.stdout
     assert "trtexec cannot build it" in onnx_only.stdout
 
@@ -399,12 +410,14 @@ def test_verify_trt_without_a_plan_says_how_to_build_it(
     with pytest.raises(ArtifactError) as caught:
         verify(onnx_only.out, runtime="trt")
     assert "has no TensorRT plan (model.plan)" in str(caught.value)
-    assert f"python3 -m ftp_deploy.engines.build_plan {shlex.quote(str(onnx_only.out))}" in str(caught.value)
+    assert f"ftp-deploy build-plan {shlex.quote(str(onnx_only.out))}" in str(caught.value)
 
 
 @needs_no_trt_gpu
-def test_build_plan_module_without_tensorrt(onnx_only: OnnxOnlyExport, capsys: pytest.CaptureFixture[str]) -> None:
-    assert build_plan_main([str(onnx_only.out)]) == 2
+def test_build_plan_without_tensorrt_names_the_extra(
+    onnx_only: OnnxOnlyExport, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["build-plan", str(onnx_only.out)]) == 2
     assert "pip install 'ftp-deploy[trt]'" in capsys.readouterr().err
 
 
@@ -416,7 +429,7 @@ def test_target_build_updates_the_artifact_in_place(
 
     def stand_in_build(folder: Path, profile: ShapeProfile, dtype: str, timing_cache: Path | None) -> PlanManifest:
         (folder / PLAN_FILE).write_bytes(b"plan")
-        manifest = replace(plan_manifest(), profile=profile, dtype=dtype, plan_sha256=sha256_file(folder / PLAN_FILE))
+        manifest = with_plan_hash(plan_manifest(), folder / PLAN_FILE, profile=profile.record(), dtype=dtype)
         write_plan_manifest(folder, manifest)
         return manifest
 
@@ -429,7 +442,7 @@ def test_target_build_updates_the_artifact_in_place(
     assert manifest_mismatches(art) == []
     manifest, exported = read_manifest(art), read_manifest(onnx_only.out)
     assert manifest.tensorrt is not None and manifest.tensorrt.plan_file == PLAN_FILE
-    assert manifest.tensorrt.built_for == H100.to_json() and manifest.tensorrt.profile == PROFILE.to_json()
+    assert manifest.tensorrt.built_for == H100 and manifest.tensorrt.profile == PROFILE.record()
     assert manifest.validation == exported.validation
     assert set(manifest.files) == set(exported.files) | {PLAN_FILE, PLAN_MANIFEST_FILE}
     (art / MODEL_FILE).write_bytes(b"tampered")
@@ -480,7 +493,7 @@ def test_tiny_model_engine_matches_onnxruntime_and_pytorch(onnx_only: OnnxOnlyEx
     shutil.copytree(onnx_only.out, art)
     plan = build_artifact_plan(art, tmp_path / "timing.cache")
     assert manifest_mismatches(art) == [] and read_manifest(art).tensorrt.plan_file == PLAN_FILE
-    assert plan.plugin_implementation == "aot" and plan.onnx_sha256 == sha256_file(art / MODEL_FILE)
+    assert plan.plugin_implementation == "aot" and plan.sha256.onnx == sha256_file(art / MODEL_FILE)
     ids, mask = (t.numpy() for t in sample_inputs(3, 100, VOCAB, seed=3))
     trt_runner_ = trt_runner.TrtPlanRunner(trt_runner.EngineFromPlan(art))
     with trt_runner_ as trt_run, OrtRunner(SessionFromOnnx(art / MODEL_FILE)) as ort_run:
@@ -498,8 +511,8 @@ def test_tiny_model_engine_matches_onnxruntime_and_pytorch(onnx_only: OnnxOnlyEx
 def test_export_with_tensorrt_writes_the_plan_into_the_artifact(onnx_only: OnnxOnlyExport, tmp_path: Path) -> None:
     """The in-export build path (export_onnx's extension), on a copy of the export rather than a second export."""
     tensorrt_with_gpu()
-    from ftp_deploy.export_format import write_manifest
     from ftp_deploy.exporters.trt_export import trt_extension
+    from ftp_deploy.formats.export_manifest import write_manifest
     from ftp_deploy.progress import NO_PROGRESS
 
     art = tmp_path / "art"
@@ -509,4 +522,4 @@ def test_export_with_tensorrt_writes_the_plan_into_the_artifact(onnx_only: OnnxO
     assert {PLAN_FILE, PLAN_MANIFEST_FILE} <= {p.name for p in art.iterdir()}
     assert manifest.tensorrt is not None and manifest_mismatches(art) == []
     assert manifest.tensorrt.built_for is not None
-    assert manifest.tensorrt.built_for["gpu"] == torch.cuda.get_device_name()
+    assert manifest.tensorrt.built_for.gpu == torch.cuda.get_device_name()

@@ -17,13 +17,14 @@ from polygraphy.comparator import RunResults
 
 from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
-from ftp_deploy.export_format import MANIFEST_FILE, write_manifest
+from ftp_deploy.comparison.feeds import load_feeds, save_feeds
 from ftp_deploy.exporters.pipeline import export_onnx
+from ftp_deploy.formats.export_manifest import MANIFEST_FILE, write_manifest
+from ftp_deploy.formats.verify_report import VerifyReport
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.verification.inputs import load_feeds, save_feeds
 from tests.conftest import random_batch, tiny_model, tiny_tokenizer
 from tests.test_export_format import sample_manifest
 
@@ -62,11 +63,11 @@ def test_correct_export_passes_with_full_routing_agreement(exported, capsys, tmp
         capsys, exported["art"], "--baseline", exported["dense"], "--seq-lens", "32,96", "--report", tmp_path
     )
     assert code == 0
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["parity"]["passed"] is True
-    assert report["parity"]["routing_agreement"] == 1.0
-    assert report["parity"]["top1_agreement"] == 1.0
-    assert {f["seq_len"] for f in report["parity"]["feeds"]} >= {1}
+    report = VerifyReport.read(tmp_path)
+    assert report.passed and report.parity.passed
+    assert report.parity.routing_agreement == 1.0
+    assert report.parity.top1_agreement == 1.0
+    assert {f["seq_len"] for f in report.parity.feeds} >= {1}
     # Piped (not a terminal): the figures that decide, one short line each, and where the tables are.
     assert "verdict: PASS" in out and "routing agreement: 100.000%" in out and "x dense" in out
     assert f"tables: {tmp_path / 'report.md'}" in out and "| output |" not in out
@@ -84,12 +85,13 @@ def test_report_files_agree_with_each_other(exported, capsys, tmp_path: Path) ->
     assert run_cli(capsys, exported["art"], "--seq-lens", "32", "--report", tmp_path)[0] == 0
     for name in ("report.json", "report.md", "run_results.json", "inputs.json"):
         assert (tmp_path / name).is_file(), name
-    report = json.loads((tmp_path / "report.json").read_text())
-    logits = next(o for o in report["parity"]["outputs"] if o["name"] == "logits")
+    report = VerifyReport.read(tmp_path)
+    logits = next(o for o in report.parity.outputs if o.name == "logits")
     markdown = (tmp_path / "report.md").read_text()
-    assert f"| logits | yes | {logits['absolute']['max']:.3g} |" in markdown
-    latency = report["latency"]["routed"][0]
-    assert f"| 32 | 1 | {latency['median_ms']:.1f} |" in markdown
+    assert f"| logits | yes | {logits.absolute['max']:.3g} |" in markdown
+    assert report.latency is not None
+    latency = report.latency.routed[0]
+    assert f"| 32 | 1 | {latency.median_ms:.1f} |" in markdown
     # The saved Polygraphy results reproduce the reported maximum over the valid positions.
     results = RunResults.load(str(tmp_path / "run_results.json"))
     feeds = load_feeds(tmp_path / "inputs.json")
@@ -98,7 +100,7 @@ def test_report_files_agree_with_each_other(exported, capsys, tmp_path: Path) ->
         assert ref["logits"].shape[:2] == feed["attention_mask"].shape
         valid = feed["attention_mask"].astype(bool)
         worst = max(worst, float(np.abs(ref["logits"] - got["logits"])[valid].max()))
-    assert worst > 0 and logits["absolute"]["max"] == pytest.approx(worst, rel=1e-6)
+    assert worst > 0 and logits.absolute["max"] == pytest.approx(worst, rel=1e-6)
 
 
 def test_perturbed_weights_fail_and_name_the_block(exported, capsys, tmp_path: Path) -> None:
@@ -117,8 +119,8 @@ def test_perturbed_weights_fail_and_name_the_block(exported, capsys, tmp_path: P
     assert code == 1
     assert "parity failed: logits" in err
     assert f"model.layers.{PERTURBED_LAYER}" in err
-    report = json.loads((tmp_path / "report.json").read_text())
-    hidden = {o["name"]: o["passed"] for o in report["parity"]["outputs"]}
+    report = VerifyReport.read(tmp_path)
+    hidden = {o.name: o.passed for o in report.parity.outputs}
     assert hidden[f"hidden_{PERTURBED_LAYER - 1}"] and not hidden[f"hidden_{PERTURBED_LAYER}"]
 
 
@@ -135,9 +137,8 @@ def test_inputs_replay(exported, capsys, tmp_path: Path) -> None:
         tmp_path / "b",
     )
     assert code == 0
-    first = json.loads((tmp_path / "a" / "report.json").read_text())["parity"]
-    second = json.loads((tmp_path / "b" / "report.json").read_text())["parity"]
-    assert first["feeds"] == second["feeds"] and first["outputs"] == second["outputs"]
+    first, second = (VerifyReport.read(tmp_path / name).parity for name in ("a", "b"))
+    assert first.feeds == second.feeds and first.outputs == second.outputs
 
 
 def test_polygraphy_cli_runs_the_export(exported, capsys, tmp_path: Path) -> None:
@@ -246,9 +247,9 @@ def test_right_padded_feeds_match_through_the_exported_graph(exported, capsys, t
     code, _, _ = run_cli(capsys, exported["art"], "--seq-lens", "", "--inputs", tmp_path / "right.json",
                          "--report", tmp_path / "report")  # fmt: skip
     assert code == 0
-    parity = json.loads((tmp_path / "report" / "report.json").read_text())["parity"]
-    assert parity["routing_agreement"] == 1.0 and parity["top1_agreement"] == 1.0
-    assert [f["seq_len"] for f in parity["feeds"]] == [40, 17]
+    parity = VerifyReport.read(tmp_path / "report").parity
+    assert parity.routing_agreement == 1.0 and parity.top1_agreement == 1.0
+    assert [f["seq_len"] for f in parity.feeds] == [40, 17]
     results = RunResults.load(str(tmp_path / "report" / "run_results.json"))
     for feed, ref, got in zip(feeds, results["pytorch"], results["onnxruntime"], strict=True):
         valid = feed["attention_mask"].astype(bool)

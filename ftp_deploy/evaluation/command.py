@@ -1,4 +1,4 @@
-"""The `ftp-deploy eval` command: a thin typer layer over `pipeline.run_eval`.
+"""The `ftp-deploy eval` command: a thin typer layer over `pipeline.evaluate`.
 
 Only torch-free modules load at import, so registering the command keeps the CLI quick to start.
 """
@@ -14,59 +14,66 @@ from rich.table import Table
 from ftp_deploy.cli_options import DeviceMapOption, DeviceOption, DtypeOption, ModelOverrideOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.data_root import DATA_ENV
-from ftp_deploy.evaluation.methods import DEFAULT_BASELINES
-from ftp_deploy.evaluation.tasks import DEFAULT_TASKS, GENERIC_TASKS, NAMED_TASKS
+from ftp_deploy.evaluation.options import REPORT_SUBFOLDER, EvalOptions
+from ftp_deploy.evaluation.tasks import GENERIC_TASKS, NAMED_TASKS
+
+_EVAL = EvalOptions()
 
 
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A trained run folder (ftp_config.json + router.safetensors)")],
     tasks: Annotated[
         str, typer.Option(help=f"Comma-separated: {', '.join(NAMED_TASKS)}, {GENERIC_TASKS}")
-    ] = DEFAULT_TASKS,
+    ] = _EVAL.tasks,
     baselines: Annotated[
         str, typer.Option(help="Comma-separated baselines at the run's sparsity; dense is always included")
-    ] = DEFAULT_BASELINES,
-    limit: Annotated[int | None, typer.Option(help="A fixed, seeded subset of N items (windows for ppl)")] = None,
-    report: Annotated[Path | None, typer.Option(help="Folder for the report files (default RUN_DIR/eval)")] = None,
+    ] = _EVAL.baselines,
+    limit: Annotated[
+        int | None, typer.Option(help="A fixed, seeded subset of N items (windows for ppl)")
+    ] = _EVAL.limit,
+    report: Annotated[
+        Path | None, typer.Option(help=f"Folder for the report files (default RUN_DIR/{REPORT_SUBFOLDER})")
+    ] = _EVAL.report,
     data_dir: Annotated[
         Path | None, typer.Option(help=f"Folder of the task files (default ${DATA_ENV}, else ../shared/data)")
-    ] = None,
-    model: ModelOverrideOption = None,
-    trust_remote_code: TrustOption = False,
-    seq_len: Annotated[int, typer.Option(help="Perplexity window length in tokens")] = 512,
+    ] = _EVAL.data_dir,
+    model: ModelOverrideOption = _EVAL.model,
+    trust_remote_code: TrustOption = _EVAL.trust_remote_code,
+    seq_len: Annotated[int, typer.Option(help="Perplexity window length in tokens")] = _EVAL.seq_len,
     scored_tokens: Annotated[
         int | None, typer.Option(help="Scored positions at the end of each window (default: FTP_SPEC 1b's)")
-    ] = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "fp32",
-    device_map: DeviceMapOption = None,
+    ] = _EVAL.scored_tokens,
+    device: DeviceOption = _EVAL.device,
+    dtype: DtypeOption = _EVAL.dtype,
+    device_map: DeviceMapOption = _EVAL.device_map,
 ) -> None:
     """Accuracy retention of a trained run against dense and pruning baselines at the same sparsity."""
-    from ftp_deploy.evaluation.pipeline import run_eval
+    options = EvalOptions(
+        tasks=tasks,
+        baselines=baselines,
+        limit=limit,
+        report=report,
+        data_dir=data_dir,
+        model=model,
+        trust_remote_code=trust_remote_code,
+        seq_len=seq_len,
+        scored_tokens=scored_tokens,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+    )
+    from ftp_deploy.evaluation.pipeline import evaluate as run_evaluate
     from ftp_deploy.evaluation.report import table_rows
-    from ftp_deploy.placement import memory_errors, resolve_placement
+    from ftp_deploy.placement import memory_errors
 
-    placement = resolve_placement(device, dtype, device_map)
     with RichProgress() as progress, memory_errors("--dtype bf16, a smaller --seq-len, or --device-map auto"):
-        results, written = run_eval(
-            run_dir=run_dir,
-            tasks=tasks,
-            baselines=baselines,
-            limit=limit,
-            report=report,
-            data_dir=data_dir,
-            model=model,
-            seq_len=seq_len,
-            scored_tokens=scored_tokens,
-            trust_remote_code=trust_remote_code,
-            progress=progress,
-            placement=placement,
-        )
+        evaluation = run_evaluate(run_dir, options, progress)
+    results = evaluation.results
     header, rows = table_rows(results)
-    table = Table(title=f"{results['model']['ref']}: accuracy % (perplexity on scored positions)")
+    table = Table(title=f"{results.model.ref}: accuracy % (perplexity on scored positions)")
     for column in header:
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print("wrote " + ", ".join(str(path) for path in written))
+    console.print("wrote " + ", ".join(str(path) for path in evaluation.files))

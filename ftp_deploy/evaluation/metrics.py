@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
 
 from ftp_deploy.evaluation.loaders import ChoiceItem
 from ftp_deploy.evaluation.scoring import LogLikelihood
+from ftp_deploy.formats.eval_results import TaskScores
 
 
 def _argmax(values: list[float]) -> int:
@@ -19,7 +19,7 @@ def _stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
 
 
-def choice_metrics(items: list[ChoiceItem], scores: list[LogLikelihood]) -> dict[str, Any]:
+def choice_metrics(items: list[ChoiceItem], scores: list[LogLikelihood]) -> TaskScores:
     """`scores` holds every item's choices in order. acc takes the largest summed log-likelihood,
     acc_norm the largest per UTF-8 byte of the choice."""
     predictions, normalized = [], []
@@ -33,30 +33,30 @@ def choice_metrics(items: list[ChoiceItem], scores: list[LogLikelihood]) -> dict
     correct = [int(p == item.label) for p, item in zip(predictions, items, strict=True)]
     acc = sum(correct) / n
     acc_norm = sum(p == item.label for p, item in zip(normalized, items, strict=True)) / n
-    return {
-        "acc": acc,
-        "acc_stderr": _stderr(acc, n),
-        "acc_norm": acc_norm,
-        "acc_norm_stderr": _stderr(acc_norm, n),
-        "items": n,
-        "correct": correct,
-        "predictions": predictions,
-        "predictions_norm": normalized,
-    }
+    return TaskScores(
+        acc=acc,
+        acc_stderr=_stderr(acc, n),
+        acc_norm=acc_norm,
+        acc_norm_stderr=_stderr(acc_norm, n),
+        items=n,
+        correct=correct,
+        predictions=predictions,
+        predictions_norm=normalized,
+    )
 
 
-def target_metrics(scores: list[LogLikelihood]) -> dict[str, Any]:
+def target_metrics(scores: list[LogLikelihood]) -> TaskScores:
     """LAMBADA: accuracy = the target is the greedy continuation; perplexity = exp(-mean log-likelihood)."""
     n = len(scores)
     correct = [int(s.greedy) for s in scores]
     acc = sum(correct) / n
-    return {
-        "acc": acc,
-        "acc_stderr": _stderr(acc, n),
-        "ppl": math.exp(-sum(s.logprob for s in scores) / n),
-        "items": n,
-        "correct": correct,
-    }
+    return TaskScores(
+        acc=acc,
+        acc_stderr=_stderr(acc, n),
+        ppl=math.exp(-sum(s.logprob for s in scores) / n),
+        items=n,
+        correct=correct,
+    )
 
 
 def chance_accuracy(items: list[ChoiceItem]) -> float:

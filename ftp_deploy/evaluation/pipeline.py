@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ftp_deploy.artifacts import ROUTER_FILE, RoutedArtifact, load_artifact, load_routed
+from ftp_deploy.artifacts import RoutedArtifact, load_artifact, load_routed
 from ftp_deploy.data_root import data_root
 from ftp_deploy.errors import ArtifactError
 from ftp_deploy.evaluation.baselines import build_methods
 from ftp_deploy.evaluation.comparisons import comparisons
-from ftp_deploy.evaluation.methods import DEFAULT_BASELINES, DENSE, STATIC, parse_baselines
+from ftp_deploy.evaluation.methods import DENSE, STATIC, parse_baselines
+from ftp_deploy.evaluation.options import REPORT_SUBFOLDER, EvalOptions
 from ftp_deploy.evaluation.report import write_report
 from ftp_deploy.evaluation.retention import retention_summary
 from ftp_deploy.evaluation.runner import EvalSettings, evaluate_methods, prepare
 from ftp_deploy.evaluation.shortgpt import calibration_file, calibration_ids
 from ftp_deploy.evaluation.tasks import (
-    DEFAULT_TASKS,
     SUBSET_SEED,
     Task,
     check_limit,
@@ -33,15 +34,16 @@ from ftp_deploy.evaluation.tasks import (
 )
 from ftp_deploy.fidelity import SCORED_POSITIONS
 from ftp_deploy.fileio import sha256_file
+from ftp_deploy.formats.eval_results import EvalResults, EvaluatedModel, MethodResult, SourceRun
+from ftp_deploy.formats.eval_results import Settings as ResultSettings
+from ftp_deploy.formats.record import to_json
+from ftp_deploy.formats.routed_config import ROUTER_FILE
 from ftp_deploy.models import LoadedModel
-from ftp_deploy.placement import CPU, Placement
+from ftp_deploy.placement import CPU, Placement, resolve_placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.schedule import Schedule
 
-FORMAT = "ftp-deploy/eval-results"
-FORMAT_VERSION = 1
-REPORT_SUBFOLDER = "eval"
 # Context longer than this is cut from the left, as lm-evaluation-harness does at the model's limit.
 FALLBACK_MAX_LENGTH = 2048
 
@@ -70,8 +72,8 @@ def evaluate_model(
     progress: Progress,
     calibration: Path | None = None,
     ftp: RoutedModel | None = None,
-    measured: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+    measured: dict[str, MethodResult] | None = None,
+) -> EvalResults:
     """Every number of one evaluation: model and data hashes, each method's metrics and compute, retention.
 
     `measured` holds methods already scored on the same model, tasks and settings (dense, when
@@ -96,18 +98,18 @@ def evaluate_model(
     scores = measured | evaluate_methods(methods, prepared, settings, progress)
     data = {p.task.name: p.facts() for p in prepared}
     details = retention_summary(scores, data, DENSE)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": {**loaded.ref.to_json(), "weights_sha256": weights_sha256(loaded.model)},
-        "settings": {**settings.to_json(), "subset_seed": SUBSET_SEED, "execution": "compact"},
-        "data": data,
-        "methods": scores,
-        "retention": details["average"],
-        "retention_details": details,
-        "comparisons": comparisons(scores, data, details["headline_tasks"], [DENSE, STATIC]),
-        "wall_seconds": time.perf_counter() - start,
-    }
+    return EvalResults(
+        model=EvaluatedModel(**to_json(loaded.ref), weights_sha256=weights_sha256(loaded.model)),
+        settings=ResultSettings(
+            settings.seq_len, settings.scored_tokens, settings.batch_tokens, SUBSET_SEED, execution="compact"
+        ),
+        data=data,
+        methods=scores,
+        retention=dict(details.average),
+        retention_details=details,
+        comparisons=comparisons(scores, data, details.headline_tasks, [DENSE, STATIC]),
+        wall_seconds=time.perf_counter() - start,
+    )
 
 
 def load_trained_run(
@@ -124,31 +126,31 @@ def load_trained_run(
     return loaded, routed, artifact
 
 
-def run_eval(
-    run_dir: Path,
-    tasks: str = DEFAULT_TASKS,
-    baselines: str = DEFAULT_BASELINES,
-    limit: int | None = None,
-    report: Path | None = None,
-    data_dir: Path | None = None,
-    model: str | None = None,
-    seq_len: int = 512,
-    scored_tokens: int | None = None,
-    trust_remote_code: bool = False,
-    progress: Progress = NO_PROGRESS,
-    placement: Placement = CPU,
-) -> tuple[dict[str, Any], list[Path]]:
+@dataclass
+class Evaluation:
+    """What `ftp-deploy eval` produced: the results (also in results.json) and every file it wrote."""
+
+    results: EvalResults
+    files: list[Path]
+
+
+def evaluate(
+    run_dir: Path | str, options: EvalOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
+) -> Evaluation:
     """Evaluate a trained run against the baselines; write the report to `report` (default RUN_DIR/eval).
 
+    `options` (default EvalOptions()) with `fields` replaced by name, as the command line names them.
     `scored_tokens` defaults to the scored positions of FTP_SPEC 1b (ftp_deploy.fidelity).
     """
-    settings = EvalSettings(seq_len, SCORED_POSITIONS if scored_tokens is None else scored_tokens)
+    opts, run_dir = replace(options or EvalOptions(), **fields), Path(run_dir)
+    placement = resolve_placement(opts.device, opts.dtype, opts.device_map)
+    settings = EvalSettings(opts.seq_len, SCORED_POSITIONS if opts.scored_tokens is None else opts.scored_tokens)
     settings.check()
-    baseline_names = parse_baselines(baselines)
-    data_dir = data_dir or data_root()
-    task_list = load_tasks(tasks, data_dir, limit)
+    baseline_names = parse_baselines(opts.baselines)
+    data_dir = opts.data_dir or data_root()
+    task_list = load_tasks(opts.tasks, data_dir, opts.limit)
     calibration = calibration_file(data_dir) if "shortgpt" in baseline_names else None
-    loaded, routed, artifact = load_trained_run(run_dir, model, trust_remote_code, placement)
+    loaded, routed, artifact = load_trained_run(run_dir, opts.model, opts.trust_remote_code, placement)
     results = evaluate_model(
         loaded,
         task_list,
@@ -160,12 +162,6 @@ def run_eval(
         calibration,
         routed,
     )
-    results["run"] = {
-        "dir": str(run_dir),
-        "router_sha256": sha256_file(run_dir / ROUTER_FILE),
-        "routing_mode": artifact.routing_mode,
-        "training": artifact.training,
-    }
-    results["settings"]["limit"] = limit
-    results["settings"]["placement"] = placement.to_json()
-    return results, write_report(results, report or run_dir / REPORT_SUBFOLDER)
+    results.run = SourceRun(str(run_dir), sha256_file(run_dir / ROUTER_FILE), artifact.routing_mode, artifact.training)
+    results.settings.limit, results.settings.placement = opts.limit, placement
+    return Evaluation(results, write_report(results, opts.report or run_dir / REPORT_SUBFOLDER))

@@ -8,7 +8,8 @@ those others are listed apart, and chance-normalized retention is given as well.
 from __future__ import annotations
 
 from statistics import mean
-from typing import Any
+
+from ftp_deploy.formats.eval_results import ChanceNormalized, MethodResult, Retention, TaskFacts
 
 METRIC = "acc"
 MIN_MARGIN = 0.05
@@ -20,34 +21,35 @@ def _average(values: list[float]) -> float | None:
     return mean(values) if values else None
 
 
-def retention_summary(
-    methods: dict[str, dict[str, Any]], data: dict[str, dict[str, Any]], dense: str
-) -> dict[str, Any]:
-    """`methods[m]["tasks"][t][METRIC]` and `data[t]["chance"]` for the choice tasks -> retention figures."""
-    tasks = [t for t, facts in data.items() if facts["kind"] == "choice"]
-    chance = {t: float(data[t]["chance"]) for t in tasks}
-    reference = {t: float(methods[dense]["tasks"][t][METRIC]) for t in tasks}
+def retention_summary(methods: dict[str, MethodResult], data: dict[str, TaskFacts], dense: str) -> Retention:
+    """Each method's METRIC on the choice tasks against dense's and chance -> the retention figures."""
+    tasks = [t for t, facts in data.items() if facts.kind == "choice"]
+    chance = {t: float(data[t].chance or 0.0) for t in tasks}
+    reference = {t: _metric(methods[dense], t) for t in tasks}
     headline = [t for t in tasks if reference[t] - chance[t] >= MIN_MARGIN - _TOLERANCE]
-    summary: dict[str, Any] = {
-        "metric": METRIC,
-        "min_margin_over_chance": MIN_MARGIN,
-        "headline_tasks": headline,
-        "other_tasks": {
+    summary = Retention(
+        metric=METRIC,
+        min_margin_over_chance=MIN_MARGIN,
+        headline_tasks=headline,
+        other_tasks={
             t: f"dense {METRIC} {reference[t]:.3f} is less than {MIN_MARGIN:.2f} above chance {chance[t]:.3f}"
             for t in tasks
             if t not in headline
         },
-        "average": {},
-        "per_task": {},
-        "chance_normalized": {},
-        "average_accuracy": {},
-    }
+    )
     for name, result in methods.items():
-        accuracy = {t: float(result["tasks"][t][METRIC]) for t in tasks}
+        accuracy = {t: _metric(result, t) for t in tasks}
         per_task = {t: accuracy[t] / reference[t] if reference[t] > 0 else None for t in tasks}
         normalized = {t: (accuracy[t] - chance[t]) / (reference[t] - chance[t]) for t in headline}
-        summary["per_task"][name] = per_task
-        summary["average"][name] = _average([v for t, v in per_task.items() if t in headline and v is not None])
-        summary["chance_normalized"][name] = {"average": _average(list(normalized.values())), "per_task": normalized}
-        summary["average_accuracy"][name] = _average([accuracy[t] for t in headline])
+        summary.per_task[name] = per_task
+        summary.average[name] = _average([v for t, v in per_task.items() if t in headline and v is not None])
+        summary.chance_normalized[name] = ChanceNormalized(_average(list(normalized.values())), normalized)
+        summary.average_accuracy[name] = _average([accuracy[t] for t in headline])
     return summary
+
+
+def _metric(result: MethodResult, task: str) -> float:
+    value = getattr(result.tasks[task], METRIC)
+    if value is None:
+        raise ValueError(f"task {task} has no {METRIC}")
+    return float(value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ftp_deploy.errors import ConfigError
@@ -12,6 +12,7 @@ from ftp_deploy.evaluation.scoring import DEFAULT_BATCH_TOKENS, Request, Scorer,
 from ftp_deploy.evaluation.tally import Tally
 from ftp_deploy.evaluation.tasks import ChoiceTask, TargetTask, Task, TextTask, file_hashes, short_name, subset
 from ftp_deploy.fidelity import SCORED_POSITIONS
+from ftp_deploy.formats.eval_results import MethodResult, TaskFacts, TaskScores
 from ftp_deploy.progress import Progress
 
 
@@ -31,9 +32,6 @@ class EvalSettings:
         if self.batch_tokens < 1:
             raise ConfigError(f"the batch size must be at least 1 token, got {self.batch_tokens}")
 
-    def to_json(self) -> dict[str, int]:
-        return {"seq_len": self.seq_len, "scored_tokens": self.scored_tokens, "batch_tokens": self.batch_tokens}
-
 
 @dataclass
 class PreparedTask:
@@ -48,18 +46,14 @@ class PreparedTask:
     def size(self) -> int:
         return len(self.windows) if isinstance(self.task, TextTask) else len(self.requests)
 
-    def facts(self) -> dict[str, Any]:
+    def facts(self) -> TaskFacts:
         """What was evaluated: kind, counts, chance level, sha256 of the files."""
-        task = self.task
-        facts: dict[str, Any] = {"files": file_hashes(task)}
+        task, files = self.task, file_hashes(self.task)
         if isinstance(task, ChoiceTask):
-            facts |= {"kind": "choice", "items": len(task.items), "available": task.available}
-            facts["chance"] = chance_accuracy(task.items)
-        elif isinstance(task, TargetTask):
-            facts |= {"kind": "target", "items": len(task.items), "available": task.available}
-        else:
-            facts |= {"kind": "perplexity", "windows": len(self.windows), "available": self.available_windows}
-        return facts
+            return TaskFacts("choice", files, task.available, items=len(task.items), chance=chance_accuracy(task.items))
+        if isinstance(task, TargetTask):
+            return TaskFacts("target", files, task.available, items=len(task.items))
+        return TaskFacts("perplexity", files, self.available_windows, windows=len(self.windows))
 
 
 def prepare(task: Task, tokenizer: Any, settings: EvalSettings, max_length: int) -> PreparedTask:
@@ -73,20 +67,20 @@ def prepare(task: Task, tokenizer: Any, settings: EvalSettings, max_length: int)
     return PreparedTask(task, requests=[encode_pair(tokenizer, c, t, max_length) for c, t in pairs])
 
 
-def score_task(scorer: Scorer, prepared: PreparedTask, settings: EvalSettings) -> dict[str, Any]:
+def score_task(scorer: Scorer, prepared: PreparedTask, settings: EvalSettings) -> TaskScores:
     task = prepared.task
     if isinstance(task, ChoiceTask):
         return choice_metrics(task.items, scorer.loglikelihoods(prepared.requests))
     if isinstance(task, TargetTask):
         return target_metrics(scorer.loglikelihoods(prepared.requests))
-    return dict(scorer.window_nll(prepared.windows, settings.scored_tokens).perplexities())
+    return scorer.window_nll(prepared.windows, settings.scored_tokens).perplexities()
 
 
 def evaluate_methods(
     methods: list[Method], tasks: list[PreparedTask], settings: EvalSettings, progress: Progress
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, MethodResult]:
     """Per method: its setup, the compute it measured (token sparsity, FLOP ratio) and each task's metrics."""
-    results = {}
+    results: dict[str, MethodResult] = {}
     for method in methods:
         tallies, per_task = [], {}
         for prepared in tasks:
@@ -94,7 +88,7 @@ def evaluate_methods(
             with progress.phase(description, total=prepared.size) as advance:
                 scorer = Scorer(method.model, Tally(), settings.batch_tokens, advance)
                 metrics = score_task(scorer, prepared, settings)
-            per_task[prepared.task.name] = metrics | {"measured": scorer.tally.to_json()}
+            per_task[prepared.task.name] = replace(metrics, measured=scorer.tally.compute())
             tallies.append(scorer.tally)
-        results[method.name] = {**method.setup, "measured": Tally.combined(tallies).to_json(), "tasks": per_task}
+        results[method.name] = MethodResult(**method.setup, measured=Tally.combined(tallies).compute(), tasks=per_task)
     return results

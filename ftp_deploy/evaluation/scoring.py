@@ -17,6 +17,7 @@ import torch
 from ftp_deploy.errors import DataError
 from ftp_deploy.evaluation.tally import Tally
 from ftp_deploy.fidelity import scored_logits, scored_targets, token_nll
+from ftp_deploy.formats.eval_results import TaskScores
 
 DEFAULT_BATCH_TOKENS = 1024
 # Padding slots are masked out, so any id will do.
@@ -75,13 +76,13 @@ class NllSums:
         self.all_nll += float(every_nll.sum())
         self.all_count += every_nll.numel()
 
-    def perplexities(self) -> dict[str, float]:
-        return {
-            "ppl_scored": math.exp(self.scored_nll / self.scored_count),
-            "ppl_all": math.exp(self.all_nll / self.all_count),
-            "scored_tokens": self.scored_count,
-            "all_tokens": self.all_count,
-        }
+    def perplexities(self) -> TaskScores:
+        return TaskScores(
+            ppl_scored=math.exp(self.scored_nll / self.scored_count),
+            ppl_all=math.exp(self.all_nll / self.all_count),
+            scored_tokens=self.scored_count,
+            all_tokens=self.all_count,
+        )
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ftp_deploy.flops import block_flops
+from ftp_deploy.formats.eval_results import Compute
 
 
 @dataclass
@@ -48,5 +49,5 @@ class Tally:
         """Decoder-block FLOPs of the model over those of the dense model on the same sequences."""
         return self.flops / self.dense_flops if self.dense_flops else 1.0
 
-    def to_json(self) -> dict[str, float]:
-        return {"token_sparsity": self.token_sparsity, "flop_ratio": self.flop_ratio}
+    def compute(self) -> Compute:
+        return Compute(self.token_sparsity, self.flop_ratio)

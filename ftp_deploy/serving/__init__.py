@@ -1,1 +1,1 @@
-"""`ftp-deploy generate`: text from a run folder (PyTorch) or an exported artifact folder."""
+"""Serving exported routed models from an inference server (Triton Inference Server)."""

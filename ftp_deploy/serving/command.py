@@ -1,84 +1,129 @@
-"""The `ftp-deploy generate` command; the CLI registers it with `app.command()(generate)`.
+"""The `ftp-deploy serve` command; the CLI registers it with `app.command()(serve)`.
 
-Only torch-free modules load at import; the option values are checked before any model loads.
+A thin layer over `serving.server`: the options are `ServeOptions`' fields with its defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ftp_deploy.cli_options import DeviceOption, DtypeOption, ModelOverrideOption, TrustOption
-from ftp_deploy.console import RichProgress, console, err_console
-from ftp_deploy.errors import UsageError
-from ftp_deploy.generation_settings import GenerationSettings
-from ftp_deploy.serving.source import RUNTIMES, check_prompt, check_runtime
+from ftp_deploy.console import console, err_console
+from ftp_deploy.errors import ServerError
+from ftp_deploy.serving.options import ServeOptions
+from ftp_deploy.serving.server import RunningServer
+
+DEFAULTS = ServeOptions()
 
 
-def generate(
-    source_dir: Annotated[
-        Path, typer.Argument(help="A run folder (ftp_config.json) or an exported artifact folder (manifest.json)")
+def serve(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="Export folders made with --with-past, or model repositories from export --triton-repo"),
     ],
-    prompt: Annotated[str, typer.Option(help="Text to continue")],
-    max_new_tokens: Annotated[int, typer.Option(help="At most this many new tokens")] = 64,
-    runtime: Annotated[
-        str | None,
-        typer.Option(help=f"One of {', '.join(RUNTIMES)} (default: torch for a run folder, onnxrt for an export)"),
-    ] = None,
-    stream: Annotated[bool, typer.Option(help="Print the text as it is generated")] = False,
-    chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template")] = False,
-    do_sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding")] = False,
-    temperature: Annotated[float, typer.Option(help="--do-sample: softmax temperature")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="--do-sample: nucleus probability mass")] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="--do-sample: seed of the sampler")] = None,
-    threads: Annotated[int | None, typer.Option(help="--runtime onnxrt: ONNX Runtime intra-op threads")] = None,
-    model: ModelOverrideOption = None,
-    trust_remote_code: TrustOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "fp32",
+    host: Annotated[str, typer.Option(help="Address the HTTP and gRPC endpoints listen on")] = DEFAULTS.host,
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port")] = DEFAULTS.http_port,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port")] = DEFAULTS.grpc_port,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Requests Triton's dynamic batcher hands a model instance at once")
+    ] = DEFAULTS.max_batch_size,
+    instances: Annotated[
+        int, typer.Option(help="Model instances per model (each a process with its own ONNX Runtime sessions)")
+    ] = DEFAULTS.instances,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads per instance")] = DEFAULTS.threads,
+    max_queue_delay_ms: Annotated[
+        float, typer.Option(help="How long the batcher waits for more requests to join a batch")
+    ] = DEFAULTS.max_queue_delay_ms,
+    python_env: Annotated[
+        Path | None,
+        typer.Option(help="The Python environment the model runs in (default: this one); needs the \\[serve] extra"),
+    ] = DEFAULTS.python_env,
+    start_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to be ready")] = (
+        DEFAULTS.start_timeout
+    ),
+    log_file: Annotated[Path | None, typer.Option(help="Keep the server's log here")] = DEFAULTS.log_file,
 ) -> None:
-    """Continue a prompt with a routed model: routed prefill, then decode with the per-layer compacted KV cache.
+    """Serve exports from a real Triton Inference Server (HTTP and gRPC) until Ctrl-C.
 
-    The continuation goes to stdout; time to first token, decode time per token and KV-cache bytes to stderr.
+    Each export gets two models: NAME-generate (one response a request) and NAME-stream (a response a token).
     """
-    settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p, seed)
-    check_prompt(prompt)
-    check_runtime(runtime)
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {threads}")
-    from ftp_deploy.serving.pipeline import generate as run_generate
+    from ftp_deploy.serving.server import failure_line, start_server
 
-    def write(text: str) -> None:
-        console.file.write(text)
-        console.file.flush()
-
-    from ftp_deploy.placement import memory_errors
-
-    with RichProgress(transient=True) as progress, memory_errors("--dtype bf16 or a shorter --prompt"):
-        result = run_generate(
-            source_dir,
-            prompt,
-            settings,
-            runtime=runtime,
-            chat=chat,
-            model=model,
-            trust_remote_code=trust_remote_code,
-            threads=threads,
-            on_text=write if stream else None,
-            progress=progress,
-            device=device,
-            dtype=dtype,
-        )
-    if not stream:
-        console.print(result.text, markup=False, highlight=False, soft_wrap=True)
-    g = result.generation
-    decode = f"{g.decode_ms_per_token:.1f} ms/token decode" if g.decode_ms_per_token is not None else "no decode step"
-    err_console.print(
-        f"{result.runtime}: {g.prompt_tokens} prompt tokens, {g.new_tokens} new; time to first token "
-        f"{g.ttft_s * 1e3:.0f} ms, {decode}; KV cache {g.kv_bytes / 2**20:.2f} MiB",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+    settings = ServeOptions(
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        max_batch_size=max_batch_size,
+        instances=instances,
+        threads=threads,
+        max_queue_delay_ms=max_queue_delay_ms,
+        python_env=python_env,
+        start_timeout=start_timeout,
+        log_file=log_file,
     )
+    with _sigterm_as_interrupt():
+        server = start_server(
+            sources, settings, on_start=lambda: err_console.print("starting tritonserver ...", highlight=False)
+        )
+        try:
+            _announce(server)
+            code = server.wait()
+            reason = failure_line(server.log_path)  # read before stop() removes the workspace
+        except KeyboardInterrupt:
+            err_console.print("stopping the server ...", highlight=False)
+            stopped = server.stop()
+            err_console.print(f"stopped (tritonserver exit {stopped})", highlight=False)
+            return
+        finally:
+            server.stop()
+    raise ServerError(f"tritonserver exited on its own (exit {code}); its log said: {reason}")
+
+
+def _announce(server: RunningServer) -> None:
+    version = _server_version(server)
+    lines = [
+        f"Triton Inference Server {version} ready (pid {server.process.pid})",
+        f"  HTTP  http://{server.http_url}  (KServe v2 infer; generate, generate_stream)",
+        f"  gRPC  {server.grpc_url}  (KServe v2 infer; stream_infer)",
+        "  models:",
+    ]
+    for name in server.models:
+        kind = "a response a token (decoupled)" if name.endswith("-stream") else "one response a request"
+        lines.append(f"    {name}  {kind}")
+    if server.not_served:
+        lines.append(f"  not loaded here (they need NVIDIA's server container): {', '.join(server.not_served)}")
+    if server.settings.log_file is not None:
+        lines.append(f"  log: {server.log_path}")
+    lines.append("Ctrl-C stops it.")
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.file.flush()
+
+
+def _server_version(server: RunningServer) -> str:
+    try:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=5) as answer:
+            return str(json.loads(answer.read())["version"])
+    except (OSError, ValueError, KeyError):
+        return "(version unknown)"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager's stop) takes the Ctrl-C path: the server shuts down in order."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

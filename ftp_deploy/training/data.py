@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ftp_deploy.errors import DataError, MissingDependencyError
+from ftp_deploy.formats.run_state import DataRecord
 from ftp_deploy.training.config import SELF_SOURCE, DataConfig
 from ftp_deploy.training.config import default_source as default_source
 
@@ -53,14 +54,14 @@ class TokenData:
     source: str
     fingerprint: str
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "fingerprint": self.fingerprint,
-            "train_blocks": int(self.train.shape[0]),
-            "heldout_blocks": int(self.heldout.shape[0]),
-            "seq_len": int(self.train.shape[1]),
-        }
+    def describe(self) -> DataRecord:
+        return DataRecord(
+            source=self.source,
+            fingerprint=self.fingerprint,
+            train_blocks=int(self.train.shape[0]),
+            heldout_blocks=int(self.heldout.shape[0]),
+            seq_len=int(self.train.shape[1]),
+        )
 
 
 def read_documents(source: str) -> list[str]:

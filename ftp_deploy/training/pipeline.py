@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 from ftp_deploy import __version__
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
 from ftp_deploy.errors import ArtifactError, ConfigError, DataError
 from ftp_deploy.flops import dense_block_weights
+from ftp_deploy.formats.record import from_json
+from ftp_deploy.formats.routed_config import TrainingRecord
+from ftp_deploy.formats.run_state import RUN_FILE, HeldoutRow, PriorPhase, RunState, TrainPhase, Validated
 from ftp_deploy.models import LoadedModel, load_base_model
 from ftp_deploy.placement import CPU, Placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
@@ -35,7 +37,7 @@ from ftp_deploy.training.ranks import ONE_PROCESS, Ranks
 from ftp_deploy.training.reference import DenseReference
 from ftp_deploy.training.report import write_report
 from ftp_deploy.training.runfolder import RunFolder, storage
-from ftp_deploy.training.search import Generation, ScheduleSpace, SearchConfig, SearchResult, genetic_search
+from ftp_deploy.training.search import ScheduleSpace, SearchConfig, SearchGeneration, SearchResult, genetic_search
 from ftp_deploy.training.self_data import self_sampled_blocks
 from ftp_deploy.training.settings import RunSettings, differences
 from ftp_deploy.training.trainer import ROUTER_SPEC, RouterTrainer, StepMetrics, new_router
@@ -56,7 +58,7 @@ def run_training(
     placement: Placement = CPU,
     checkpoint_activations: bool = False,
     ranks: Ranks = ONE_PROCESS,
-) -> dict[str, Any]:
+) -> RunState:
     """Train a router into `out` and return the run state; `time_budget` is in minutes.
 
     Nothing is written to `out` until the settings, the model and the data have all
@@ -69,7 +71,7 @@ def run_training(
     ranks.share(settings.train.batch_size)  # refuses a global batch too small to share, before any work
     folder = RunFolder(out, writes=ranks.is_main)
     state = ranks.from_main(lambda: _resumed_state(folder, settings) if resume else _new_run(folder))
-    if state.get("finished"):
+    if state.finished:
         progress.note(f"{out} already holds a finished run; nothing to do")
         return state
     with progress.phase(f"load {settings.model}"):
@@ -88,12 +90,10 @@ def run_training(
             )
         )
     _check_data(state, data, out)
-    state.update(settings=settings.to_json(), model=loaded.ref.to_json(), data=data.describe())
-    state["placement"] = placement.to_json()  # of this invocation: a run may resume on other hardware
-    state["processes"] = ranks.world  # of this invocation too: the process group this process joined
-    state.setdefault("phases", {})
+    state.settings, state.model, state.data = settings.to_json(), loaded.ref, data.describe()
+    state.placement, state.processes = placement, ranks.world  # this invocation's: a run may resume elsewhere
     run = _Run(settings, folder, state, loaded, data, budget, progress, on_step, ranks, checkpoint_activations)
-    state["data"]["validation_blocks"] = int(run.validation_blocks.shape[0])
+    state.data.validation_blocks = int(run.validation_blocks.shape[0])
     folder.write_state(state)
     outcome = run.train_and_tune()
     if ranks.is_main:
@@ -101,38 +101,38 @@ def run_training(
     return state
 
 
-def _new_run(folder: RunFolder) -> dict[str, Any]:
+def _new_run(folder: RunFolder) -> RunState:
     if folder.path.exists() and not folder.path.is_dir():
         raise ArtifactError(f"--out {folder.path} is a file, not a folder")
     if folder.holds_files():
         raise ArtifactError(
             f"{folder.path} already holds files; pass --resume to continue the run there, or choose another --out"
         )
-    return {}
+    return RunState()
 
 
-def _resumed_state(folder: RunFolder, settings: RunSettings) -> dict[str, Any]:
+def _resumed_state(folder: RunFolder, settings: RunSettings) -> RunState:
     state = folder.read_state()
-    saved, wanted = state["settings"], settings.to_json()
-    if (saved["model"], saved["sparsity"]) != (wanted["model"], wanted["sparsity"]):
+    saved = from_json(RunSettings, state.settings)
+    if (saved.model, saved.sparsity) != (settings.model, settings.sparsity):
         raise ConfigError(
-            f"{folder.path} holds a run of {saved['model']!r} at sparsity {saved['sparsity']:g}, not "
-            f"{wanted['model']!r} at {wanted['sparsity']:g}; resume it with the same model and sparsity, "
+            f"{folder.path} holds a run of {saved.model!r} at sparsity {saved.sparsity:g}, not "
+            f"{settings.model!r} at {settings.sparsity:g}; resume it with the same model and sparsity, "
             "or choose another --out"
         )
-    changed = differences(saved, wanted)
+    changed = differences(state.settings, settings.to_json())
     if changed:
         raise ConfigError(f"{folder.path} was started with other settings ({'; '.join(changed)}); resume with the same")
     return state
 
 
-def _check_model(state: dict[str, Any], loaded: LoadedModel, out: Path) -> None:
-    if "model" in state and state["model"]["config_hash"] != loaded.ref.config_hash:
+def _check_model(state: RunState, loaded: LoadedModel, out: Path) -> None:
+    if state.model is not None and state.model.config_hash != loaded.ref.config_hash:
         raise ConfigError(f"{out} was trained on another architecture than {loaded.ref.ref!r} (config hash differs)")
 
 
-def _check_data(state: dict[str, Any], data: TokenData, out: Path) -> None:
-    if "data" in state and state["data"]["fingerprint"] != data.fingerprint:
+def _check_data(state: RunState, data: TokenData, out: Path) -> None:
+    if state.data is not None and state.data.fingerprint != data.fingerprint:
         raise DataError(f"the data {data.source} is not what {out} was trained on (its tokens changed)")
 
 
@@ -143,7 +143,7 @@ class _Run:
         self,
         settings: RunSettings,
         folder: RunFolder,
-        state: dict[str, Any],
+        state: RunState,
         loaded: LoadedModel,
         data: TokenData,
         budget: TimeBudget,
@@ -156,7 +156,7 @@ class _Run:
         self.checkpoint_activations = checkpoint_activations
         self.folder = folder
         self.state = state
-        self.phases: dict[str, Any] = state["phases"]
+        self.phases = state.phases
         self.base = loaded.model
         self.ref = loaded.ref
         self.data = data
@@ -191,7 +191,7 @@ class _Run:
 
     def _attention_prior_rows(self, schedule: Schedule) -> dict[str, RoutedModel]:
         """With an attention-weighted prior, the held-out table also shows that prior untrained (step 0)."""
-        weight = self.phases["prior"]["attention_weight"]
+        weight = self._prior.attention_weight
         if not weight:
             return {}
         return {"prior_searched": self._routed(schedule, new_router(self.settings.seed, attention_weight=weight))}
@@ -233,13 +233,14 @@ class _Run:
     ) -> SearchResult:
         """The genetic search from `start` on the calibration batch; its winner is kept only if it also
         scores lower than `start` on the validation blocks."""
-        if phase in self.phases:
-            return SearchResult.from_json(self.phases[phase], self.settings.s_max)
+        done = getattr(self.phases, phase)
+        if done is not None:
+            return SearchResult.from_phase(done, self.settings.s_max)
         self.folder.keep_metrics(lambda r: r["phase"] != phase)
         began = time.monotonic()
         with self.progress.phase(title, config.generations) as advance:
 
-            def record(generation: Generation) -> None:
+            def record(generation: SearchGeneration) -> None:
                 self.folder.append_metrics({"phase": phase, **asdict(generation)})
                 advance(status=f"best KL {generation.best:.4f}")
 
@@ -254,13 +255,10 @@ class _Run:
                 ranks=self.ranks,
             )
         if result.best.thousandths != start.thousandths:
-            result.validation = {
-                "start": self._validation_kl(build(start)),
-                "found": self._validation_kl(build(result.best)),
-            }
-            if result.validation["found"] >= result.validation["start"]:
+            result.validation = Validated(self._validation_kl(build(start)), self._validation_kl(build(result.best)))
+            if result.validation.found >= result.validation.start:
                 result.best, result.best_fitness = start, result.start_fitness
-        self.phases[phase] = {**result.to_json(), "seconds": time.monotonic() - began}
+        setattr(self.phases, phase, result.phase(time.monotonic() - began))
         self.folder.write_state(self.state)
         return result
 
@@ -274,8 +272,7 @@ class _Run:
         training phase's time share lasts. Recorded in run.json, so a resumed run starts from the
         same prior without scoring again.
         """
-        phase = self.phases.setdefault("prior", {})
-        if "attention_weight" not in phase:
+        if self.phases.prior is None:
             began = time.monotonic()
             seed = self.settings.seed
             candidates = self.settings.priors
@@ -288,10 +285,15 @@ class _Run:
                     scores[weight] = self._validation_kl(prior)
                     advance(status=f"weight {weight:g}: KL {scores[weight]:.4f}")
             best = min(scores, key=lambda w: (scores[w], w)) if scores else candidates[0]
-            candidates_kl = [[w, kl] for w, kl in scores.items()]
-            phase.update(candidates=candidates_kl, attention_weight=best, seconds=time.monotonic() - began)
+            self.phases.prior = PriorPhase(list(scores.items()), best, time.monotonic() - began)
             self.folder.write_state(self.state)
-        return float(phase["attention_weight"])
+        return self._prior.attention_weight
+
+    @property
+    def _prior(self) -> PriorPhase:
+        if self.phases.prior is None:
+            raise ArtifactError(f"{self.folder.path / RUN_FILE} has no router prior yet")  # choose_prior sets it
+        return self.phases.prior
 
     def train(self, schedule: Schedule) -> FactorRouter:
         """Train on `schedule` from the chosen prior; return the weights that scored best on the validation blocks.
@@ -301,7 +303,9 @@ class _Run:
         """
         settings = self.settings.train
         weight = self.choose_prior(schedule)
-        phase = self.phases.setdefault("train", {"seconds": 0.0})
+        if self.phases.train is None:
+            self.phases.train = TrainPhase()
+        phase = self.phases.train
         seed = self.settings.seed
         trainer = RouterTrainer(
             self.base,
@@ -317,62 +321,61 @@ class _Run:
             routing_mode=self.settings.routing_mode,
             prior=new_router(seed, attention_weight=weight) if weight else None,
         )
-        if "checkpoint" in phase:
-            tensors = self.ranks.from_main(lambda: self.folder.load_checkpoint(phase["checkpoint"]))
-            trainer.load_state_tensors(tensors, phase["checkpoint"]["step"])
+        if phase.checkpoint is not None:
+            checkpoint = phase.checkpoint
+            tensors = self.ranks.from_main(lambda: self.folder.load_checkpoint(checkpoint))
+            trainer.load_state_tensors(tensors, checkpoint.step)
         else:  # step 0 is the chosen prior, whose validation KL the choice already measured
-            known = dict(self.phases["prior"]["candidates"]).get(weight)
-            phase["validation"] = [[0, trainer.validate(self._validation_kl if known is None else lambda _: known)]]
-        if not phase.get("done"):
+            known = dict(self._prior.candidates).get(weight)
+            phase.validation = [(0, trainer.validate(self._validation_kl if known is None else lambda _: known))]
+        if not phase.done:
             self._train_steps(trainer, phase)
         trainer.use_best()
         return trainer.router
 
-    def _train_steps(self, trainer: RouterTrainer, phase: dict[str, Any]) -> None:
+    def _train_steps(self, trainer: RouterTrainer, phase: TrainPhase) -> None:
         settings = self.settings.train
         self.folder.keep_metrics(lambda r: r["phase"] != "train" or r["step"] < trainer.step)
-        began, seconds_before = time.monotonic(), phase["seconds"]
+        began, seconds_before = time.monotonic(), phase.seconds
         with self.progress.phase("router training", settings.steps, completed=trainer.step) as advance:
             while trainer.step < settings.steps and not self.ranks.agree(self.budget.over("train")):
                 metrics = trainer.train_step()
                 self.folder.append_metrics(metrics.to_json())
                 if trainer.step % settings.eval_every == 0:
-                    phase["validation"].append([trainer.step, trainer.validate(self._validation_kl)])
+                    phase.validation.append((trainer.step, trainer.validate(self._validation_kl)))
                 advance(
                     status=f"loss {metrics.loss:.4f}  KL {metrics.distill:.4f}  guide w {metrics.guide_weight:.2f}  "
                     f"sparsity {metrics.hard_sparsity:.3f} (soft {metrics.soft_sparsity:.3f})  "
-                    f"calibration KL {phase['validation'][-1][1]:.4f} (best {trainer.best_kl:.4f})"
+                    f"validation KL {phase.validation[-1][1]:.4f} (best {trainer.best_kl:.4f})"
                 )
                 if self.on_step is not None:
                     self.on_step(metrics)
                 if trainer.step % settings.checkpoint_every == 0 and trainer.step < settings.steps:
-                    phase["seconds"] = seconds_before + time.monotonic() - began
+                    phase.seconds = seconds_before + time.monotonic() - began
                     self._checkpoint(trainer, phase)
-        if phase["validation"][-1][0] != trainer.step:
-            phase["validation"].append([trainer.step, trainer.validate(self._validation_kl)])
-        phase.update(
-            done=True,
-            seconds=seconds_before + time.monotonic() - began,
-            stopped_by_time_budget=trainer.step < settings.steps,
-            best_step=trainer.best_step,
-        )
+        if phase.validation[-1][0] != trainer.step:
+            phase.validation.append((trainer.step, trainer.validate(self._validation_kl)))
+        phase.done = True
+        phase.seconds = seconds_before + time.monotonic() - began
+        phase.stopped_by_time_budget = trainer.step < settings.steps
+        phase.best_step = trainer.best_step
         self._checkpoint(trainer, phase)
 
     def _validation_kl(self, routed: RoutedModel) -> float:
         """A check of a choice (router weights, prior, schedule): the validation blocks shared over the ranks."""
         return self.validation.kl(routed, self.ranks)
 
-    def _checkpoint(self, trainer: RouterTrainer, phase: dict[str, Any]) -> None:
-        phase["checkpoint"] = self.folder.save_checkpoint(trainer.step, trainer.state_tensors())
+    def _checkpoint(self, trainer: RouterTrainer, phase: TrainPhase) -> None:
+        phase.checkpoint = self.folder.save_checkpoint(trainer.step, trainer.state_tensors())
         self.folder.write_state(self.state)
-        self.folder.remove_checkpoints_except(phase["checkpoint"])
+        self.folder.remove_checkpoints_except(phase.checkpoint)
 
     def finish(self, outcome: tuple[SearchResult, FactorRouter, SearchResult]) -> None:
         searched, router, tuned = outcome
         routed = self._routed(tuned.best, router)
         with self.progress.phase("score the held-out blocks"):
             heldout = DenseReference(self.base, self.data.heldout, self.settings.train.scored)
-            self.state["heldout"] = heldout_scores(
+            self.state.heldout = heldout_scores(
                 heldout,
                 {
                     "static_uniform": RoutedModel(self.base, self.uniform, STATIC),
@@ -382,33 +385,35 @@ class _Run:
                     "trained": routed,
                 },
             )
-        artifact = RoutedArtifact.from_model(routed, self.ref, self._metadata(searched, tuned))
+        artifact = RoutedArtifact.from_model(routed, self.ref, self._metadata(searched, tuned, self.state.heldout))
         with storage(self.folder.path):
             save_artifact(artifact, self.folder.path)
         write_report(self.folder.path, self.state, self.folder.read_metrics())
-        self.state["finished"] = True
+        self.state.finished = True
         self.folder.write_state(self.state)
 
-    def _metadata(self, searched: SearchResult, tuned: SearchResult) -> dict[str, Any]:
-        train = self.phases["train"]
-        return {
-            "ftp_deploy_version": __version__,
-            "data": self.data.source,
-            "data_fingerprint": self.data.fingerprint,
-            "seq_len": self.settings.data_config.seq_len,
-            "seed": self.settings.seed,
-            "target_sparsity": self.settings.sparsity,
-            "steps": train["checkpoint"]["step"],
-            "router_from_step": train["best_step"],
-            "prior_attention_weight": self.phases["prior"]["attention_weight"],
-            "routing_mode": self.settings.routing_mode,
-            "steps_planned": self.settings.train.steps,
-            "stopped_by_time_budget": train["stopped_by_time_budget"],
-            "search_kl": searched.best_fitness,
-            "uniform_kl": searched.start_fitness,
-            "finetune_kl": tuned.best_fitness,
-            "heldout_kl": self.state["heldout"]["trained"]["kl"],
-            "heldout_static_searched_kl": self.state["heldout"]["static_searched"]["kl"],
-            "train_seconds": train["seconds"],
-            "settings": self.settings.to_json(),
-        }
+    def _metadata(self, searched: SearchResult, tuned: SearchResult, heldout: dict[str, HeldoutRow]) -> TrainingRecord:
+        train = self.phases.train
+        if train is None or train.checkpoint is None:
+            raise ArtifactError(f"{self.folder.path / RUN_FILE} has no finished training phase")
+        return TrainingRecord(
+            ftp_deploy_version=__version__,
+            data=self.data.source,
+            data_fingerprint=self.data.fingerprint,
+            seq_len=self.settings.data_config.seq_len,
+            seed=self.settings.seed,
+            target_sparsity=self.settings.sparsity,
+            steps=train.checkpoint.step,
+            router_from_step=train.best_step,
+            prior_attention_weight=self._prior.attention_weight,
+            routing_mode=self.settings.routing_mode,
+            steps_planned=self.settings.train.steps,
+            stopped_by_time_budget=train.stopped_by_time_budget,
+            search_kl=searched.best_fitness,
+            uniform_kl=searched.start_fitness,
+            finetune_kl=tuned.best_fitness,
+            heldout_kl=heldout["trained"].kl,
+            heldout_static_searched_kl=heldout["static_searched"].kl,
+            train_seconds=train.seconds,
+            settings=self.settings.to_json(),
+        )

@@ -23,13 +23,10 @@ from safetensors.torch import save as save_safetensors
 
 from ftp_deploy import fileio
 from ftp_deploy.errors import ArtifactError
-from ftp_deploy.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from ftp_deploy.formats.run_state import METRICS_FILE, RUN_FILE, Checkpoint, RunState
 
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
-RUN_FORMAT = "ftp-deploy/train-run"
-RUN_FORMAT_VERSION = 1
 
 
 class RunFolder:
@@ -44,27 +41,15 @@ class RunFolder:
     def holds_files(self) -> bool:
         return self.path.is_dir() and any(self.path.iterdir())
 
-    def read_state(self) -> dict[str, Any]:
+    def read_state(self) -> RunState:
         """The saved run state; ArtifactError if this is not a training run folder."""
-        path = self.path / RUN_FILE
-        if not path.is_file():
-            raise ArtifactError(f"{self.path} is not a training run folder: {RUN_FILE} is missing")
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ArtifactError(f"{path} could not be read: {err}") from err
-        if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
-            raise ArtifactError(f"{path} is not an ftp-deploy training run")
-        if state.get("format_version") != RUN_FORMAT_VERSION:
-            raise ArtifactError(f"{path} has format version {state.get('format_version')!r}, not {RUN_FORMAT_VERSION}")
-        return state
+        return RunState.read(self.path, f"{self.path} is not a training run folder: {RUN_FILE} is missing")
 
-    def write_state(self, state: dict[str, Any]) -> None:
+    def write_state(self, state: RunState) -> None:
         if not self.writes:
             return
-        header = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION}
         with storage(self.path / RUN_FILE):
-            atomic_write_json(self.path / RUN_FILE, {**header, **state})
+            state.write(self.path)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         if not self.writes:
@@ -92,30 +77,30 @@ class RunFolder:
         with storage(self.metrics_path):
             atomic_write_text(self.metrics_path, "".join(kept))
 
-    def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor]) -> Checkpoint:
         """Write step `step`'s tensors; the caller then records the returned entry in run.json."""
         name = f"{CHECKPOINT_DIR}/step-{step:07d}.safetensors"
         if not self.writes:
-            return {"step": step, "file": name}
+            return Checkpoint(step, name)
         path = self.path / name
         with storage(path):
             atomic_write_bytes(path, save_safetensors(tensors))
-        return {"step": step, "file": name, "sha256": sha256_file(path)}
+        return Checkpoint(step, name, sha256_file(path))
 
-    def load_checkpoint(self, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
-        path = self.path / str(entry["file"])
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+    def load_checkpoint(self, entry: Checkpoint) -> dict[str, torch.Tensor]:
+        path = self.path / entry.file
+        if not path.is_file() or sha256_file(path) != entry.sha256:
             raise ArtifactError(f"checkpoint {path} is missing or does not match {RUN_FILE}")
         try:
             return load_safetensors(path.read_bytes())
         except SafetensorError as err:
             raise ArtifactError(f"checkpoint {path} could not be read: {err}") from err
 
-    def remove_checkpoints_except(self, entry: dict[str, Any]) -> None:
+    def remove_checkpoints_except(self, entry: Checkpoint) -> None:
         if not self.writes:
             return
         for path in (self.path / CHECKPOINT_DIR).glob("step-*.safetensors"):
-            if path.name != Path(str(entry["file"])).name:
+            if path.name != Path(entry.file).name:
                 path.unlink(missing_ok=True)
 
 

@@ -8,11 +8,11 @@ lie in `[0, s_max]` with its FLOP-weighted mean at the target sparsity.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ftp_deploy.formats.run_state import SearchGeneration, SearchPhase, Validated
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 from ftp_deploy.schedule import DEFAULT_S_MAX, Schedule, check_sparsity
 from ftp_deploy.training.config import SearchConfig
@@ -22,45 +22,39 @@ Fitness = Callable[[Schedule], float]
 
 
 @dataclass
-class Generation:
-    index: int
-    best: float
-    mean: float
-    best_thousandths: list[int]
-
-
-@dataclass
 class SearchResult:
     best: Schedule
     best_fitness: float
     start_fitness: float
-    history: list[Generation] = field(default_factory=list)
+    history: list[SearchGeneration] = field(default_factory=list)
     evaluations: int = 0
     stopped_early: bool = False
     # KL of the start and of the schedule found on blocks the search did not see; None if not checked.
-    validation: dict[str, float] | None = None
+    validation: Validated | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "best_thousandths": list(self.best.thousandths),
-            "best_fitness": self.best_fitness,
-            "start_fitness": self.start_fitness,
-            "evaluations": self.evaluations,
-            "stopped_early": self.stopped_early,
-            "history": [asdict(g) for g in self.history],
-            "validation": self.validation,
-        }
+    def phase(self, seconds: float) -> SearchPhase:
+        """As run.json records it."""
+        return SearchPhase(
+            best_thousandths=self.best.thousandths,
+            best_fitness=self.best_fitness,
+            start_fitness=self.start_fitness,
+            evaluations=self.evaluations,
+            stopped_early=self.stopped_early,
+            history=list(self.history),
+            validation=self.validation,
+            seconds=seconds,
+        )
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], s_max: float) -> SearchResult:
+    def from_phase(cls, phase: SearchPhase, s_max: float) -> SearchResult:
         return cls(
-            best=Schedule(tuple(int(n) for n in data["best_thousandths"]), s_max),
-            best_fitness=float(data["best_fitness"]),
-            start_fitness=float(data["start_fitness"]),
-            history=[Generation(**g) for g in data["history"]],
-            evaluations=int(data["evaluations"]),
-            stopped_early=bool(data["stopped_early"]),
-            validation=data.get("validation"),
+            best=Schedule(phase.best_thousandths, s_max),
+            best_fitness=phase.best_fitness,
+            start_fitness=phase.start_fitness,
+            history=list(phase.history),
+            evaluations=phase.evaluations,
+            stopped_early=phase.stopped_early,
+            validation=phase.validation,
         )
 
 
@@ -127,7 +121,7 @@ def genetic_search(
     config: SearchConfig,
     seed: int,
     should_stop: Callable[[], bool] = lambda: False,
-    on_generation: Callable[[Generation], None] = lambda g: None,
+    on_generation: Callable[[SearchGeneration], None] = lambda g: None,
     ranks: Ranks = ONE_PROCESS,
 ) -> SearchResult:
     """Minimize `fitness` over `space`; the start schedule is always in the first population.
@@ -169,7 +163,7 @@ def genetic_search(
             if index:
                 population = _breed(population, scores, space, config, rng)
             scores = score(population)
-            generation = Generation(index, min(scores), float(np.mean(scores)), list(result.best.thousandths))
+            generation = SearchGeneration(index, min(scores), float(np.mean(scores)), list(result.best.thousandths))
             result.history.append(generation)
             on_generation(generation)
     except _Stop:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ftp_deploy.errors import ConfigError
+from ftp_deploy.formats.record import to_json
 from ftp_deploy.schedule import DEFAULT_S_MAX, check_sink_fraction, check_sparsity
 from ftp_deploy.training.config import DataConfig, LossWeights, SearchConfig, TrainConfig
 
@@ -58,7 +58,7 @@ class RunSettings:
 
     def to_json(self) -> dict[str, Any]:
         """As run.json holds it (tuples as lists), so a resumed run compares like with like."""
-        return dict(json.loads(json.dumps(asdict(self))))
+        return dict(to_json(self))
 
 
 def parse_weights(text: str) -> tuple[float, ...]:

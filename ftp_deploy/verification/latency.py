@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 
+from ftp_deploy.comparison.feeds import Feed
+from ftp_deploy.formats.verify_report import Latency, LatencyComparison
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.timing import interleaved_times, summarize
-from ftp_deploy.verification.inputs import Feed
 from ftp_deploy.verification.options import DEFAULT_LATENCY_LENGTHS as DEFAULT_LATENCY_LENGTHS
 from ftp_deploy.verification.options import MIN_TIMED_RUNS
-
-
-@dataclass
-class Latency:
-    seq_len: int
-    batch: int
-    runs: int
-    median_ms: float
-    p90_ms: float
-    tokens_per_s: float
 
 
 def latency_feed(batch: int, seq_len: int, vocab_size: int, seed: int = 0) -> Feed:
@@ -50,28 +39,6 @@ def measure(
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@dataclass
-class LatencyComparison:
-    routed: list[Latency]
-    dense: list[Latency] | None
-    ideal_speedup: dict[int, float]
-    peak_rss_mib: float
-
-    def speedup(self) -> dict[int, float]:
-        if self.dense is None:
-            return {}
-        return {d.seq_len: d.median_ms / r.median_ms for d, r in zip(self.dense, self.routed, strict=True)}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "routed": [asdict(x) for x in self.routed],
-            "dense": [asdict(x) for x in self.dense] if self.dense is not None else None,
-            "speedup": {str(k): v for k, v in self.speedup().items()},
-            "ideal_speedup": {str(k): v for k, v in self.ideal_speedup.items()},
-            "peak_rss_mib": self.peak_rss_mib,
-        }
 
 
 def compare_latency(

@@ -8,10 +8,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ftp_deploy.fileio import atomic_write_json, atomic_write_text
-from ftp_deploy.verification.decode import DecodeReport
-from ftp_deploy.verification.latency import LatencyComparison
-from ftp_deploy.verification.parity import STAT_NAMES, ParityReport
+from ftp_deploy.fileio import atomic_write_text
+from ftp_deploy.formats.record import REPORT_MD
+from ftp_deploy.formats.verify_report import (
+    LATENCY_PNG,
+    STAT_NAMES,
+    DecodeReport,
+    LatencyComparison,
+    ParityReport,
+    VerifyReport,
+)
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -165,43 +171,27 @@ def decode_markdown(decode: DecodeReport | None, note: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(
-    folder: Path,
-    header: dict[str, Any],
-    parity: ParityReport,
-    latency: LatencyComparison | None,
-    atol: float,
-    rtol: float,
-    decode: DecodeReport | None = None,
-    decode_note: str = "",
-) -> None:
+def write_report(folder: Path, report: VerifyReport) -> None:
+    """report.json (the record), report.md and, with latency, latency.png."""
     folder.mkdir(parents=True, exist_ok=True)
-    passed = parity.passed and (decode is None or decode.passed)
-    data = {
-        **header,
-        "passed": passed,
-        "parity": parity.to_json(),
-        "decode": {"checked": decode is not None, "note": decode_note, **(decode.to_json() if decode else {})},
-        "latency": latency.to_json() if latency else None,
-        "tolerance": {"atol": atol, "rtol": rtol},
-    }
-    atomic_write_json(folder / "report.json", data)
+    report.write(folder)
+    tolerance = report.parity.tolerance
     sections = [
-        f"# ftp-deploy verify: {header.get('artifact', '')}",
+        f"# ftp-deploy verify: {report.artifact}",
         "",
-        f"Verdict: **{'PASS' if passed else 'FAIL'}**",
+        f"Verdict: **{'PASS' if report.passed else 'FAIL'}**",
         "",
         "## Parity",
         "",
-        f"Compared: {header['compared']}.",
+        f"Compared: {report.compared}.",
         "",
-        parity_markdown(parity, atol, rtol),
+        parity_markdown(report.parity, tolerance.atol, tolerance.rtol),
         "",
         "## Decode",
         "",
-        decode_markdown(decode, decode_note),
+        decode_markdown(report.decode, report.decode_note),
     ]
-    if latency is not None:
-        plot_latency(latency, folder / "latency.png")
-        sections += ["", "## Latency", "", latency_markdown(latency), "", "![latency](latency.png)"]
-    atomic_write_text(folder / "report.md", "\n".join(sections) + "\n")
+    if report.latency is not None:
+        plot_latency(report.latency, folder / LATENCY_PNG)
+        sections += ["", "## Latency", "", latency_markdown(report.latency), "", f"![latency]({LATENCY_PNG})"]
+    atomic_write_text(folder / REPORT_MD, "\n".join(sections) + "\n")

@@ -4,40 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.logger import G_LOGGER
 
-from ftp_deploy.artifacts import CONFIG_FILE, load_artifact, load_routed
+from ftp_deploy.artifacts import load_artifact, load_routed
+from ftp_deploy.comparison.decode import DecodeReport, OnnxDecoder, check_decode
+from ftp_deploy.comparison.feeds import Feed, InputPlan, load_feeds, random_feeds, save_feeds, text_feeds
+from ftp_deploy.comparison.parity import check_parity
 from ftp_deploy.data_root import data_file
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx, SessionOptionsLoader
+from ftp_deploy.engines.torch_runner import RoutedTorchRunner
 from ftp_deploy.engines.trt_env import require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import require_plan
 from ftp_deploy.engines.widen import cpu_runnable
-from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, UsageError
-from ftp_deploy.export_format import CPU_NATIVE_DTYPES, ExportedArtifact
-from ftp_deploy.fileio import sha256_file, storage
+from ftp_deploy.errors import BaseModelMismatchError, UsageError
+from ftp_deploy.fileio import storage
 from ftp_deploy.flops import flop_ratio
+from ftp_deploy.formats.export_manifest import CPU_NATIVE_DTYPES, ExportedArtifact
+from ftp_deploy.formats.verify_report import INPUTS, RUN_RESULTS, ParityReport, Tolerance, VerifyReport
 from ftp_deploy.models import DTYPES, LoadedModel
-from ftp_deploy.placement import CPU, Placement
+from ftp_deploy.placement import CPU, DEFAULT_DTYPE, Placement, resolve_placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.verification.decode import DecodeReport, OnnxDecoder, check_decode
-from ftp_deploy.verification.inputs import Feed, InputPlan, load_feeds, random_feeds, save_feeds, text_feeds
 from ftp_deploy.verification.latency import LatencyComparison, compare_latency, latency_feed
-from ftp_deploy.verification.options import DEFAULT_DECODE_STEPS
-from ftp_deploy.verification.parity import ParityReport, Tolerance, check_parity
+from ftp_deploy.verification.options import VerifyOptions
 from ftp_deploy.verification.report import environment, write_report
-from ftp_deploy.verification.runners import RoutedTorchRunner
 
-RUNTIMES = ("onnxrt", "trt")
 HELD_OUT_TEXT = "wikitext2/wiki.test.raw"  # under the data root
 
 
@@ -93,15 +94,13 @@ def reference_model(
     `placement`'s device(s) (whose dtype is the one the weights load in, before the rounding).
     """
     manifest = artifact.manifest
-    run = run_dir or Path(manifest.source_run.path)
+    run = run_dir or artifact.source_run("pass the run folder with --against RUN_DIR")
     routed_artifact = load_artifact(run)
     if routed_artifact.base.config_hash != manifest.base_model.config_hash:
         raise BaseModelMismatchError(
             f"{run} was trained for {routed_artifact.base.ref!r}, not the model of {artifact.folder} "
             f"({manifest.base_model.ref!r})"
         )
-    if run_dir is None and sha256_file(run / CONFIG_FILE) != manifest.source_run.config_sha256:
-        raise ArtifactError(f"the run folder {run} changed since the export; pass --against RUN_DIR")
     model_ref = model or manifest.base_model.loaded_from
     routed, loaded, _ = load_routed(routed_artifact, model_ref, placement, trust_remote_code=trust_remote_code)
     # As the exporter casts them: parameters only, so the rotary frequencies stay fp32.
@@ -155,52 +154,36 @@ def _latency_run(
 
 
 def verify(
-    art_dir: Path,
-    against: Path | None = None,
-    baseline: Path | None = None,
-    seq_lens: Sequence[int] = (128, 512, 1024, 2048),
-    batch: int = 1,
-    atol: float | None = None,
-    rtol: float | None = None,
-    report: Path | None = None,
-    runtime: str = "onnxrt",
-    inputs: Path | None = None,
-    runs: int = 10,
-    threads: int | None = None,
-    model: str | None = None,
-    trust_remote_code: bool = False,
-    decode_steps: int = DEFAULT_DECODE_STEPS,
-    progress: Progress = NO_PROGRESS,
-    placement: Placement = CPU,
+    art_dir: Path | str, options: VerifyOptions | None = None, progress: Progress = NO_PROGRESS, **fields: Any
 ) -> VerifyResult:
     """Parity (Polygraphy Comparator) and latency of `art_dir`; writes the report folder.
 
-    `runtime="trt"` runs the artifact's model.plan through engines/trt_runner.py (TensorRT and a GPU).
+    `options` (default VerifyOptions()) with `fields` replaced by name, so `verify(art, baseline=dense)`
+    reads as the command line does. `runtime="trt"` runs the artifact's model.plan through
+    engines/trt_runner.py (TensorRT and a GPU).
     """
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    if runtime == "trt":
+    opts, art_dir = replace(options or VerifyOptions(), **fields), Path(art_dir)
+    placement = resolve_placement(opts.device, DEFAULT_DTYPE, opts.device_map)
+    if opts.runtime == "trt":
         require_tensorrt_gpu("--runtime trt")
-    if batch < 1 or any(t < 1 for t in seq_lens):
-        raise UsageError("--batch and every --seq-lens entry must be >= 1")
-    if decode_steps < 0:
-        raise UsageError(f"--decode-steps must be >= 0, got {decode_steps}")
     with progress.phase("check the artifact against its manifest"):
         artifact = ExportedArtifact.open(art_dir)
-        compared = arithmetic(artifact.manifest.dtype, runtime)
-        tolerance = Tolerance.for_dtype(compared.dtype, atol, rtol)
-        dense_artifact = ExportedArtifact.open(baseline) if baseline is not None else None
-        if runtime == "trt":
+        compared = arithmetic(artifact.manifest.dtype, opts.runtime)
+        tolerance = Tolerance.for_dtype(compared.dtype, opts.atol, opts.rtol)
+        dense_artifact = ExportedArtifact.open(opts.baseline) if opts.baseline is not None else None
+        if opts.runtime == "trt":
             for opened in (artifact, dense_artifact):
                 if opened is not None:
                     require_plan(opened.folder)
     with progress.phase("load the PyTorch reference"):
-        routed, loaded = reference_model(artifact, against, model, compared.dtype, trust_remote_code, placement)
-        feeds = parity_feeds(loaded, InputPlan(), inputs)
-    out_dir = report or art_dir.with_name(art_dir.name + "-verify")
+        routed, loaded = reference_model(
+            artifact, opts.against, opts.model, compared.dtype, opts.trust_remote_code, placement
+        )
+        feeds = parity_feeds(loaded, InputPlan(), opts.inputs)
+    out_dir = opts.report or art_dir.with_name(art_dir.name + "-verify")
     with storage(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_feeds(feeds, out_dir / "inputs.json")
+        save_feeds(feeds, out_dir / INPUTS)
 
     with progress.phase("compare outputs (Polygraphy Comparator)"):
         reference = RoutedTorchRunner(
@@ -209,47 +192,52 @@ def verify(
             debug_outputs=artifact.manifest.debug_outputs,
             name="pytorch",
         )
-        parity, results = check_parity(reference, _candidate(artifact, runtime), feeds, tolerance)
+        parity, results = check_parity(reference, _candidate(artifact, opts.runtime), feeds, tolerance)
         with G_LOGGER.verbosity(G_LOGGER.ERROR), storage(out_dir):
-            results.save(str(out_dir / "run_results.json"))
+            results.save(str(out_dir / RUN_RESULTS))
 
-    decode, decode_note = None, decode_skipped(artifact, runtime, decode_steps)
+    decode, decode_note = None, decode_skipped(artifact, opts.runtime, opts.decode_steps)
     if not decode_note:
-        with progress.phase(f"compare prefill + {decode_steps} decode steps with PyTorch's cached decode"):
+        with progress.phase(f"compare prefill + {opts.decode_steps} decode steps with PyTorch's cached decode"):
             decode = check_decode(
                 routed,
-                OnnxDecoder(OnnxGenerator.open(art_dir, threads=threads)),
-                *decode_prompt(feeds, decode_steps, artifact),
-                steps=decode_steps,
+                OnnxDecoder(OnnxGenerator.open(art_dir, threads=opts.threads)),
+                *decode_prompt(feeds, opts.decode_steps, artifact),
+                steps=opts.decode_steps,
                 tolerance=tolerance,
             )
-        decode_note = f"ONNX Runtime prefill + {decode_steps} decode steps against PyTorch (FTP_SPEC section 9)"
+        decode_note = f"ONNX Runtime prefill + {opts.decode_steps} decode steps against PyTorch (FTP_SPEC section 9)"
 
     latency = None
-    if seq_lens:
+    if opts.seq_lens:
         vocab = int(loaded.model.config.vocab_size)
         schedule = routed.schedule
         with ExitStack() as stack:
             latency = compare_latency(
-                _latency_run(artifact, runtime, threads, stack),
-                _latency_run(dense_artifact, runtime, threads, stack) if dense_artifact else None,
-                [latency_feed(batch, t, vocab) for t in seq_lens],
+                _latency_run(artifact, opts.runtime, opts.threads, stack),
+                _latency_run(dense_artifact, opts.runtime, opts.threads, stack) if dense_artifact else None,
+                [latency_feed(opts.batch, t, vocab) for t in opts.seq_lens],
                 lambda t: 1 / flop_ratio(loaded.model.config, schedule, t),
-                runs,
+                opts.runs,
                 progress,
             )
-    header = {
-        "artifact": str(art_dir),
-        "baseline": str(baseline) if baseline else None,
-        "runtime": runtime,
-        "dtype": artifact.manifest.dtype,
-        "graph": artifact.manifest.graph,
-        "compared": compared.note,
-        "reference_placement": placement.to_json(),
-        "environment": environment(threads or torch.get_num_threads()),
-    }
+    record = VerifyReport(
+        artifact=str(art_dir),
+        baseline=str(opts.baseline) if opts.baseline else None,
+        runtime=opts.runtime,
+        dtype=artifact.manifest.dtype,
+        graph=artifact.manifest.graph,
+        compared=compared.note,
+        reference_placement=placement,
+        environment=environment(opts.threads or torch.get_num_threads()),
+        passed=parity.passed and (decode is None or decode.passed),
+        parity=parity,
+        decode=decode,
+        decode_note=decode_note,
+        latency=latency,
+    )
     with storage(out_dir):
-        write_report(out_dir, header, parity, latency, tolerance.atol, tolerance.rtol, decode, decode_note)
+        write_report(out_dir, record)
     return VerifyResult(parity, latency, out_dir, compared, decode, decode_note)
 
 

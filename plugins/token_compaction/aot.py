@@ -10,12 +10,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ftp_deploy.placement import DTYPE_NAMES
 from ftp_deploy.plugins.token_compaction.geometry import DEFAULT_CONFIG
 
 Op = Literal["compact", "scatter"]
 
-# Triton's names of the hidden-state element types the plugins support.
-HIDDEN_TYPES = ("fp32", "fp16", "bf16")
+# The hidden-state element types the plugins support: our dtype names, which are Triton's too.
+HIDDEN_TYPES = DTYPE_NAMES
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ module is, so TRITON_INTERPRET=1 set before importing this module suffices to ru
 tensors, even where something imported triton earlier (transformers' LLaMA code does).
 """
 
-from ftp_deploy.plugins.token_compaction.optional import missing_dependency
+from ftp_deploy.errors import missing_dependency
 
 try:
     import triton

@@ -18,9 +18,9 @@ import functools
 from types import SimpleNamespace
 from typing import Any
 
+from ftp_deploy.errors import missing_dependency
 from ftp_deploy.plugins.token_compaction.contract import COMPACT_OP, PLUGIN_NAMESPACE, SCATTER_OP
 from ftp_deploy.plugins.token_compaction.geometry import DEFAULT_CONFIG, kept_count_expr, programs_per_row
-from ftp_deploy.plugins.token_compaction.optional import missing_dependency
 
 COMPACT_ID = f"{PLUGIN_NAMESPACE}::{COMPACT_OP}"
 SCATTER_ID = f"{PLUGIN_NAMESPACE}::{SCATTER_OP}"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
+
+from ftp_deploy.formats.measures import Difference, difference
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -25,31 +25,11 @@ def standard_error(values: Sequence[float]) -> float:
     return float(np.std(np.asarray(values, dtype=np.float64), ddof=1) / math.sqrt(n)) if n > 1 else 0.0
 
 
-@dataclass(frozen=True)
-class Difference:
-    """Mean of `a - b`, its standard error and a bootstrap interval; `a` and `b` scored on the same items."""
-
-    mean: float
-    stderr: float
-    low: float
-    high: float
-    confidence: float
-    items: int
-
-    @property
-    def inside_noise(self) -> bool:
-        """True when the interval contains zero: the data do not tell the two apart."""
-        return self.low <= 0.0 <= self.high
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"inside_noise": self.inside_noise}
-
-
-def describe(difference: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
-    """`+1.2 [-0.3, +2.7] (noise)` from a difference's JSON, in units of `scale` (100: points of accuracy)."""
-    mean, low, high = (scale * difference[key] for key in ("mean", "low", "high"))
+def describe(found: Difference, scale: float = 1.0, digits: int = 1) -> str:
+    """`+1.2 [-0.3, +2.7] (noise)`, in units of `scale` (100: points of accuracy)."""
+    mean, low, high = (scale * value for value in (found.mean, found.low, found.high))
     text = f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
-    return text + (" (noise)" if difference["inside_noise"] else "")
+    return text + (" (noise)" if found.inside_noise else "")
 
 
 def paired_bootstrap(
@@ -81,7 +61,7 @@ def paired_bootstrap(
     low, high = np.quantile(means, [tail, 1 - tail])
     # Groups are independent, so the variance of their average is the mean of variances / groups.
     stderr = math.sqrt(sum(standard_error(d.tolist()) ** 2 for d in diffs)) / len(diffs)
-    return Difference(
+    return difference(
         mean=float(np.mean([d.mean() for d in diffs])),
         stderr=stderr,
         low=float(low),

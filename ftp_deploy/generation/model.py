@@ -15,9 +15,9 @@ import torch
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ftp_deploy.cached_generation import decode_step, routed_prefill
 from ftp_deploy.errors import ConfigError
-from ftp_deploy.kv_cache import RoutedCache
+from ftp_deploy.generation.cache import RoutedCache
+from ftp_deploy.generation.reference import decode_step, routed_prefill
 from ftp_deploy.routed_model import RoutedModel
 
 

@@ -19,7 +19,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from torch import nn
 
-from ftp_deploy.export_format import INPUT_NAMES, hidden_name, indices_name
+from ftp_deploy.formats.export_manifest import INPUT_NAMES, hidden_name, indices_name
 from ftp_deploy.routed_model import RoutedModel
 
 

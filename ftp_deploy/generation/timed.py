@@ -18,9 +18,9 @@ import torch
 from transformers import DynamicCache, TextStreamer
 from transformers.generation.streamers import BaseStreamer
 
-from ftp_deploy.generation_settings import GenerationSettings
-from ftp_deploy.hf_generation import RoutedForCausalLM
-from ftp_deploy.kv_cache import RoutedCache, kv_bytes
+from ftp_deploy.generation.cache import RoutedCache, kv_bytes
+from ftp_deploy.generation.model import RoutedForCausalLM
+from ftp_deploy.generation.settings import GenerationSettings
 from ftp_deploy.routed_model import RoutedModel
 
 

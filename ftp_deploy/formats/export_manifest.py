@@ -1,35 +1,34 @@
-"""The exported-artifact format, below both exporters/ and engines/: file and input names, manifest.json.
+"""The exported artifact, below both exporters/ and engines/: file and input names, manifest.json.
 
 manifest.json says what was exported from what, and holds the sha256 of every file. The exporter
-writes it as an `ExportManifest`; engines, verify and the benchmarks read it back typed, through
-`ExportedArtifact.open` where the files must match it. Torch-free, and onnx loads only when a
-folder is opened.
+writes it as an `ExportManifest`; engines, verify, generation and the benchmarks read it back
+typed, through `ExportedArtifact.open` where the files must match it. Torch-free, and onnx loads
+only when a folder is opened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ftp_deploy.errors import ArtifactError
-from ftp_deploy.fileio import atomic_write_json, read_versioned_json, sha256_file
+from ftp_deploy.fileio import sha256_file
+from ftp_deploy.formats.plan_manifest import PluginId, ProfileRecord, TrtEnvironment
+from ftp_deploy.formats.record import Document
+from ftp_deploy.formats.routed_config import CONFIG_FILE, RouterRecord
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 # The decode graph of a --with-past export; its weights are the same bytes of DATA_FILE.
 DECODER_FILE = "decoder.onnx"
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "ftp-deploy/onnx-export"
-# Version 2 added `graphs` (every graph file with its sha256) and `with_past`.
-MANIFEST_VERSION = 2
 # The graph inputs, both [batch, sequence] int64; the TensorRT optimization profile names them too.
 INPUT_NAMES = ("input_ids", "attention_mask")
 # The decode graph's own inputs besides the per-layer cache: one token per row and its position.
 DECODE_INPUT_NAMES = ("input_ids", "position_ids")
 CACHE_PARTS = ("key", "value", "valid")
-EXPORT_DTYPES = ("fp32", "fp16", "bf16")
 # What ONNX Runtime's CPU provider has kernels for; a bf16 file runs there only widened to fp32.
 CPU_NATIVE_DTYPES = ("fp32", "fp16")
 ONNX_RUNTIME, TENSORRT = "onnxruntime", "tensorrt"
@@ -83,21 +82,6 @@ class GraphRecord:
     data_sha256: str = ""
     runtimes: tuple[str, ...] = STANDARD_RUNTIMES
 
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "runtimes": list(self.runtimes)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> GraphRecord:
-        return cls(
-            file=str(data["file"]),
-            data_file=str(data["data_file"]),
-            inputs=dict(data["inputs"]),
-            outputs=dict(data["outputs"]),
-            sha256=str(data["sha256"]),
-            data_sha256=str(data["data_sha256"]),
-            runtimes=tuple(str(name) for name in data.get("runtimes", STANDARD_RUNTIMES)),
-        )
-
 
 @dataclass(frozen=True)
 class WithPastRecord:
@@ -110,25 +94,6 @@ class WithPastRecord:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
     tokenizer_files: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "eos_token_ids": list(self.eos_token_ids),
-            "tokenizer_files": list(self.tokenizer_files),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> WithPastRecord:
-        return cls(
-            num_layers=int(data["num_layers"]),
-            kv_heads=int(data["kv_heads"]),
-            head_dim=int(data["head_dim"]),
-            max_positions=int(data["max_positions"]),
-            eos_token_ids=tuple(int(i) for i in data["eos_token_ids"]),
-            pad_token_id=int(data["pad_token_id"]),
-            tokenizer_files=tuple(str(name) for name in data["tokenizer_files"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -152,6 +117,14 @@ class BaseModelRecord:
 
 
 @dataclass(frozen=True)
+class ScheduleRecord:
+    """Each block's sparsity in thousandths (of `sparsity_den`): what the graph's kept counts are made of."""
+
+    sparsity_thousandths: tuple[int, ...]
+    sparsity_den: int
+
+
+@dataclass(frozen=True)
 class ValidationRecord:
     """What export validation measured: the largest differences over every validation input."""
 
@@ -170,47 +143,41 @@ class ValidationRecord:
 class TensorRtSection:
     """How the artifact becomes, or became, a TensorRT engine (engines/trt_plan.tensorrt_section).
 
-    `profile` and `built_for` hold ShapeProfile's and TrtEnvironment's JSON, which engines/ reads;
-    the plan fields are None until a plan is built.
+    The plan fields are None until a plan is built.
     """
 
-    profile: dict[str, Any]
+    profile: ProfileRecord
     dtype: str
-    plugins: list[dict[str, str]]
+    plugins: tuple[PluginId, ...]
     build_script: str
     plan_file: str | None = None
     plan_manifest: str | None = None
-    built_for: dict[str, Any] | None = None
+    built_for: TrtEnvironment | None = None
     strongly_typed: bool = True  # precision comes from the ONNX file's types, not builder flags
     # --with-past: the decode graph's profile, every input's min/opt/max shape (engines/trt_profile.decode_profile).
     decode_profile: dict[str, Any] | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.decode_profile is None:  # a prefill-only export's section reads as before
-            del data["decode_profile"]
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TensorRtSection:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class ExportManifest:
+class ExportManifest(Document):
     """manifest.json, typed. `files` (name -> sha256) is filled in by `write_manifest`.
 
     `inputs` and `outputs` map each graph tensor to its named dynamic axes; `tensorrt` is there
     for --engine trt.
     """
 
+    FILE: ClassVar[str] = MANIFEST_FILE
+    FORMAT: ClassVar[str] = "ftp-deploy/onnx-export"
+    # Version 2 added `graphs` (every graph file with its sha256) and `with_past`.
+    VERSION: ClassVar[int] = 2
+    DESCRIPTION: ClassVar[str] = "export manifest"
+
     engine: str
     graph: str  # "routed" or "dense"
     source_run: SourceRun
     base_model: BaseModelRecord
-    sparsity_thousandths: tuple[int, ...]
-    sparsity_den: int
-    router: dict[str, Any]
+    schedule: ScheduleRecord
+    router: RouterRecord
     routing_mode: str
     op_contract: dict[str, Any]
     dtype: str
@@ -237,72 +204,6 @@ class ExportManifest:
         """Each graph's and its weights' sha256 by role: what ties a generation cache to the export that made it."""
         return {role: f"{record.sha256}/{record.data_sha256}" for role, record in self.graphs.items()}
 
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "format": MANIFEST_FORMAT,
-            "format_version": MANIFEST_VERSION,
-            "engine": self.engine,
-            "graph": self.graph,
-            "model_file": self.model_file,
-            "source_run": asdict(self.source_run),
-            "base_model": asdict(self.base_model),
-            "schedule": {"sparsity_thousandths": list(self.sparsity_thousandths), "sparsity_den": self.sparsity_den},
-            "router": self.router,
-            "routing_mode": self.routing_mode,
-            "op_contract": self.op_contract,
-            "dtype": self.dtype,
-            "opset": self.opset,
-            "last_token_logits": self.last_token_logits,
-            "debug_outputs": self.debug_outputs,
-            "attention": self.attention,
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-            "tolerance": self.tolerance,
-            "validation": {**asdict(self.validation), "lengths": list(self.validation.lengths)},
-            "smoke_inference": self.smoke_inference,
-            "versions": self.versions,
-        }
-        if self.tensorrt is not None:
-            data["tensorrt"] = self.tensorrt.to_json()
-        data["graphs"] = {role: record.to_json() for role, record in self.graphs.items()}
-        if self.with_past is not None:
-            data["with_past"] = self.with_past.to_json()
-        data["files"] = self.files
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ExportManifest:
-        """The manifest `data` describes (KeyError, TypeError or ValueError where it is incomplete);
-        read_manifest checks the format version first."""
-        validation = dict(data["validation"])
-        return cls(
-            engine=str(data["engine"]),
-            graph=str(data["graph"]),
-            source_run=SourceRun(**data["source_run"]),
-            base_model=BaseModelRecord(**data["base_model"]),
-            sparsity_thousandths=tuple(int(n) for n in data["schedule"]["sparsity_thousandths"]),
-            sparsity_den=int(data["schedule"]["sparsity_den"]),
-            router=dict(data["router"]),
-            routing_mode=str(data["routing_mode"]),
-            op_contract=dict(data["op_contract"]),
-            dtype=str(data["dtype"]),
-            opset=int(data["opset"]),
-            last_token_logits=bool(data["last_token_logits"]),
-            debug_outputs=bool(data["debug_outputs"]),
-            attention=str(data.get("attention", "standard")),
-            inputs=dict(data["inputs"]),
-            outputs=dict(data["outputs"]),
-            tolerance=dict(data["tolerance"]),
-            validation=ValidationRecord(**{**validation, "lengths": tuple(validation["lengths"])}),
-            smoke_inference=dict(data["smoke_inference"]),
-            versions=dict(data["versions"]),
-            model_file=str(data.get("model_file", MODEL_FILE)),
-            tensorrt=TensorRtSection.from_json(data["tensorrt"]) if data.get("tensorrt") is not None else None,
-            graphs={str(role): GraphRecord.from_json(record) for role, record in data["graphs"].items()},
-            with_past=WithPastRecord.from_json(data["with_past"]) if data.get("with_past") is not None else None,
-            files={str(name): str(digest) for name, digest in data.get("files", {}).items()},
-        )
-
 
 def write_manifest(folder: Path, manifest: ExportManifest) -> ExportManifest:
     """Write `manifest` with the hash of every other file in `folder`; returns what was written."""
@@ -312,20 +213,13 @@ def write_manifest(folder: Path, manifest: ExportManifest) -> ExportManifest:
         for role, record in manifest.graphs.items()
     }
     written = replace(manifest, files=files, graphs=graphs)
-    atomic_write_json(folder / MANIFEST_FILE, written.to_json())
+    written.write(folder)
     return written
 
 
 def read_manifest(folder: Path) -> ExportManifest:
     """The folder's manifest.json; an ArtifactError for another format version or a malformed field."""
-    return read_versioned_json(
-        folder / MANIFEST_FILE,
-        MANIFEST_FORMAT,
-        MANIFEST_VERSION,
-        "export manifest",
-        missing=f"{folder} is not an exported artifact: {MANIFEST_FILE} is missing",
-        parse=ExportManifest.from_json,
-    )
+    return ExportManifest.read(folder, f"{folder} is not an exported artifact: {MANIFEST_FILE} is missing")
 
 
 def manifest_mismatches(folder: Path) -> list[str]:
@@ -369,6 +263,19 @@ class ExportedArtifact:
     @property
     def model_path(self) -> Path:
         return self.folder / self.manifest.model_file
+
+    def source_run(self, otherwise: str) -> Path:
+        """The run folder this export was made from, unchanged since (its config's sha256 is the manifest's).
+
+        `otherwise` ends the ArtifactError for a run folder that is gone or changed: what to do instead.
+        """
+        run = Path(self.manifest.source_run.path)
+        config = run / CONFIG_FILE
+        if not config.is_file() or sha256_file(config) != self.manifest.source_run.config_sha256:
+            raise ArtifactError(
+                f"the run folder {run} that {self.folder} was exported from is gone or changed; {otherwise}"
+            )
+        return run
 
     def graph_path(self, role: str) -> Path:
         """The file of the graph `role` ("prefill", "decode"); an ArtifactError if the export has none."""

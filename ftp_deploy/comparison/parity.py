@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,15 +20,10 @@ from polygraphy.comparator import Comparator, RunResults
 from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
-from ftp_deploy.errors import UsageError
-from ftp_deploy.verification.inputs import Feed
+from ftp_deploy.comparison.feeds import Feed
+from ftp_deploy.formats.verify_report import HIDDEN, OutputParity, ParityReport, Tolerance
 
 _INDICES = re.compile(r"indices_(\d+)$")
-_HIDDEN = re.compile(r"hidden_(\d+)$")
-STAT_NAMES = ("max", "mean", "median", "p99")
-
-# Defaults per exported dtype: fp32 as DEPLOYMENT_FACTS measures it, half precisions by their epsilon.
-DEFAULT_TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (5e-2, 5e-2), "bf16": (2e-1, 1e-1)}
 
 
 def token_scale(values: np.ndarray) -> np.ndarray:
@@ -48,86 +42,11 @@ def token_scale(values: np.ndarray) -> np.ndarray:
     return np.maximum(np.abs(values).max(axis=-1, keepdims=True), np.finfo(np.float32).tiny)
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """An element passes if within `atol` in units of its token's scale (`token_scale`) or within `rtol`
-    of itself; routing decisions must agree on at least `min_routing_agreement` of (token, block) pairs."""
-
-    atol: float
-    rtol: float
-    min_routing_agreement: float = 0.999
-
-    def __post_init__(self) -> None:
-        if self.atol <= 0 or self.rtol <= 0:
-            raise UsageError(f"tolerances must be > 0 (got atol={self.atol:g}, rtol={self.rtol:g})")
-        if not 0 <= self.min_routing_agreement <= 1:
-            raise UsageError(f"the routing agreement required must lie in [0, 1], got {self.min_routing_agreement:g}")
-
-    @classmethod
-    def for_dtype(cls, dtype: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:
-        default_atol, default_rtol = DEFAULT_TOLERANCES.get(dtype, DEFAULT_TOLERANCES["fp32"])
-        return cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
-
-    def allows(self, candidate: np.ndarray, reference: np.ndarray) -> bool:
-        """Every element within tolerance, as the Comparator judges per-token scaled values; NaN fails."""
-        diff = np.abs(candidate - reference)
-        return bool(np.all((diff <= self.atol * token_scale(reference)) | (diff <= self.rtol * np.abs(reference))))
-
-
-@dataclass
-class OutputParity:
-    """Error statistics of one output over every compared feed (worst feed per statistic)."""
-
-    name: str
-    passed: bool
-    absolute: dict[str, float]
-    relative: dict[str, float]
-
-
-@dataclass
-class ParityReport:
-    """`mismatches`: outputs one runner has and the other lacks, or of another shape (left out of
-    `outputs`). `hidden_max_abs_diff` is in the hidden states' own units, not scaled per token."""
-
-    tolerance: Tolerance
-    outputs: list[OutputParity]
-    top1_agreement: float
-    routing_agreement: float | None
-    first_failing_block: str | None
-    hidden_max_abs_diff: float | None = None
-    mismatches: list[str] = field(default_factory=list)
-    feeds: list[dict[str, int]] = field(default_factory=list)
-
-    def failures(self, include_hidden: bool = False) -> list[str]:
-        """Every check that failed: missing or misshapen outputs, the logits (and, with
-        `include_hidden`, the hidden states) beyond tolerance, and routing agreement below its minimum."""
-        tol = self.tolerance
-        problems = list(self.mismatches)
-        for out in self.outputs:
-            if out.passed or not (out.name == "logits" or (include_hidden and _HIDDEN.match(out.name))):
-                continue
-            hidden = bool(_HIDDEN.match(out.name))  # its statistics are in units of the token's scale already
-            units = " (in units of each token's largest |value|)" if hidden else ""
-            scale = "" if hidden else " x the token's largest |logit|"
-            limits = f"atol {tol.atol:g}{scale} and rtol {tol.rtol:g}"
-            problems.append(f"{out.name}: max |diff| {out.absolute['max']:.3g}{units}, beyond {limits}")
-        if self.routing_agreement is not None and not self.routing_agreement >= tol.min_routing_agreement:
-            problems.append(
-                f"routing decisions agree on {self.routing_agreement:.4%} of (token, block) pairs, "
-                f"below {tol.min_routing_agreement:.1%}"
-            )
-        return problems
-
-    @property
-    def passed(self) -> bool:
-        """The verdict of verify: hidden states locate an error in the logits, they do not decide it."""
-        return not self.failures()
-
-    def max_abs_diff(self, name: str) -> float | None:
-        return next((o.absolute["max"] for o in self.outputs if o.name == name), None)
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+def allows(tolerance: Tolerance, candidate: np.ndarray, reference: np.ndarray) -> bool:
+    """Every element within tolerance, as the Comparator judges per-token scaled values; NaN fails."""
+    diff = np.abs(candidate - reference)
+    within_scale = diff <= tolerance.atol * token_scale(reference)
+    return bool(np.all(within_scale | (diff <= tolerance.rtol * np.abs(reference))))
 
 
 def _array(value: Any) -> np.ndarray:
@@ -211,7 +130,7 @@ def _per_token_scale(numeric: RunResults, reference: str) -> RunResults:
 
 
 def _scaled(name: str) -> bool:
-    return name == "logits" or bool(_HIDDEN.match(name))
+    return name == "logits" or bool(HIDDEN.match(name))
 
 
 def _routing_agreement(
@@ -235,7 +154,7 @@ def _hidden_max_abs_diff(numeric: RunResults, reference: str, candidate: str) ->
         np.abs(_array(ref[name]) - _array(cand[name])).max(initial=0.0)
         for ref, cand in zip(numeric[reference], numeric[candidate], strict=True)
         for name in ref
-        if _HIDDEN.match(name)
+        if HIDDEN.match(name)
     ]
     return _worst(diffs) if diffs else None
 
@@ -287,7 +206,7 @@ def _worst(values: Iterable[Any]) -> float:
 
 
 def _first_failing_block(outputs: list[OutputParity]) -> str | None:
-    failing = sorted(int(m.group(1)) for o in outputs if not o.passed and (m := _HIDDEN.match(o.name)))
+    failing = sorted(int(m.group(1)) for o in outputs if not o.passed and (m := HIDDEN.match(o.name)))
     return f"model.layers.{failing[0]}" if failing else None
 
 
@@ -327,7 +246,7 @@ def check_parity(
         # The verdict is element-wise on the scaled values; the logits' statistics are reported in
         # their own units, the hidden states' in units of each token's scale.
         judged = _compare(scaled, tolerance, "elemwise")
-        reported = _merge(numeric, scaled, lambda name: bool(_HIDDEN.match(name)))
+        reported = _merge(numeric, scaled, lambda name: bool(HIDDEN.match(name)))
         verdict = _compare(reported, tolerance, "elemwise")
         # Polygraphy computes quantiles only when they are the checked statistic: p99 takes its own pass.
         quantiles = _compare(reported, tolerance, "quantile")

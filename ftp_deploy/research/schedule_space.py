@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ftp_deploy.errors import ConfigError
+from ftp_deploy.errors import ConfigError, missing_dependency
 from ftp_deploy.plugins.token_compaction.contract import SPARSITY_DEN
 from ftp_deploy.schedule import DEFAULT_S_MAX, Schedule
 from ftp_deploy.training.search import Fitness, ScheduleSpace
@@ -92,7 +92,10 @@ def cma_search(
 
     Schedules are cached: knot vectors that repair to the same thousandths are scored once.
     """
-    from cmaes import CMA
+    try:
+        from cmaes import CMA
+    except ImportError as err:
+        raise missing_dependency("cmaes", "research") from err
 
     bounds = np.tile([0.0, space.s_max], (space.knots, 1))
     optimizer = CMA(mean=space.start.copy(), sigma=sigma, bounds=bounds, seed=seed, population_size=population)

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ftp_deploy.artifacts import CONFIG_FILE, load_routed
-from ftp_deploy.errors import ArtifactError, ConfigError, UsageError
-from ftp_deploy.fileio import sha256_file
-from ftp_deploy.generation import CallbackTextStreamer, Generation, generate_onnx, generate_routed
-from ftp_deploy.generation_settings import GenerationSettings
+from ftp_deploy.artifacts import load_routed
+from ftp_deploy.errors import ConfigError, UsageError
+from ftp_deploy.generation.options import GenerateOptions
+from ftp_deploy.generation.settings import GenerationSettings
+from ftp_deploy.generation.source import GenerationSource, check_prompt, open_source, resolve_runtime
+from ftp_deploy.generation.timed import CallbackTextStreamer, Generation, generate_onnx, generate_routed
 from ftp_deploy.models import LoadedModel
 from ftp_deploy.placement import CPU, Placement, resolve_placement
 from ftp_deploy.progress import NO_PROGRESS, Progress
 from ftp_deploy.routed_model import RoutedModel
-from ftp_deploy.serving.source import GenerationSource, check_prompt, open_source, resolve_runtime
 
 
 @dataclass
@@ -72,12 +72,7 @@ def load_torch(
     manifest = source.export.manifest
     if manifest.graph != "routed":
         raise ConfigError(f"{source.folder} holds a {manifest.graph} graph; --runtime torch generates routed models")
-    run = Path(manifest.source_run.path)
-    if not (run / CONFIG_FILE).is_file() or sha256_file(run / CONFIG_FILE) != manifest.source_run.config_sha256:
-        raise ArtifactError(
-            f"the run folder {run} that {source.folder} was exported from is gone or changed; "
-            "generate from the run folder itself"
-        )
+    run = source.export.source_run("generate from the run folder itself")
     base = model or manifest.base_model.loaded_from
     routed, loaded, _ = load_routed(run, base, placement, trust_remote_code=trust_remote_code)
     return routed, loaded
@@ -90,38 +85,35 @@ def eos_ids(loaded: LoadedModel) -> int | list[int] | None:
 
 
 def generate(
-    source_dir: Path,
+    source_dir: Path | str,
     prompt: str,
-    settings: GenerationSettings,
-    runtime: str | None = None,
-    chat: bool = False,
-    model: str | None = None,
-    trust_remote_code: bool = False,
-    threads: int | None = None,
+    options: GenerateOptions | None = None,
     on_text: Callable[[str], None] | None = None,
     progress: Progress = NO_PROGRESS,
-    device: str = "auto",
-    dtype: str = "fp32",
+    **fields: Any,
 ) -> TextGeneration:
     """Continue `prompt` with the routed model of `source_dir`; `on_text` receives the text as it is made.
 
+    `options` (default GenerateOptions()) with `fields` replaced by name, as the command line names them.
     `runtime` None: PyTorch for a run folder, ONNX Runtime for an export. `threads`: ONNX Runtime's
     intra-op threads (PyTorch keeps its own setting). `device`, `dtype`: where and in what precision
     PyTorch runs the model; ONNX Runtime runs the export as it was written, on its CPU provider.
     """
+    opts, source_dir = replace(options or GenerateOptions(), **fields), Path(source_dir)
     check_prompt(prompt)
-    placement = resolve_placement(device, dtype)
+    settings = opts.settings()
+    placement = resolve_placement(opts.device, opts.dtype)
     source = open_source(source_dir)
-    runtime = resolve_runtime(runtime, source)
-    if threads is not None and runtime != "onnxrt":
+    runtime = resolve_runtime(opts.runtime, source)
+    if opts.threads is not None and runtime != "onnxrt":
         raise UsageError("--threads sets ONNX Runtime's threads; it applies to --runtime onnxrt only")
-    if runtime == "onnxrt" and (device.strip().lower() not in ("auto", "cpu") or dtype != "fp32"):
+    if runtime == "onnxrt" and (opts.device.strip().lower() not in ("auto", "cpu") or opts.dtype != "fp32"):
         raise UsageError("--device and --dtype place the PyTorch model; they apply to --runtime torch only")
     if runtime == "onnxrt":
-        generation, tokenizer = _generate_onnx(source, prompt, settings, chat, threads, on_text, progress)
+        generation, tokenizer = _generate_onnx(source, prompt, settings, opts.chat, opts.threads, on_text, progress)
     else:
         generation, tokenizer = _generate_torch(
-            source, prompt, settings, chat, model, trust_remote_code, on_text, progress, placement
+            source, prompt, settings, opts.chat, opts.model, opts.trust_remote_code, on_text, progress, placement
         )
     text = tokenizer.decode(generation.token_ids[0], skip_special_tokens=True)
     return TextGeneration(text, generation, runtime, str(source_dir))

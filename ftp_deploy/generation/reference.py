@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ftp_deploy.errors import ConfigError
-from ftp_deploy.kv_cache import RoutedCache, cache_index
+from ftp_deploy.generation.cache import RoutedCache, cache_index
 from ftp_deploy.routed_model import RoutedModel
 
 # Both keep exactly K_l tokens per block (monotone only ranks them differently), so both cache alike.

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ftp_deploy.errors import UsageError
-from ftp_deploy.export_format import INPUT_NAMES
+from ftp_deploy.formats.export_manifest import INPUT_NAMES
 
 Feed = OrderedDict[str, np.ndarray]
 DEFAULT_PARITY_LENGTHS = (1, 24, 128)

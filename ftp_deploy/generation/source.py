@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftp_deploy.errors import ArtifactError, UsageError
-from ftp_deploy.export_format import MANIFEST_FILE, ExportedArtifact
+from ftp_deploy.formats.export_manifest import MANIFEST_FILE, ExportedArtifact
+from ftp_deploy.formats.routed_config import CONFIG_FILE
 
-CONFIG_FILE = "ftp_config.json"  # artifacts.CONFIG_FILE, named here without importing torch
 RUNTIMES = ("torch", "onnxrt")
 
 
