@@ -31,6 +31,16 @@ DECODE_INPUT_NAMES = ("input_ids", "position_ids")
 CACHE_PARTS = ("key", "value", "valid")
 # What ONNX Runtime's CPU provider has kernels for; a bf16 file runs there only widened to fp32.
 CPU_NATIVE_DTYPES = ("fp32", "fp16")
+ONNX_RUNTIME, TENSORRT = "onnxruntime", "tensorrt"
+# A graph of standard ONNX ops (and the ftp nodes, plugins in TensorRT, functions in ONNX Runtime) runs in
+# both; a prefill with fused attention holds com.microsoft.GroupQueryAttention, which only ONNX Runtime has.
+STANDARD_RUNTIMES = (ONNX_RUNTIME, TENSORRT)
+FUSED_RUNTIMES = (ONNX_RUNTIME,)
+
+
+def prefill_runtimes(attention: str) -> tuple[str, ...]:
+    """The runtimes that run a prefill graph whose attention has the form `attention` ("fused" or "standard")."""
+    return FUSED_RUNTIMES if attention == "fused" else STANDARD_RUNTIMES
 
 
 def indices_name(block: int) -> str:
@@ -60,8 +70,9 @@ def cache_names(num_layers: int, name: Callable[[int, str], str]) -> tuple[str, 
 
 @dataclass(frozen=True)
 class GraphRecord:
-    """One ONNX graph of the artifact: its file, the external data (weights) it reads, its tensors' axes, and the
-    sha256 of both files (the graph file alone would not tell two routers of one schedule apart)."""
+    """One ONNX graph of the artifact: its file, the external data (weights) it reads, its tensors' axes, the
+    sha256 of both files (the graph file alone would not tell two routers of one schedule apart), and the
+    runtimes whose parsers take its ops (a manifest written before the fused attention: both)."""
 
     file: str
     data_file: str
@@ -69,6 +80,7 @@ class GraphRecord:
     outputs: dict[str, dict[str, str]]
     sha256: str = ""
     data_sha256: str = ""
+    runtimes: tuple[str, ...] = STANDARD_RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -183,6 +195,8 @@ class ExportManifest(Document):
     # "prefill" (always; the model file) and, for --with-past, "decode"; sha256s filled by write_manifest.
     graphs: dict[str, GraphRecord] = field(default_factory=dict)
     with_past: WithPastRecord | None = None
+    # How the prefill's attention is written (exporters/options.ATTENTION_FORMS); older manifests: standard.
+    attention: str = "standard"
     files: dict[str, str] = field(default_factory=dict)
 
     @property
