@@ -142,17 +142,30 @@ def save_hf_folder(model: Any, tokenizer: Any, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def genai_model(hf_dir: Path, out: Path, threads: int) -> Any:
-    """onnxruntime-genai's fp32 CPU build of the model in `hf_dir` (built once into `out`), its threads set."""
+def require_genai() -> Any:
+    """The onnxruntime_genai module, or one clear line naming the extra that installs it."""
     try:
         import onnxruntime_genai as og
     except ImportError as err:
         raise SystemExit(f"the onnxruntime-genai baseline needs onnxruntime-genai: {BENCH_EXTRA}") from err
-    if not (out / "genai_config.json").is_file():
-        start = time.perf_counter()
-        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out)]
-        subprocess.run([*command, "-p", "fp32", "-e", "cpu"], check=True, capture_output=True)
-        print(f"onnxruntime-genai model builder: {time.perf_counter() - start:.1f} s")
+    return og
+
+
+def genai_build(hf_dir: Path, out: Path, precision: str = "fp32") -> None:
+    """onnxruntime-genai's CPU build (`-p fp32|int4`, the builder's defaults otherwise) of the model in
+    `hf_dir` into `out`, unless it is there already."""
+    if (out / "genai_config.json").is_file():
+        return
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out)]
+    subprocess.run([*command, "-p", precision, "-e", "cpu"], check=True, capture_output=True)
+    print(f"onnxruntime-genai model builder ({precision}): {time.perf_counter() - start:.1f} s")
+
+
+def genai_model(hf_dir: Path, out: Path, threads: int, precision: str = "fp32") -> Any:
+    """onnxruntime-genai's CPU build of the model in `hf_dir` (built once into `out`), its threads set."""
+    og = require_genai()
+    genai_build(hf_dir, out, precision)
     config = og.Config(str(out))
     config.overlay(f'{{"model": {{"decoder": {{"session_options": {{"intra_op_num_threads": {threads}}}}}}}}}')
     return og.Model(config)

@@ -10,7 +10,7 @@ import typer
 from ftp_deploy.cli_options import ModelOverrideOption, ReferenceDeviceOption, TrustOption
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape, parse_shape
-from ftp_deploy.exporters.options import ENGINES, SUPPORTED_OPSETS, ExportOptions
+from ftp_deploy.exporters.options import ATTENTION_FORMS, ENGINE_ATTENTION, ENGINES, SUPPORTED_OPSETS, ExportOptions
 from ftp_deploy.formats.export_manifest import QUANTIZED_BITS, TensorRtSection
 from ftp_deploy.placement import DTYPE_NAMES
 
@@ -61,6 +61,14 @@ def export(
         bool, typer.Option(help="--engine trt: no engine here; write the script that builds it on the target")
     ] = _EXPORT.onnx_only,
     device: ReferenceDeviceOption = _EXPORT.device,
+    attention: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The prefill's attention: {' or '.join(ATTENTION_FORMS)} (default: "
+            + ", ".join(f"{form} for --engine {engine}" for engine, form in ENGINE_ATTENTION.items())
+            + "); fused is ONNX Runtime's GroupQueryAttention, memory linear in the prompt, ONNX Runtime only"
+        ),
+    ] = _EXPORT.attention,
     triton_repo: Annotated[
         Path | None,
         typer.Option(
@@ -93,6 +101,7 @@ def export(
         overwrite=overwrite,
         trust_remote_code=trust_remote_code,
         device=device,
+        attention=attention,
         min_shape=given.get("--min-shape"),
         opt_shape=given.get("--opt-shape"),
         max_shape=given.get("--max-shape"),

@@ -16,6 +16,7 @@ from ftp_deploy.generation.cache import RoutedCache
 from ftp_deploy.models import DTYPES
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import token_positions
+from ftp_deploy.routing import valid_first
 
 
 class RoutedGraph(nn.Module):
@@ -69,10 +70,14 @@ class DenseGraph(nn.Module):
         )
         if cache is None:
             return (out.logits,)
-        num_layers = len(self.base.model.layers)
-        for layer in range(num_layers):  # every token is cached in every layer; padding slots are not valid
-            cache.add_slots(layer, attention_mask.bool())
-        return (out.logits, *_present(cache, num_layers))
+        # Every token is cached in every layer, valid ones first, as the exported blocks hand them over
+        # (RoutedModel.run_layer_causal); padding slots are not valid.
+        order, _ = valid_first(attention_mask.bool())
+        present: list[torch.Tensor] = []
+        for keys, values, _ in cache:
+            slots = order[:, None, :, None].expand_as(keys)
+            present += [keys.gather(2, slots), values.gather(2, slots), attention_mask.bool().gather(1, order)]
+        return (out.logits, *present)
 
 
 def export_module(routed: RoutedModel, spec: ExportSpec) -> nn.Module:
@@ -82,9 +87,10 @@ def export_module(routed: RoutedModel, spec: ExportSpec) -> nn.Module:
     model's weights in the spec's dtype (the router stays fp32).
     """
     routed.ops = ONNX_COMPACTION_OPS
-    # Eager attention's arithmetic (softmax in fp32 whatever the weights' dtype, finite additive
-    # masks), without repeating each key/value head for its query heads (exporters/attention.py).
-    use_grouped_attention(routed.base)
+    # Decode: eager attention's arithmetic (softmax in fp32 whatever the weights' dtype, finite
+    # additive masks) without repeating each key/value head for its query heads; prefill: causal
+    # attention over each block's slots, fused or in standard ops (exporters/attention.py).
+    use_grouped_attention(routed.base, spec.attention)
     cast_weights(routed.base, spec.dtype)
     module = DenseGraph(routed.base, spec) if spec.dense else RoutedGraph(routed, spec)
     return module.eval()

@@ -345,11 +345,9 @@ def _weights_to_inputs(model: ir.Model, module: nn.Module) -> None:
 
 
 def _dynamic_axes(tensor: torch.Tensor, batch: torch.export.Dim, sequence: torch.export.Dim) -> dict[int, Any] | None:
-    """Batch and sequence axes of a piece's input: [B, T, ...], or the dense mask [B, 1, T, T]."""
+    """Batch and sequence axes of a piece's input: [B, T, ...]."""
     if tensor.dim() == 0:
         return None
-    if tensor.dim() == 4:
-        return {0: batch, 2: sequence, 3: sequence}
     return {0: batch, 1: sequence}
 
 

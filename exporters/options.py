@@ -16,6 +16,16 @@ DEFAULT_MAX_BATCH = 8
 # versions exported routed models were checked and run with (tests/test_onnx_export.py).
 SUPPORTED_OPSETS = (18, 19, 20, 21, 22, 23)
 DEFAULT_OPSET = 18
+# How the prefill's attention is written: "fused" as ONNX Runtime's com.microsoft.GroupQueryAttention
+# (memory linear in the prompt; ONNX Runtime only), "standard" with plain ONNX ops (what TensorRT's
+# parser takes). Each engine has its default: onnx fused, trt standard.
+ATTENTION_FORMS = ("fused", "standard")
+ENGINE_ATTENTION = {"onnx": "fused", "trt": "standard"}
+# How the prefill's attention is written: "fused" as ONNX Runtime's com.microsoft.GroupQueryAttention
+# (memory linear in the prompt; ONNX Runtime only), "standard" with plain ONNX ops (what TensorRT's
+# parser takes). Each engine has its default: onnx fused, trt standard.
+ATTENTION_FORMS = ("fused", "standard")
+ENGINE_ATTENTION = {"onnx": "fused", "trt": "standard"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,8 @@ class GraphOptions:
     # Optimum's text-generation-with-past: the prefill also returns every layer's KV cache, and a
     # decode graph (decoder.onnx) continues from it one token at a time.
     with_past: bool = False
+    # One of ATTENTION_FORMS, or None for the engine's own (ENGINE_ATTENTION).
+    attention: str | None = None
     # Weight-only integer blocks (exporters/quantize.py), in the spirit of onnxruntime-genai's `-p int4`;
     # None stores the weights in `dtype`.
     quantize: str | None = None
@@ -60,6 +72,8 @@ class ExportOptions(GraphOptions):
         """Checked when made, so a bad value fails before torch or any model loads."""
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.attention is not None and self.attention not in ATTENTION_FORMS:
+            raise UsageError(f"unknown --attention {self.attention!r}; choose one of {', '.join(ATTENTION_FORMS)}")
         shapes = (self.min_shape, self.opt_shape, self.max_shape)
         if self.engine != "trt" and (self.onnx_only or any(shape is not None for shape in shapes)):
             raise UsageError("--onnx-only and the --*-shape options apply to --engine trt only")

@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from ftp_deploy.generation.cache import RoutedCache, cache_index
-from ftp_deploy.routed_model import RoutedModel, TokenFacts, token_facts
-from ftp_deploy.routing import additive_mask, compact_allowed
+from ftp_deploy.routed_model import RoutedModel, TokenFacts, run_layer_causal, token_facts
 
 # The kept-count numerator a block is traced with: K = 16 - 16*619//1000 = 7 at the example
 # length, so K is neither 0, 1 nor T (torch.export would specialize it), and the number appears
@@ -31,7 +30,6 @@ SENTINEL_SPARSITY_NUM = 619
 T = TypeVar("T")
 
 PROLOGUE_OUTPUTS = ("hidden", "positions", "forced", "cos", "sin")
-DENSE_MASK = "mask"
 BLOCK_HIDDEN, BLOCK_SCORE, BLOCK_SPARSITY, BLOCK_INDICES = "hidden", "attention_score", "required_sparsity", "indices"
 # A block output that the next block reads as its input `name` is called `name` + NEXT: a graph's
 # input and output cannot share a name.
@@ -75,17 +73,14 @@ class Prologue(nn.Module):
     @property
     def output_names(self) -> tuple[str, ...]:
         if self.dense:
-            return (*PROLOGUE_OUTPUTS, DENSE_MASK)
+            return PROLOGUE_OUTPUTS
         return (*PROLOGUE_OUTPUTS, BLOCK_SCORE) if self.learned else PROLOGUE_OUTPUTS
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         hidden = self.embed_tokens(input_ids)
         facts = token_facts(self.rotary_emb, hidden, attention_mask, always_mask=True, sink_fraction=self.sink_fraction)
         outputs = (hidden, facts.positions, facts.forced, facts.cos, facts.sin)
-        if self.dense:
-            # The dense model's mask is the same for every layer: built once, as HF's model does.
-            return (*outputs, additive_mask(compact_allowed(facts.positions, facts.valid), hidden.dtype))
-        if self.learned:  # uniform before the first block (FTP_SPEC section 3)
+        if self.learned and not self.dense:  # uniform before the first block (FTP_SPEC section 3)
             return (*outputs, torch.ones_like(facts.positions, dtype=torch.float32))
         return outputs
 
@@ -140,7 +135,8 @@ class RoutedBlock(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    """One unrouted decoder block on all tokens, with the prologue's mask; with past, its cache of every token."""
+    """One unrouted decoder block on all tokens, causal over them as a routed block is over its kept ones
+    (`run_layer_causal`: valid tokens first, no [T, T] mask); with past, its cache of every token."""
 
     def __init__(self, layer: nn.Module, with_past: bool = False) -> None:
         super().__init__()
@@ -149,23 +145,16 @@ class DenseBlock(nn.Module):
 
     @property
     def io(self) -> BlockIO:
-        if self.with_past:
-            return BlockIO((BLOCK_HIDDEN, DENSE_MASK, "cos", "sin", "attention_mask"), (BLOCK_HIDDEN + NEXT, *PRESENT))
-        return BlockIO((BLOCK_HIDDEN, DENSE_MASK, "cos", "sin"), (BLOCK_HIDDEN + NEXT,))
+        inputs = (BLOCK_HIDDEN, "attention_mask", "cos", "sin")
+        return BlockIO(inputs, (BLOCK_HIDDEN + NEXT, *(PRESENT if self.with_past else ())))
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        mask: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if attention_mask is None:
-            return self.layer(hidden, attention_mask=mask, position_embeddings=(cos, sin))
-        cache = RoutedCache()
-        hidden = self.layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
-        cache.add_slots(cache_index(self.layer), attention_mask.bool())
+        cache = RoutedCache() if self.with_past else None
+        hidden = run_layer_causal(self.layer, hidden, cos, sin, attention_mask.bool(), cache)
+        if cache is None:
+            return hidden
         return hidden, *layer_cache(cache, cache_index(self.layer))
 
 
@@ -187,7 +176,7 @@ class DecodePrologue(nn.Module):
 
 class DecodeBlock(nn.Module):
     """One block for one new token per row: it attends to the block's valid cached slots and itself,
-    and its key and value join the cache (cached_generation.decode_step, one layer). No routing happens
+    and its key and value join the cache (generation.reference.decode_step, one layer). No routing happens
     in decode, so the routed and the dense model share this piece; only their cache lengths differ."""
 
     io = BlockIO((BLOCK_HIDDEN, "cos", "sin", *PAST), (BLOCK_HIDDEN + NEXT, *PRESENT))

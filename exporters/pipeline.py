@@ -18,9 +18,10 @@ from ftp_deploy.comparison.dequantize import use_stored_weights
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx
 from ftp_deploy.engines.widen import cpu_runnable, widened_to_fp32
 from ftp_deploy.errors import ExportError, UnsupportedExportError
+from ftp_deploy.exporters.attention import GQA_HEAD_MULTIPLE, fused_attention_fits
 from ftp_deploy.exporters.graphs import cast_weights, export_module
 from ftp_deploy.exporters.onnx_export import export_decoder_file, export_onnx_file
-from ftp_deploy.exporters.options import ExportOptions
+from ftp_deploy.exporters.options import ENGINE_ATTENTION, ExportOptions
 from ftp_deploy.exporters.output_folder import check_output_folder, remove_stale_staging, staged_folder
 from ftp_deploy.exporters.spec import DecodeSpec, ExportSpec, sample_inputs
 from ftp_deploy.exporters.validation import validate_decode, validate_export
@@ -37,6 +38,7 @@ from ftp_deploy.formats.export_manifest import (
     SourceRun,
     ValidationRecord,
     WithPastRecord,
+    prefill_runtimes,
     write_manifest,
 )
 from ftp_deploy.formats.record import to_json
@@ -88,7 +90,11 @@ def export_onnx(
     for stale in remove_stale_staging(out):
         progress.note(f"removed {stale}: the staging folder of an earlier export to {out} that was interrupted")
     artifact = load_artifact(run_dir)
-    graph_options = {**opts.graph(), "last_token_logits": opts.last_token_logits or opts.with_past}
+    graph_options = {
+        **opts.graph(),
+        "last_token_logits": opts.last_token_logits or opts.with_past,
+        "attention": opts.attention or ENGINE_ATTENTION[opts.engine],
+    }
     spec = ExportSpec(thousandths=artifact.schedule.thousandths, **graph_options)
     if not opts.dense:
         check_exportable(artifact)
@@ -97,6 +103,8 @@ def export_onnx(
     with storage(out, "nothing was written there"), staged_folder(out) as folder:
         with progress.phase(f"load the base model ({model_ref})"):
             routed, loaded, _ = load_routed(artifact, model_ref, trust_remote_code=opts.trust_remote_code)
+            first: Any = routed.layers[0]
+            spec = _fitting_attention(spec, int(first.self_attn.head_dim), opts.attention, progress)
             module = export_module(routed, spec)
         vocab_size = int(loaded.model.config.vocab_size)
         graph = "the dense" if opts.dense else "the routed"
@@ -166,6 +174,19 @@ def _with_past_record(loaded: Any, spec: ExportSpec, folder: Path) -> WithPastRe
     )
 
 
+def _fitting_attention(spec: ExportSpec, head_dim: int, asked: str | None, progress: Progress) -> ExportSpec:
+    """The spec with an attention form the model's heads fit: the fused default becomes standard ops
+    (said) for a head size GroupQueryAttention refuses; an explicit --attention fused is refused."""
+    if spec.attention != "fused" or fused_attention_fits(head_dim):
+        return spec
+    why = f"ONNX Runtime's GroupQueryAttention needs a head size that is a multiple of {GQA_HEAD_MULTIPLE}"
+    why += f", not {head_dim}"
+    if asked == "fused":
+        raise UnsupportedExportError(f"--attention fused: {why}")
+    progress.note(f"the prefill's attention is written in standard ops: {why}")
+    return replace(spec, attention="standard")
+
+
 def check_exportable(artifact: RoutedArtifact) -> None:
     if artifact.router_spec.kind == "random":
         raise UnsupportedExportError("the random router is a baseline for experiments and is not exported")
@@ -203,8 +224,9 @@ def _manifest(
     with_past: WithPastRecord | None = None,
 ) -> ExportManifest:
     axes = spec.to_json()
-    graphs = {"prefill": GraphRecord(MODEL_FILE, DATA_FILE, axes["inputs"], axes["outputs"])}
-    if with_past is not None:
+    runtimes = prefill_runtimes(spec.attention)
+    graphs = {"prefill": GraphRecord(MODEL_FILE, DATA_FILE, axes["inputs"], axes["outputs"], runtimes=runtimes)}
+    if with_past is not None:  # the decode graph's attention is always standard ops (exporters/attention.py)
         decode = DecodeSpec(spec.num_layers).to_json()
         graphs["decode"] = GraphRecord(DECODER_FILE, DATA_FILE, decode["inputs"], decode["outputs"])
     return ExportManifest(
@@ -226,6 +248,7 @@ def _manifest(
         opset=spec.opset,
         last_token_logits=spec.last_token_logits,
         debug_outputs=spec.debug_outputs,
+        attention=spec.attention,
         inputs=axes["inputs"],
         outputs=axes["outputs"],
         tolerance=axes["tolerance"],

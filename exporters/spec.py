@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.exporters.options import SUPPORTED_OPSETS, GraphOptions
+from ftp_deploy.exporters.options import ATTENTION_FORMS, SUPPORTED_OPSETS, GraphOptions
 from ftp_deploy.formats.export_manifest import (
     DECODE_INPUT_NAMES,
     INPUT_NAMES,
@@ -54,6 +54,8 @@ class ExportSpec(GraphOptions):
     """
 
     thousandths: tuple[int, ...] = field(kw_only=True)
+    # The prefill's attention as written, resolved from the options' engine default.
+    attention: str = "fused"
     validation_batch: int = 2
     # Kept counts below and above the router's default attention window (32 queries).
     validation_lengths: tuple[int, ...] = (24, 61)
@@ -67,6 +69,14 @@ class ExportSpec(GraphOptions):
         if self.opset not in SUPPORTED_OPSETS:
             raise UnsupportedExportError(
                 f"opset {self.opset} is not supported; choose one of {', '.join(map(str, SUPPORTED_OPSETS))}"
+            )
+        if self.attention not in ATTENTION_FORMS:
+            raise UnsupportedExportError(
+                f"attention form {self.attention!r} is unknown; choose one of {', '.join(ATTENTION_FORMS)}"
+            )
+        if self.attention not in ATTENTION_FORMS:
+            raise UnsupportedExportError(
+                f"attention form {self.attention!r} is unknown; choose one of {', '.join(ATTENTION_FORMS)}"
             )
         if self.dense and self.debug_outputs:
             raise UnsupportedExportError("--debug-outputs exposes routing decisions; the dense model has none")

@@ -38,7 +38,7 @@ from ftp_deploy.engines.trt_plan import (
 )
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, decode_profile, format_shape
 from ftp_deploy.errors import UnsupportedExportError
-from ftp_deploy.exporters.options import ExportOptions
+from ftp_deploy.exporters.options import ENGINE_ATTENTION, ExportOptions
 from ftp_deploy.exporters.pipeline import ArtifactExtension, ExportResult, export_onnx
 from ftp_deploy.fileio import atomic_write_bytes, atomic_write_text
 from ftp_deploy.formats.export_manifest import INPUT_NAMES, MODEL_FILE, ExportManifest
@@ -157,10 +157,17 @@ def export_trt(
     reported before the (slow) ONNX export starts.
     """
     trt = trt or TrtOptions()
-    if replace(options or ExportOptions(), **fields).with_past and not trt.onnx_only:
+    opts = replace(options or ExportOptions(), **fields)
+    if opts.attention not in (None, ENGINE_ATTENTION["trt"]):
+        # TensorRT's ONNX parser has no com.microsoft.GroupQueryAttention: its graph keeps standard ops.
+        raise UnsupportedExportError(
+            f"--engine trt writes the prefill's attention in standard ONNX ops, not --attention {opts.attention}"
+        )
+    opts = replace(opts, attention=ENGINE_ATTENTION["trt"])
+    if opts.with_past and not trt.onnx_only:
         # The plan builder makes one engine from model.onnx; a decode engine is not built yet.
         raise UnsupportedExportError("--with-past with --engine trt needs --onnx-only: no decode engine is built yet")
     if not trt.onnx_only:
         require_tensorrt_gpu("--engine trt", hint=ONNX_ONLY_HINT)
     extension = trt_extension(trt.profile, trt.onnx_only, trt.timing_cache, progress)
-    return export_onnx(run_dir, out, options, extend=extension, progress=progress, **fields)
+    return export_onnx(run_dir, out, opts, extend=extension, progress=progress)

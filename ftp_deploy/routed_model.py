@@ -40,19 +40,63 @@ from ftp_deploy.routing import (
     SKIPPED_SCORE,
     Selection,
     additive_mask,
+    causal_additive_mask,
     compact_allowed,
     demote_skipped,
     forced_keep_mask,
     routing_scores,
     select_threshold,
     select_topk,
+    valid_first,
 )
 from ftp_deploy.schedule import Schedule
 
 EXECUTION_MODES = ("compact", "masked")
+# transformers' attention implementations that attend causally when a layer is given no mask (SDPA
+# with is_causal, the flash kernels): compact blocks pass them none, so no [K, K] mask or score
+# matrix is built. Eager attention (and anything not named here) gets an explicit causal mask.
+_CAUSAL_WHEN_UNMASKED = {"sdpa", "flash_attention_2", "flash_attention_3"}
 
 CompactFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 ScatterFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def declare_causal_when_unmasked(implementation: str) -> None:
+    """Name an attention implementation registered with transformers that attends causally when a layer
+    gets no mask (the exporter's does), so compact blocks pass it none."""
+    _CAUSAL_WHEN_UNMASKED.add(implementation)
+
+
+def run_layer_causal(
+    layer: Any,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_valid: torch.Tensor,
+    cache: RoutedCache | None = None,
+    reorder: bool = True,
+) -> torch.Tensor:
+    """The unmodified layer over slots [B, K] whose valid entries are in ascending original position.
+
+    With `reorder`, each row's valid slots move first (`routing.valid_first`) and the output moves
+    back, so plain causal attention is exact for every valid slot whatever the padding (FTP_SPEC
+    section 1: causal over original order, padding masked) and no mask or full score matrix is
+    built; without it the caller guarantees every slot is valid. Slots that hold padding see
+    whatever precedes them: their outputs are never read. A `cache` receives the layer's keys and
+    values in the slots' new order, valid entries first, with their validity.
+    """
+    place = None
+    if reorder:
+        order, place = valid_first(key_valid)
+        hidden, cos, sin = (gather_rows(t.expand(order.shape[0], -1, -1), order) for t in (hidden, cos, sin))
+        key_valid = torch.gather(key_valid, 1, order)
+    mask = None
+    if layer.self_attn.config._attn_implementation not in _CAUSAL_WHEN_UNMASKED:
+        mask = causal_additive_mask(hidden.shape[1], hidden.dtype, hidden.device)
+    updated = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
+    if cache is not None:
+        cache.add_slots(cache_index(layer), key_valid)
+    return updated if place is None else gather_rows(updated, place)
 
 
 @dataclass
@@ -309,13 +353,8 @@ class RoutedModel(nn.Module):
         index = selection.indices
         cos, sin = (gather_rows(t.expand(index.shape[0], -1, -1), index) for t in (tokens.cos, tokens.sin))
         key_valid = self._slot_valid(selection, tokens)
-        mask = None
-        if tokens.padded or selection.filled is not None:
-            positions = torch.gather(tokens.positions, 1, index)
-            mask = additive_mask(compact_allowed(positions, key_valid), compact.dtype)
-        updated = layer(compact, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
-        if cache is not None:
-            cache.add_slots(cache_index(layer), key_valid)
+        reorder = tokens.padded or selection.filled is not None
+        updated = run_layer_causal(layer, compact, cos, sin, key_valid, cache, reorder)
         if selection.filled is not None:  # unfilled slots of threshold routing keep their input
             updated = torch.where(selection.filled.unsqueeze(-1), updated, compact)
         return self.ops.scatter(hidden, updated, index), selection, compact

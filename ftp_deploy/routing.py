@@ -119,6 +119,27 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allowed, zero, low).unsqueeze(1)
 
 
+def valid_first(key_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, place) [B, K] of each row's slots with its valid ones first, both groups in slot order.
+
+    Gathering slots by `order` moves them there; gathering the result by `place` moves them back
+    (`place` is the inverse permutation). Compaction keeps slots in ascending original position, so
+    after this every valid slot sees exactly the valid slots before it under plain causal
+    attention: no [K, K] mask for padding, left or right, and the valid entries are packed first.
+    """
+    valid = key_valid.long()
+    count = valid.sum(1, keepdim=True)
+    place = torch.where(key_valid, valid.cumsum(1) - 1, count + (1 - valid).cumsum(1) - 1)
+    slots = torch.arange(key_valid.shape[1], device=key_valid.device).expand_as(place)
+    return torch.zeros_like(place).scatter(1, place, slots), place
+
+
+def causal_additive_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, 1, L, L] additive mask of plain causal attention over L slots."""
+    slots = torch.arange(length, device=device)
+    return additive_mask((slots.unsqueeze(0) <= slots.unsqueeze(1)).unsqueeze(0), dtype)
+
+
 def compact_allowed(positions: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
     """Causal order of original positions over kept slots; a slot always sees itself."""
     causal = positions.unsqueeze(1) <= positions.unsqueeze(2)

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from ftp_deploy.artifacts import load_artifact, load_routed
 from ftp_deploy.fileio import sha256_file
-from ftp_deploy.formats.export_manifest import read_manifest
-from ftp_deploy.formats.routed_config import ROUTER_FILE
+from ftp_deploy.formats.export_manifest import read_manifest, write_manifest
+from ftp_deploy.formats.routed_config import CONFIG_FILE, ROUTER_FILE
 from ftp_deploy.formats.verify_report import VerifyReport
 from ftp_deploy.training.runfolder import RunFolder
 from tests.conftest import PIPELINE_PROMPT as PROMPT
 from tests.conftest import tiny_tokenizer
-from tests.test_cli import cli, section9_text
+from tests.test_cli import assert_one_error_line, cli, section9_text
 
 NEW_TOKENS = 8
 
@@ -88,3 +89,24 @@ def test_an_export_folder_alone_generates(default_pipeline: dict[str, Path], tmp
             away.rename(default_pipeline[name])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected
+
+
+def test_a_changed_source_run_is_refused_where_the_export_needs_it(
+    default_pipeline: dict[str, Path], tmp_path: Path
+) -> None:
+    """verify and generate --runtime torch read the run an export names, hash-checked in one place."""
+    run, art = tmp_path / "run", tmp_path / "art"
+    shutil.copytree(default_pipeline["run"], run)
+    shutil.copytree(default_pipeline["art_past"], art)
+    manifest = read_manifest(art)
+    write_manifest(art, replace(manifest, source_run=replace(manifest.source_run, path=str(run))))
+    config = run / CONFIG_FILE
+    config.write_text(config.read_text() + "\n")  # the same settings, another file: not what was exported
+    checked = cli("verify", str(art), "--seq-lens", "", "--report", str(tmp_path / "verify"))
+    assert checked.returncode == 2
+    assert_one_error_line(checked.stderr, f"the run folder {run} that {art} was exported from is gone or changed")
+    assert checked.stderr.rstrip().endswith("pass the run folder with --against RUN_DIR")
+    shutil.rmtree(run)
+    made = cli("generate", str(art), "--runtime", "torch", "--prompt", PROMPT, "--max-new-tokens", "2")
+    assert made.returncode == 2
+    assert_one_error_line(made.stderr, "is gone or changed; generate from the run folder itself")

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
+from ftp_deploy.errors import UnsupportedExportError
+from ftp_deploy.exporters.attention import GQA_DOMAIN
 from ftp_deploy.exporters.options import SUPPORTED_OPSETS
 from ftp_deploy.exporters.pipeline import ExportResult, export_onnx
 from ftp_deploy.exporters.spec import sample_inputs
@@ -108,6 +110,22 @@ def test_graph_axes_are_the_manifest_axes(small_export: tuple[RoutedModel, Expor
             named = {str(axis): dim.dim_param for axis, dim in enumerate(dims) if dim.dim_param}
             assert named == getattr(result.manifest, key)[value.name]
     assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim][1:] == [1, VOCAB]
+
+
+def test_a_head_size_gqa_refuses_gets_standard_ops(
+    small_export: tuple[RoutedModel, ExportResult], tmp_path: Path
+) -> None:
+    """Heads of 12: the default (fused) attention falls back to standard ops and the manifest says so; an
+    explicit --attention fused is refused before anything is written."""
+    _, result = small_export
+    manifest = result.manifest
+    assert manifest.attention == "standard"
+    assert manifest.graphs["prefill"].runtimes == ("onnxruntime", "tensorrt")
+    nodes = onnx.load(result.out / MODEL_FILE, load_external_data=False).graph.node
+    assert not any(node.domain == GQA_DOMAIN for node in nodes)
+    with pytest.raises(UnsupportedExportError, match="a multiple of 8, not 12"):
+        export_onnx(Path(manifest.source_run.path), tmp_path / "fused", attention="fused")
+    assert not (tmp_path / "fused").exists()
 
 
 def test_a_moved_artifact_runs_and_matches_pytorch(

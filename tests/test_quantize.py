@@ -44,23 +44,33 @@ SCHEDULE = (0.3, 0.1)
 LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down
 # (graph, precision, with_past): routed and dense, int4 and int8, with and without the decode graph.
 EXPORTS = [("routed", "int4", True), ("dense", "int8", True), ("routed", "int8", False), ("dense", "int4", False)]
+# The prefill's attention: the onnx default (GroupQueryAttention, heads of 16 fit it), and standard ops once.
+STANDARD = ("routed", "int8", False)
+# The fp32 routed exports the quantized ones are compared with, one per attention form (as above).
+REFERENCES = [("routed", None, True), ("routed", None, False)]
+
+
+def attention_of(key: tuple[str, str | None, bool]) -> str:
+    return "standard" if key in (STANDARD, ("routed", None, False)) else "fused"
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str | None, bool], Path]:
-    """A tiny LLaMA with tied embeddings and a learned router, its fp32 routed export and the quantized ones."""
+    """A tiny LLaMA (tied embeddings, heads of 16), a learned router, its fp32 routed exports and the quantized ones."""
     root = tmp_path_factory.mktemp("quantize")
-    base = tiny_model("llama", num_layers=len(SCHEDULE), tie_word_embeddings=True)
+    base = tiny_model("llama", num_layers=len(SCHEDULE), tie_word_embeddings=True, hidden_size=64)
     base.save_pretrained(root / "base")
     tiny_tokenizer().save_pretrained(root / "base")
     torch.manual_seed(1)
     routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec(kind="learned"), "monotone")
     save_artifact(RoutedArtifact.from_model(routed, model_ref_for(base, str(root / "base"))), root / "run")
     folders: dict[tuple[str, str | None, bool], Path] = {}
-    for graph, precision, with_past in [("routed", None, True), *EXPORTS]:
+    for key in [*REFERENCES, *EXPORTS]:
+        graph, precision, with_past = key
         folder = root / f"{graph}-{precision}-{with_past}"
-        export_onnx(root / "run", folder, dense=graph == "dense", with_past=with_past, quantize=precision)
-        folders[(graph, precision, with_past)] = folder
+        dense, attention = graph == "dense", attention_of(key)
+        export_onnx(root / "run", folder, dense=dense, with_past=with_past, quantize=precision, attention=attention)
+        folders[key] = folder
     folders[("run", None, False)] = root / "run"
     return folders
 
@@ -95,8 +105,9 @@ def compaction(path: Path) -> tuple[list[tuple[str, dict[str, object]]], set[tup
 def test_every_weight_matmul_is_matmulnbits_and_the_compaction_nodes_stay(
     exports: dict[tuple[str, str | None, bool], Path], graph: str, precision: str, with_past: bool
 ) -> None:
-    folder, fp32 = exports[(graph, precision, with_past)], exports[("routed", None, True)]
+    folder, fp32 = exports[(graph, precision, with_past)], exports[("routed", None, with_past)]
     manifest = read_manifest(folder)
+    assert manifest.attention == attention_of((graph, precision, with_past))
     assert manifest.quantization is not None and manifest.quantization.precision == precision
     assert manifest.quantization.bits == int(precision[3:]) and manifest.quantization.block_size == 32
     roles = [MODEL_FILE, DECODER_FILE] if with_past else [MODEL_FILE]

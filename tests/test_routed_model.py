@@ -8,7 +8,7 @@ import torch
 from ftp_deploy.errors import ConfigError
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec, token_positions
-from ftp_deploy.routing import reentries
+from ftp_deploy.routing import reentries, valid_first
 from ftp_deploy.schedule import Schedule
 from tests.conftest import random_batch, tiny_model
 
@@ -201,7 +201,9 @@ def test_sink_prefix_is_kept_in_every_block_and_masked_agrees_with_compact(paddi
     with torch.no_grad():
         out, without = model(ids, mask), plain(ids, mask)
         masked = model(ids, mask, mode="masked")
-    assert torch.allclose(out.logits, masked.logits, atol=1e-4)
+    # Valid positions: what padding's own slots compute is never read (RoutedModel.run_layer_causal).
+    valid_rows = mask.bool()
+    assert torch.allclose(out.logits[valid_rows], masked.logits[valid_rows], atol=1e-4)
     for row in range(2):
         valid = torch.nonzero(mask[row]).flatten()
         sink = valid[: int(torch.ceil(torch.tensor(fraction * len(valid))))]
@@ -230,7 +232,8 @@ def test_monotone_routing_never_lets_a_skipped_token_reenter(padding: str | None
         with torch.no_grad():
             found[mode] = model(ids, mask)
             masked = model(ids, mask, mode="masked")
-        assert torch.allclose(found[mode].logits, masked.logits, atol=1e-4)
+        valid = mask.bool()  # what padding's own slots compute is never read
+        assert torch.allclose(found[mode].logits[valid], masked.logits[valid], atol=1e-4)
     assert reentries(found["topk"].keep, mask.bool())[0] > 0
     # ... and under monotone routing it keeps the same counts without any re-entry.
     assert reentries(found["monotone"].keep, mask.bool())[0] == 0
@@ -238,3 +241,58 @@ def test_monotone_routing_never_lets_a_skipped_token_reenter(padding: str | None
         assert torch.equal((topk_keep & mask.bool()).sum(1), (monotone_keep & mask.bool()).sum(1))
     # The first block has no earlier skips: both modes choose alike there.
     assert torch.equal(found["topk"].keep[0], found["monotone"].keep[0])
+
+
+@pytest.mark.parametrize("padding", [None, "left", "right"])
+def test_valid_first_moves_valid_slots_first_in_order_and_back(padding: str | None) -> None:
+    _, mask = random_batch(3, 11, padding)
+    valid = mask.bool()
+    valid[2] = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1], dtype=torch.bool)  # holes, as threshold routing leaves
+    order, place = valid_first(valid)
+    slots = torch.arange(11).expand(3, -1)
+    for row in range(3):
+        count = int(valid[row].sum())
+        moved = slots[row][order[row]]
+        assert torch.equal(moved[:count], torch.nonzero(valid[row]).flatten())  # valid ones, ascending
+        assert torch.equal(moved[count:], torch.nonzero(~valid[row]).flatten())  # then the others, ascending
+    assert torch.equal(torch.gather(torch.gather(slots, 1, order), 1, place), slots)
+
+
+class _MaskSpy:
+    """Records the attention mask every decoder layer is called with."""
+
+    def __init__(self, model: RoutedModel) -> None:
+        self.masks: list[torch.Tensor | None] = []
+        for layer in model.layers:
+            layer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.masks.append(kwargs.get("attention_mask"))
+
+
+@pytest.mark.parametrize("padding", [None, "left", "right"])
+def test_compact_mode_gives_sdpa_no_mask_and_eager_a_causal_one(padding: str | None) -> None:
+    """Compact blocks build no [K, K] mask for SDPA, padded or not (valid slots first, is_causal); eager
+    attention, which is causal only through its mask, gets plain causal masks; both agree with masked mode."""
+    model = routed("llama", "static")
+    ids, mask = random_batch(2, 23, padding)
+    valid = mask.bool()
+    for implementation in ("sdpa", "eager"):
+        model.base.set_attn_implementation(implementation)
+        spy = _MaskSpy(model)
+        with torch.no_grad():
+            compact = model(ids, mask, mode="compact")
+        masks, spy.masks = spy.masks, []
+        with torch.no_grad():
+            masked = model(ids, mask, mode="masked")
+        assert len(masks) == len(model.layers)
+        if implementation == "sdpa":
+            assert all(m is None for m in masks)
+        else:
+            for block, m in enumerate(masks):
+                kept = model.schedule.kept(block, 23)
+                assert m is not None and m.shape == (1, 1, kept, kept)
+                assert torch.equal(m[0, 0] == 0, torch.ones(kept, kept, dtype=torch.bool).tril())
+        assert (compact.logits - masked.logits)[valid].abs().max().item() <= 1e-4
+        for layer in model.layers:
+            layer._forward_pre_hooks.clear()

@@ -17,7 +17,7 @@ from ftp_deploy.errors import ArtifactError
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.plan_manifest import PluginId, ProfileRecord, TrtEnvironment
 from ftp_deploy.formats.record import Document
-from ftp_deploy.formats.routed_config import RouterRecord
+from ftp_deploy.formats.routed_config import CONFIG_FILE, RouterRecord
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -35,6 +35,16 @@ CPU_NATIVE_DTYPES = ("fp32", "fp16")
 QUANTIZED_BITS = {"int4": 4, "int8": 8}
 # The domain of ONNX Runtime's MatMulNBits and GatherBlockQuantized (contrib ops: TensorRT does not parse them).
 QUANTIZED_DOMAIN = "com.microsoft"
+ONNX_RUNTIME, TENSORRT = "onnxruntime", "tensorrt"
+# A graph of standard ONNX ops (and the ftp nodes, plugins in TensorRT, functions in ONNX Runtime) runs in
+# both; a prefill with fused attention holds com.microsoft.GroupQueryAttention, which only ONNX Runtime has.
+STANDARD_RUNTIMES = (ONNX_RUNTIME, TENSORRT)
+FUSED_RUNTIMES = (ONNX_RUNTIME,)
+
+
+def prefill_runtimes(attention: str) -> tuple[str, ...]:
+    """The runtimes that run a prefill graph whose attention has the form `attention` ("fused" or "standard")."""
+    return FUSED_RUNTIMES if attention == "fused" else STANDARD_RUNTIMES
 
 
 def indices_name(block: int) -> str:
@@ -69,8 +79,9 @@ def cache_names(num_layers: int, name: Callable[[int, str], str]) -> tuple[str, 
 
 @dataclass(frozen=True)
 class GraphRecord:
-    """One ONNX graph of the artifact: its file, the external data (weights) it reads, its tensors' axes, and the
-    sha256 of both files (the graph file alone would not tell two routers of one schedule apart)."""
+    """One ONNX graph of the artifact: its file, the external data (weights) it reads, its tensors' axes, the
+    sha256 of both files (the graph file alone would not tell two routers of one schedule apart), and the
+    runtimes whose parsers take its ops (a manifest written before the fused attention: both)."""
 
     file: str
     data_file: str
@@ -78,6 +89,7 @@ class GraphRecord:
     outputs: dict[str, dict[str, str]]
     sha256: str = ""
     data_sha256: str = ""
+    runtimes: tuple[str, ...] = STANDARD_RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -209,6 +221,8 @@ class ExportManifest(Document):
     # "prefill" (always; the model file) and, for --with-past, "decode"; sha256s filled by write_manifest.
     graphs: dict[str, GraphRecord] = field(default_factory=dict)
     with_past: WithPastRecord | None = None
+    # How the prefill's attention is written (exporters/options.ATTENTION_FORMS); older manifests: standard.
+    attention: str = "standard"
     # None: the weights are stored in `dtype` (every manifest before --quantize existed).
     quantization: QuantizationRecord | None = None
     files: dict[str, str] = field(default_factory=dict)
@@ -277,6 +291,19 @@ class ExportedArtifact:
     @property
     def model_path(self) -> Path:
         return self.folder / self.manifest.model_file
+
+    def source_run(self, otherwise: str) -> Path:
+        """The run folder this export was made from, unchanged since (its config's sha256 is the manifest's).
+
+        `otherwise` ends the ArtifactError for a run folder that is gone or changed: what to do instead.
+        """
+        run = Path(self.manifest.source_run.path)
+        config = run / CONFIG_FILE
+        if not config.is_file() or sha256_file(config) != self.manifest.source_run.config_sha256:
+            raise ArtifactError(
+                f"the run folder {run} that {self.folder} was exported from is gone or changed; {otherwise}"
+            )
+        return run
 
     def graph_path(self, role: str) -> Path:
         """The file of the graph `role` ("prefill", "decode"); an ArtifactError if the export has none."""

@@ -46,6 +46,10 @@ class RoutedCache(DynamicCache):
             # The mask and the keys must describe the same slots, or decode would attend to the wrong ones.
             raise ConfigError(f"cache layer {layer_idx}: slot mask and keys differ in length")
 
+    def holds_padding(self, layer_idx: int) -> bool:
+        """Whether some cached slot of layer `layer_idx` holds padding (top-k kept more slots than a row has tokens)."""
+        return not bool(self.slot_valid[layer_idx].all())
+
     def decode_mask(self, layer_idx: int, dtype: torch.dtype) -> torch.Tensor:
         """[B, 1, 1, len + 1] additive mask of one new token: the layer's valid slots and itself.
 

@@ -11,9 +11,7 @@ import numpy as np
 import torch
 
 from ftp_deploy.artifacts import load_routed
-from ftp_deploy.errors import ArtifactError, ConfigError, UsageError
-from ftp_deploy.fileio import sha256_file
-from ftp_deploy.formats.routed_config import CONFIG_FILE
+from ftp_deploy.errors import ConfigError, UsageError
 from ftp_deploy.generation.options import GenerateOptions
 from ftp_deploy.generation.settings import GenerationSettings
 from ftp_deploy.generation.source import GenerationSource, check_prompt, open_source, resolve_runtime
@@ -74,12 +72,7 @@ def load_torch(
     manifest = source.export.manifest
     if manifest.graph != "routed":
         raise ConfigError(f"{source.folder} holds a {manifest.graph} graph; --runtime torch generates routed models")
-    run = Path(manifest.source_run.path)
-    if not (run / CONFIG_FILE).is_file() or sha256_file(run / CONFIG_FILE) != manifest.source_run.config_sha256:
-        raise ArtifactError(
-            f"the run folder {run} that {source.folder} was exported from is gone or changed; "
-            "generate from the run folder itself"
-        )
+    run = source.export.source_run("generate from the run folder itself")
     base = model or manifest.base_model.loaded_from
     routed, loaded, _ = load_routed(run, base, placement, trust_remote_code=trust_remote_code)
     return routed, loaded

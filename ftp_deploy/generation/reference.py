@@ -80,7 +80,9 @@ def decode_step(model: RoutedModel, input_ids: torch.Tensor, cache: RoutedCache)
     new_slot = torch.ones_like(input_ids, dtype=torch.bool)
     for layer in model.layers:
         layer_idx = cache_index(layer)
-        mask = cache.decode_mask(layer_idx, hidden.dtype)
+        # Without padding the new token attends to every slot: no mask, which lets SDPA take its
+        # grouped-query kernel as the dense model's unmasked decode does.
+        mask = cache.decode_mask(layer_idx, hidden.dtype) if cache.holds_padding(layer_idx) else None
         hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
         cache.add_slots(layer_idx, new_slot)
     cache.next_position = cache.next_position + 1

@@ -25,11 +25,10 @@ from ftp_deploy.engines.torch_runner import RoutedTorchRunner
 from ftp_deploy.engines.trt_env import require_tensorrt_gpu
 from ftp_deploy.engines.trt_plan import require_plan
 from ftp_deploy.engines.widen import cpu_runnable
-from ftp_deploy.errors import ArtifactError, BaseModelMismatchError, UsageError
-from ftp_deploy.fileio import sha256_file, storage
+from ftp_deploy.errors import BaseModelMismatchError, UsageError
+from ftp_deploy.fileio import storage
 from ftp_deploy.flops import flop_ratio
 from ftp_deploy.formats.export_manifest import CPU_NATIVE_DTYPES, ExportedArtifact, QuantizationRecord
-from ftp_deploy.formats.routed_config import CONFIG_FILE
 from ftp_deploy.formats.verify_report import INPUTS, RUN_RESULTS, ParityReport, Tolerance, VerifyReport
 from ftp_deploy.models import DTYPES, LoadedModel
 from ftp_deploy.placement import CPU, DEFAULT_DTYPE, Placement, resolve_placement
@@ -107,15 +106,13 @@ def reference_model(
     `placement`'s device(s) (whose dtype is the one the weights load in, before the rounding).
     """
     manifest = artifact.manifest
-    run = run_dir or Path(manifest.source_run.path)
+    run = run_dir or artifact.source_run("pass the run folder with --against RUN_DIR")
     routed_artifact = load_artifact(run)
     if routed_artifact.base.config_hash != manifest.base_model.config_hash:
         raise BaseModelMismatchError(
             f"{run} was trained for {routed_artifact.base.ref!r}, not the model of {artifact.folder} "
             f"({manifest.base_model.ref!r})"
         )
-    if run_dir is None and sha256_file(run / CONFIG_FILE) != manifest.source_run.config_sha256:
-        raise ArtifactError(f"the run folder {run} changed since the export; pass --against RUN_DIR")
     model_ref = model or manifest.base_model.loaded_from
     routed, loaded, _ = load_routed(routed_artifact, model_ref, placement, trust_remote_code=trust_remote_code)
     # As the exporter casts them: parameters only, so the rotary frequencies stay fp32.
