@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ftp_deploy.engines.onnx_runtime import SessionFromOnnx, SessionOptionsLoader
+from ftp_deploy.engines.widen import cpu_runnable
 from ftp_deploy.errors import CacheMismatchError, PrefillOnlyExportError, PromptError
 from ftp_deploy.formats.export_manifest import (
     DECODER_FILE,
@@ -110,17 +111,26 @@ class OnnxGenerator:
         self._past = cache_names(record.num_layers, past_name)
 
     @classmethod
-    def open(cls, folder: Path, threads: int | None = None) -> OnnxGenerator:
-        """The generator of an export folder whose files match its manifest; `threads` intra-op threads."""
+    def open(cls, folder: Path, threads: int | None = None, fp32_arithmetic: bool = False) -> OnnxGenerator:
+        """The generator of an export folder whose files match its manifest; `threads` intra-op threads.
+
+        `fp32_arithmetic` runs the graphs as parity compares them (engines/widen.cpu_runnable), not as shipped.
+        """
         artifact = ExportedArtifact.open(folder)
         manifest = artifact.manifest
         if manifest.with_past is None or "decode" not in manifest.graphs:
             raise PrefillOnlyExportError(
                 f"{folder} is a prefill-only export (no {DECODER_FILE}): re-export it with --with-past to generate"
             )
+        prefill: Path | bytes = artifact.graph_path("prefill")
+        decode: Path | bytes = artifact.graph_path("decode")
+        if fp32_arithmetic:
+            quantized = manifest.quantization is not None
+            prefill = cpu_runnable(artifact.graph_path("prefill"), manifest.dtype, quantized)
+            decode = cpu_runnable(artifact.graph_path("decode"), manifest.dtype, quantized)
         return cls.from_files(
-            artifact.graph_path("prefill"),
-            artifact.graph_path("decode"),
+            prefill,
+            decode,
             manifest.with_past,
             export_id=";".join(f"{role}={digest}" for role, digest in sorted(manifest.graph_hashes.items())),
             threads=threads,
@@ -128,9 +138,14 @@ class OnnxGenerator:
 
     @classmethod
     def from_files(
-        cls, prefill: Path, decode: Path, record: WithPastRecord, export_id: str, threads: int | None = None
+        cls,
+        prefill: Path | bytes,
+        decode: Path | bytes,
+        record: WithPastRecord,
+        export_id: str,
+        threads: int | None = None,
     ) -> OnnxGenerator:
-        """Sessions over the two graph files (export validation uses this before the manifest exists)."""
+        """Sessions over the two graphs, files or serialized (validation uses this before the manifest exists)."""
         options = SessionOptionsLoader(threads=threads)
         return cls(
             SessionFromOnnx(prefill, options=options)(), SessionFromOnnx(decode, options=options)(), record, export_id

@@ -11,7 +11,7 @@ from ftp_deploy.cli_options import ModelOverrideOption, ReferenceDeviceOption, T
 from ftp_deploy.console import RichProgress, console
 from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE, ShapeProfile, format_shape, parse_shape
 from ftp_deploy.exporters.options import ATTENTION_FORMS, ENGINE_ATTENTION, ENGINES, SUPPORTED_OPSETS, ExportOptions
-from ftp_deploy.formats.export_manifest import TensorRtSection
+from ftp_deploy.formats.export_manifest import QUANTIZED_BITS, TensorRtSection
 from ftp_deploy.placement import DTYPE_NAMES
 
 
@@ -45,6 +45,13 @@ def export(
             "compacted KV cache, and decoder.onnx continues from it one token at a time; tokenizer included"
         ),
     ] = _EXPORT.with_past,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Weight-only quantization, {' or '.join(QUANTIZED_BITS)}: the base model's weights as blocks of 32 "
+            "(ONNX Runtime's MatMulNBits and GatherBlockQuantized), activations fp32; --engine onnx only"
+        ),
+    ] = _EXPORT.quantize,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out")] = _EXPORT.overwrite,
     trust_remote_code: TrustOption = _EXPORT.trust_remote_code,
     min_shape: Annotated[str | None, typer.Option(help=_shape_help("smallest", DEFAULT_PROFILE.min_shape))] = None,
@@ -90,6 +97,7 @@ def export(
         last_token_logits=last_token_logits,
         debug_outputs=debug_outputs,
         with_past=with_past,
+        quantize=quantize,
         overwrite=overwrite,
         trust_remote_code=trust_remote_code,
         device=device,
@@ -107,7 +115,8 @@ def export(
     with RichProgress() as progress, memory_errors("--device cpu (the reference then runs on the CPU)"):
         result = run_export(run_dir, out, options, progress)
     manifest, validation = result.manifest, result.manifest.validation
-    console.print(f"exported {manifest.graph} {dtype} ONNX to {result.out}")
+    precision = dtype if manifest.quantization is None else f"{manifest.quantization.precision}-weight"
+    console.print(f"exported {manifest.graph} {precision} ONNX to {result.out}")
     console.print(
         f"validated at lengths {list(validation.lengths)}: logits max |diff| {validation.logits_max_abs_diff:.2e}"
         + (

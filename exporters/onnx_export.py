@@ -32,6 +32,7 @@ from ftp_deploy.exporters.pieces import (
     Prologue,
     RoutedBlock,
 )
+from ftp_deploy.exporters.quantize import quantize_graph
 from ftp_deploy.exporters.spec import (
     BATCH,
     SEQUENCE,
@@ -69,6 +70,8 @@ def export_onnx_file(routed: RoutedModel, spec: ExportSpec, vocab_size: int, fol
     """
     model = stitched_model(routed, spec, vocab_size)
     name_output_axes(model, spec)
+    if spec.quantize is not None:
+        quantize_graph(model, spec.quantize, quantizable_weights(routed))
     if not spec.dense:
         add_compaction_functions(model, spec.opset)
     path = folder / MODEL_FILE
@@ -88,6 +91,8 @@ def export_decoder_file(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpe
     stored = ir.load(folder / MODEL_FILE).graph.initializers
     # Only the model's own tensors: a trace constant ("block/val_102") may share a name, not a value.
     weights = set(_WeightNames(routed).by_tensor.values())
+    if spec.quantize is not None:  # the same blocks as the prefill's, under the same names
+        weights |= quantize_graph(model, spec.quantize, quantizable_weights(routed))
     for name, value in model.graph.initializers.items():
         shared = stored.get(name)
         if name in weights and shared is not None and shared.const_value is not None:
@@ -377,6 +382,13 @@ class _WeightNames:
             return shared(name, traced)
 
         return resolve
+
+
+def quantizable_weights(routed: RoutedModel) -> set[str]:
+    """The base model's Linear and embedding weights, as the graph names them (the router stays fp32)."""
+    names = _WeightNames(routed).by_tensor
+    modules = [module for module in routed.base.modules() if isinstance(module, (nn.Linear, nn.Embedding))]
+    return {names[id(module.weight)] for module in modules}
 
 
 def _module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:

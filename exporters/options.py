@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ftp_deploy.errors import UsageError
+from ftp_deploy.formats.export_manifest import QUANTIZED_BITS
 from ftp_deploy.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
 
 ENGINES = ("onnx", "trt")
@@ -41,6 +42,9 @@ class GraphOptions:
     with_past: bool = False
     # One of ATTENTION_FORMS, or None for the engine's own (ENGINE_ATTENTION).
     attention: str | None = None
+    # Weight-only integer blocks (exporters/quantize.py), in the spirit of onnxruntime-genai's `-p int4`;
+    # None stores the weights in `dtype`.
+    quantize: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,19 @@ class ExportOptions(GraphOptions):
         shapes = (self.min_shape, self.opt_shape, self.max_shape)
         if self.engine != "trt" and (self.onnx_only or any(shape is not None for shape in shapes)):
             raise UsageError("--onnx-only and the --*-shape options apply to --engine trt only")
+        if self.quantize is not None:
+            self._check_quantize(self.quantize)
+
+    def _check_quantize(self, quantize: str) -> None:
+        if quantize not in QUANTIZED_BITS:
+            raise UsageError(f"unknown --quantize {quantize!r}; choose one of {', '.join(QUANTIZED_BITS)}")
+        if self.engine == "trt":
+            raise UsageError(
+                "--quantize applies to --engine onnx only: TensorRT's ONNX parser does not take ONNX Runtime's "
+                "MatMulNBits and GatherBlockQuantized"
+            )
+        if self.dtype != "fp32":
+            raise UsageError(f"--quantize keeps fp32 activations and scales; leave --dtype at fp32, not {self.dtype}")
 
     def graph(self) -> dict[str, object]:
         """The GraphOptions fields, by name."""

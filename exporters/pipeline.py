@@ -14,8 +14,9 @@ import torch
 
 import ftp_deploy
 from ftp_deploy.artifacts import RoutedArtifact, load_artifact, load_routed
+from ftp_deploy.comparison.dequantize import use_stored_weights
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx
-from ftp_deploy.engines.widen import widened_to_fp32
+from ftp_deploy.engines.widen import cpu_runnable, widened_to_fp32
 from ftp_deploy.errors import ExportError, UnsupportedExportError
 from ftp_deploy.exporters.attention import GQA_HEAD_MULTIPLE, fused_attention_fits
 from ftp_deploy.exporters.graphs import cast_weights, export_module
@@ -32,6 +33,7 @@ from ftp_deploy.formats.export_manifest import (
     BaseModelRecord,
     ExportManifest,
     GraphRecord,
+    QuantizationRecord,
     ScheduleRecord,
     SourceRun,
     ValidationRecord,
@@ -108,6 +110,7 @@ def export_onnx(
         graph = "the dense" if opts.dense else "the routed"
         with progress.phase(f"export {graph} graph ({opts.dtype}, opset {opts.opset})"):
             path = export_onnx_file(routed, spec, vocab_size, folder)
+        quantization = QuantizationRecord.of(opts.quantize) if opts.quantize is not None else None
         decode = DecodeSpec(spec.num_layers) if spec.with_past else None
         with_past = None
         if decode is not None:
@@ -119,6 +122,9 @@ def export_onnx(
             if opts.dtype != "fp32":
                 checked = widened_to_fp32(path).SerializeToString()
                 cast_weights(module, "fp32")  # the same rounded weights, computing in fp32 like the copy
+            if quantization is not None:  # the file's own blocks, dequantized, and its fp32-arithmetic copy
+                use_stored_weights(routed.base, path, quantization)
+                checked = cpu_runnable(path, opts.dtype, quantized=True)
             place_module(module, reference_device)  # traced on the CPU; the reference runs on --device
             # One session serves validation and the smoke run: Polygraphy's Comparator activates and
             # deactivates its runner, the session outlives that. ONNX Runtime's CPU provider runs an
@@ -127,11 +133,14 @@ def export_onnx(
             validation = validate_export(
                 OrtRunner(lambda: session), module, spec, vocab_size, widened=opts.dtype != "fp32"
             )
-            smoke_session = SessionFromOnnx(path)() if opts.dtype == "fp16" else session
+            # The shipped quantized file runs too: its int8-activation arithmetic is not the copy's.
+            smoke_session = SessionFromOnnx(path)() if opts.dtype == "fp16" or quantization is not None else session
             smoke = {**smoke_inference(smoke_session, spec, vocab_size), "widened_to_fp32": opts.dtype == "bf16"}
         if with_past is not None:
             with progress.phase("validate decoding against PyTorch's cached decode"):
-                validation = validate_decode(folder, with_past, routed, spec, vocab_size, validation)
+                validation = validate_decode(
+                    folder, with_past, routed, spec, vocab_size, validation, quantized=quantization is not None
+                )
         manifest = _manifest(run_dir, artifact, spec, validation, smoke, model_ref, with_past)
         if extend is not None:
             manifest = extend(folder, manifest)
@@ -253,4 +262,5 @@ def _manifest(
         },
         graphs=graphs,
         with_past=with_past,
+        quantization=QuantizationRecord.of(spec.quantize) if spec.quantize is not None else None,
     )

@@ -18,6 +18,7 @@ from ftp_deploy.comparison.decode import OnnxDecoder, check_decode
 from ftp_deploy.comparison.feeds import Feed
 from ftp_deploy.comparison.parity import check_parity
 from ftp_deploy.engines.torch_runner import ModuleRunner
+from ftp_deploy.engines.widen import cpu_runnable
 from ftp_deploy.errors import ExportValidationError
 from ftp_deploy.exporters.spec import ExportSpec
 from ftp_deploy.formats.export_manifest import DECODER_FILE, MODEL_FILE, ValidationRecord, WithPastRecord
@@ -58,11 +59,13 @@ def validate_decode(
     spec: ExportSpec,
     vocab_size: int,
     validation: ValidationRecord,
+    quantized: bool = False,
 ) -> ValidationRecord:
     """Prefill and decode graphs in ONNX Runtime against PyTorch, with verify's decode check.
 
     On the first validation input (batch 2, one row left-padded); a dense export's reference is the
-    routed forward at sparsity 0 (every token kept in every block).
+    routed forward at sparsity 0 (every token kept in every block). A `quantized` export's graphs run
+    with fp32 arithmetic (engines/widen.cpu_runnable) against `routed` holding their dequantized weights.
     """
     from ftp_deploy.engines.onnx_generation import OnnxGenerator
 
@@ -71,7 +74,8 @@ def validate_decode(
         reference_model = RoutedModel(routed.base, Schedule.from_sparsities([0.0] * spec.num_layers))
         reference_model.ops = routed.ops
     ids, mask = spec.validation_inputs(vocab_size)[0]
-    generator = OnnxGenerator.from_files(folder / MODEL_FILE, folder / DECODER_FILE, record, export_id="validation")
+    prefill, decode = (cpu_runnable(folder / name, spec.dtype, quantized) for name in (MODEL_FILE, DECODER_FILE))
+    generator = OnnxGenerator.from_files(prefill, decode, record, export_id="validation")
     report = check_decode(
         reference_model, OnnxDecoder(generator), ids, mask, DECODE_STEPS, spec.tolerance, same_tokens=False
     )

@@ -218,12 +218,13 @@ def test_help_and_usage_errors_load_no_heavy_module(tmp_path: Path) -> None:
         ["train", "--out", out, "--sparsity", "1.5"],
         ["export", str(tmp_path), "--out", out, "--engine", "foo"],
         ["export", str(tmp_path), "--out", out, "--engine", "trt", "--min-shape", "a"],
+        ["export", str(tmp_path), "--out", out, "--quantize", "int3"],
         ["verify", str(tmp_path), "--seq-lens", "a,b"],
     ]
     script = (
         "import json, sys\nfrom ftp_deploy.cli import main\n"
         "codes = [main(argv) for argv in json.loads(sys.argv[1])]\n"
-        "assert codes == [0] * 7 + [2] * 5, codes"
+        "assert codes == [0] * 7 + [2] * 6, codes"
     )
     assert heavy_modules_after(script, json.dumps(argvs)) == []
     assert not (tmp_path / "never-written").exists()

@@ -74,6 +74,7 @@ def test_an_export_manifest_written_before_the_formats_layer_reads() -> None:
     assert isinstance(manifest, ExportManifest) and manifest.graph == "routed"
     assert len(manifest.schedule.sparsity_thousandths) == 30 and manifest.with_past is not None
     assert set(manifest.graphs) == {"prefill", "decode"} and manifest.validation.decode_steps == 4
+    assert manifest.quantization is None  # written before --quantize: its weights are stored in its dtype
 
 
 def test_a_run_folder_written_before_the_formats_layer_loads() -> None:

@@ -31,6 +31,10 @@ DECODE_INPUT_NAMES = ("input_ids", "position_ids")
 CACHE_PARTS = ("key", "value", "valid")
 # What ONNX Runtime's CPU provider has kernels for; a bf16 file runs there only widened to fp32.
 CPU_NATIVE_DTYPES = ("fp32", "fp16")
+# --quantize: weight-only integer blocks, as onnxruntime-genai's builder names its precisions (-p int4).
+QUANTIZED_BITS = {"int4": 4, "int8": 8}
+# The domain of ONNX Runtime's MatMulNBits and GatherBlockQuantized (contrib ops: TensorRT does not parse them).
+QUANTIZED_DOMAIN = "com.microsoft"
 ONNX_RUNTIME, TENSORRT = "onnxruntime", "tensorrt"
 # A graph of standard ONNX ops (and the ftp nodes, plugins in TensorRT, functions in ONNX Runtime) runs in
 # both; a prefill with fused attention holds com.microsoft.GroupQueryAttention, which only ONNX Runtime has.
@@ -61,6 +65,11 @@ def past_name(layer: int, part: str) -> str:
 def present_name(layer: int, part: str) -> str:
     """A graph output of layer `layer`'s cache after the graph ran (the prefill's K_l slots, or one more)."""
     return f"present.{layer}.{part}"
+
+
+def quantized_names(weight: str, bits: int) -> tuple[str, str, str]:
+    """A quantized weight's blocks, scales and zero points, named as onnxruntime's quantizer names them."""
+    return f"{weight}_Q{bits}", f"{weight}_scales", f"{weight}_zero_points"
 
 
 def cache_names(num_layers: int, name: Callable[[int, str], str]) -> tuple[str, ...]:
@@ -94,6 +103,23 @@ class WithPastRecord:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
     tokenizer_files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuantizationRecord:
+    """--quantize: the base model's Linear and embedding weights as blocks of `bits`-bit integers (asymmetric,
+    an fp32 scale and a zero point per block of `block_size` along K), computed by MatMulNBits at
+    `accuracy_level` (4: int8 activations, the fastest on CPU); the embedding is GatherBlockQuantized over
+    the same blocks, so a tied LM head and embedding are stored once. Activations and the router stay fp32."""
+
+    precision: str
+    bits: int
+    block_size: int = 32
+    accuracy_level: int = 4
+
+    @classmethod
+    def of(cls, precision: str) -> QuantizationRecord:
+        return cls(precision, QUANTIZED_BITS[precision])
 
 
 @dataclass(frozen=True)
@@ -197,6 +223,8 @@ class ExportManifest(Document):
     with_past: WithPastRecord | None = None
     # How the prefill's attention is written (exporters/options.ATTENTION_FORMS); older manifests: standard.
     attention: str = "standard"
+    # None: the weights are stored in `dtype` (every manifest before --quantize existed).
+    quantization: QuantizationRecord | None = None
     files: dict[str, str] = field(default_factory=dict)
 
     @property

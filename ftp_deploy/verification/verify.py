@@ -15,6 +15,7 @@ from polygraphy.logger import G_LOGGER
 
 from ftp_deploy.artifacts import load_artifact, load_routed
 from ftp_deploy.comparison.decode import DecodeReport, OnnxDecoder, check_decode
+from ftp_deploy.comparison.dequantize import use_stored_weights
 from ftp_deploy.comparison.feeds import Feed, InputPlan, load_feeds, random_feeds, save_feeds, text_feeds
 from ftp_deploy.comparison.parity import check_parity
 from ftp_deploy.data_root import data_file
@@ -27,7 +28,7 @@ from ftp_deploy.engines.widen import cpu_runnable
 from ftp_deploy.errors import BaseModelMismatchError, UsageError
 from ftp_deploy.fileio import storage
 from ftp_deploy.flops import flop_ratio
-from ftp_deploy.formats.export_manifest import CPU_NATIVE_DTYPES, ExportedArtifact
+from ftp_deploy.formats.export_manifest import CPU_NATIVE_DTYPES, ExportedArtifact, QuantizationRecord
 from ftp_deploy.formats.verify_report import INPUTS, RUN_RESULTS, ParityReport, Tolerance, VerifyReport
 from ftp_deploy.models import DTYPES, LoadedModel
 from ftp_deploy.placement import CPU, DEFAULT_DTYPE, Placement, resolve_placement
@@ -67,7 +68,17 @@ class Arithmetic:
     brief: str  # the note in one short line, for the console
 
 
-def arithmetic(exported: str, runtime: str) -> Arithmetic:
+def arithmetic(exported: str, runtime: str, quantization: QuantizationRecord | None = None) -> Arithmetic:
+    if quantization is not None:
+        precision = quantization.precision
+        return Arithmetic(
+            "fp32",
+            f"the {precision}-weight file with fp32 arithmetic (MatMulNBits at accuracy_level 0, a copy), against "
+            f"PyTorch computing in fp32 with the file's own {precision} blocks dequantized; the file as shipped "
+            f"(accuracy_level {quantization.accuracy_level}, int8 activations) is what latency times, and its "
+            "quality cost is measured by benchmarks/quantization.py",
+            f"{precision} weights dequantized into PyTorch, the file computing in fp32",
+        )
     if runtime == "trt" or exported in CPU_NATIVE_DTYPES:
         note = f"the {exported} file as exported, against PyTorch computing in {exported}"
         return Arithmetic(exported, note, note)
@@ -90,7 +101,8 @@ def reference_model(
 ) -> tuple[RoutedModel, LoadedModel]:
     """The PyTorch model the artifact must reproduce, loaded from its run folder.
 
-    Its weights are the export's (rounded to the exported dtype); it computes in `compute`, on
+    Its weights are the export's (rounded to the exported dtype, or the file's quantized blocks
+    dequantized); it computes in `compute`, on
     `placement`'s device(s) (whose dtype is the one the weights load in, before the rounding).
     """
     manifest = artifact.manifest
@@ -106,6 +118,8 @@ def reference_model(
     # As the exporter casts them: parameters only, so the rotary frequencies stay fp32.
     for parameter in loaded.model.parameters():
         parameter.data = parameter.data.to(DTYPES[manifest.dtype]).to(DTYPES[compute])
+    if manifest.quantization is not None:
+        use_stored_weights(loaded.model, artifact.model_path, manifest.quantization)
     if manifest.graph == "dense":
         num_layers = routed_artifact.base.num_layers
         return RoutedModel(loaded.model, Schedule.uniform(0.0, num_layers), RouterSpec(kind="static")), loaded
@@ -129,8 +143,10 @@ def _session_run(source: Path | bytes, threads: int | None) -> Callable[[Feed], 
     return partial(session.run, None)
 
 
-def _session_source(artifact: ExportedArtifact) -> Path | bytes:
-    return cpu_runnable(artifact.model_path, artifact.manifest.dtype)
+def _session_source(artifact: ExportedArtifact, compared: bool = False) -> Path | bytes:
+    """The file as timed, or (`compared`) as parity runs it: a quantized file with fp32 arithmetic."""
+    quantized = compared and artifact.manifest.quantization is not None
+    return cpu_runnable(artifact.model_path, artifact.manifest.dtype, quantized)
 
 
 def _candidate(artifact: ExportedArtifact, runtime: str) -> BaseRunner:
@@ -140,7 +156,7 @@ def _candidate(artifact: ExportedArtifact, runtime: str) -> BaseRunner:
         return TrtPlanRunner(EngineFromPlan(artifact.folder), name="tensorrt")
     # A with-past prefill also outputs every layer's cache: the decode check compares that, not parity.
     outputs = [name for name in artifact.manifest.outputs if not name.startswith("present.")]
-    return OrtRunner(SessionFromOnnx(_session_source(artifact)), name="onnxruntime", outputs=outputs)
+    return OrtRunner(SessionFromOnnx(_session_source(artifact, compared=True)), name="onnxruntime", outputs=outputs)
 
 
 def _latency_run(
@@ -168,7 +184,7 @@ def verify(
         require_tensorrt_gpu("--runtime trt")
     with progress.phase("check the artifact against its manifest"):
         artifact = ExportedArtifact.open(art_dir)
-        compared = arithmetic(artifact.manifest.dtype, opts.runtime)
+        compared = arithmetic(artifact.manifest.dtype, opts.runtime, artifact.manifest.quantization)
         tolerance = Tolerance.for_dtype(compared.dtype, opts.atol, opts.rtol)
         dense_artifact = ExportedArtifact.open(opts.baseline) if opts.baseline is not None else None
         if opts.runtime == "trt":
@@ -201,7 +217,7 @@ def verify(
         with progress.phase(f"compare prefill + {opts.decode_steps} decode steps with PyTorch's cached decode"):
             decode = check_decode(
                 routed,
-                OnnxDecoder(OnnxGenerator.open(art_dir, threads=opts.threads)),
+                OnnxDecoder(OnnxGenerator.open(art_dir, threads=opts.threads, fp32_arithmetic=True)),
                 *decode_prompt(feeds, opts.decode_steps, artifact),
                 steps=opts.decode_steps,
                 tolerance=tolerance,
