@@ -78,6 +78,22 @@ def test_info_prints_schedule_and_router(run_dir: Path) -> None:
     assert "0.250" in result.stdout  # mean of 0.1..0.4
 
 
+def test_info_reports_the_sparsity_top_k_achieves(run_dir: Path) -> None:
+    from rich.console import Console
+
+    from ftp_deploy.summary import summarize_artifact
+
+    console = Console(record=True, width=120)
+    console.print(summarize_artifact(run_dir))
+    text = console.export_text()
+    # Kept at 512 tokens: 461 + 410 + 359 + 308 of 4 x 512 slots (512 - 512 * n // 1000 per block).
+    assert "achieved at 512 tokens" in text and f"{1 - 1538 / 2048:.3f} (top-k capacity)" in text
+    assert "learned, 385 parameters, topk routing" in text and "tiny-other (llama, 4 layers)" in text
+    rows = [line.split("│")[1:3] for line in text.splitlines() if line.count("│") == 4]
+    assert [(int(block), float(value)) for block, value in rows] == [(0, 0.1), (1, 0.2), (2, 0.3), (3, 0.4)]
+    assert "█" * 16 in text  # block 3's bar: 0.4 of 40 characters
+
+
 def test_info_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     assert_clean_error(cli("info", str(tmp_path)), 2, "ftp_config.json is missing")
 

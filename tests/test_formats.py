@@ -69,6 +69,42 @@ def test_a_missing_or_mistyped_field_is_an_error(data: dict, error: type[Excepti
         from_json(Outer, data)
 
 
+@dataclass(frozen=True)
+class Kinds:
+    either: int | str
+    by_length: dict[int, float]
+    nothing: None = None
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    tags: set[str]
+
+
+def test_unions_int_keys_and_null_read_back() -> None:
+    for record in (Kinds(3, {128: 1.5}), Kinds("three", {})):
+        data = json.loads(json.dumps(to_json(record)))
+        assert from_json(Kinds, data) == record
+    assert json.loads(json.dumps(to_json(Kinds(3, {128: 1.5}))))["by_length"] == {"128": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("cls", "data", "error", "says"),
+    [
+        (Kinds, {"either": 1.5, "by_length": {}}, TypeError, "is none of"),
+        (Kinds, {"either": 1, "by_length": {"long": 1.0}}, ValueError, "an integer key is needed"),
+        (Kinds, {"either": 1, "by_length": [], "nothing": None}, TypeError, "needs an object"),
+        (Kinds, {"either": 1, "by_length": {}, "nothing": 0}, TypeError, "null needed"),
+        (Outer, {"inner": "a", "sizes": [], "pairs": [], "by_name": {}}, TypeError, "Inner needs an object"),
+        (Outer, {"inner": {"name": "a"}, "sizes": "12", "pairs": [], "by_name": {}}, TypeError, "needs a list"),
+        (Unreadable, {"tags": ["a"]}, TypeError, "no JSON reading"),
+    ],
+)
+def test_each_kind_of_bad_value_says_what_it_needed(cls: type, data: dict, error: type[Exception], says: str) -> None:
+    with pytest.raises(error, match=says):
+        from_json(cls, data)
+
+
 def test_an_export_manifest_written_before_the_formats_layer_reads() -> None:
     manifest = read_manifest(LEGACY / "export")
     assert isinstance(manifest, ExportManifest) and manifest.graph == "routed"
