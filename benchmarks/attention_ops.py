@@ -29,6 +29,10 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memory import status_mib
+
 FORMS = ("chain", "gqa", "mha", "attention23")
 CHECKED_SLOTS = 512
 
@@ -132,11 +136,6 @@ def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (weights / weights.sum(-1, keepdims=True)) @ np.repeat(v, rep, 1)
 
 
-def rss_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        return int(next(line for line in status if line.startswith(field)).split()[1]) / 1024
-
-
 def child(form: str, slots: int, heads: int, kv_heads: int, dim: int, runs: int, threads: int) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -148,7 +147,7 @@ def child(form: str, slots: int, heads: int, kv_heads: int, dim: int, runs: int,
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, n, slots, dim), dtype=np.float32) for n in (heads, kv_heads, kv_heads))
     inputs = feeds(form, q, k, v)
-    before = rss_mib("VmRSS:")
+    before = status_mib("VmRSS:")
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -158,7 +157,7 @@ def child(form: str, slots: int, heads: int, kv_heads: int, dim: int, runs: int,
         "form": form,
         "slots": slots,
         "ms": min(times) * 1e3,
-        "memory_rise_mib": rss_mib("VmHWM:") - before,
+        "memory_rise_mib": status_mib("VmHWM:") - before,
         "inputs_mib": sum(a.nbytes for a in inputs.values()) / 2**20,
     }
     if slots <= CHECKED_SLOTS:

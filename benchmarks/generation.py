@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from functools import partial
 
 from common import wikitext_windows, write_json
+from memory import MIB, RssSampler
 from transformers import DynamicCache
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
@@ -96,34 +96,6 @@ class Measured:
     tokens: list[list[int]]
 
 
-class RssSampler:
-    """Peak resident memory of this process while the context is open (Linux /proc, every 5 ms)."""
-
-    def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.before = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * self.page
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self) -> RssSampler:
-        self.before = self.peak = self._rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-
 def _measured(generation: Generation, sampler: RssSampler) -> Measured:
     return Measured(
         ttft_ms=generation.ttft_s * 1e3,
@@ -131,8 +103,8 @@ def _measured(generation: Generation, sampler: RssSampler) -> Measured:
         end_to_end_ms=generation.total_s * 1e3,
         new_tokens=generation.new_tokens,
         kv_bytes=generation.kv_bytes,
-        peak_rss_mib=sampler.peak / 2**20,
-        rss_rise_mib=(sampler.peak - sampler.before) / 2**20,
+        peak_rss_mib=sampler.peak / MIB,
+        rss_rise_mib=sampler.rise_mib,
         tokens=generation.token_ids,
     )
 

@@ -38,53 +38,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memory import RssSampler, status_mib
+
 IMPLEMENTATIONS = ("ort routed", "ort dense", "genai fp32", "genai int4")
 # Also measurable: the routed export with its attention in standard ops (the --engine trt graph) run in ORT,
 # and the routed export's whole generator (prefill and decode sessions).
 EXTRA_IMPLEMENTATIONS = ("ort routed standard", "ort routed generator")
 WARMUP_TOKENS = 32
-
-
-class PrefillRss:
-    """Peak resident memory of this process while the context is open (Linux /proc, every 2 ms)."""
-
-    def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.before = self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * self.page
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self.rss())
-
-    def __enter__(self) -> PrefillRss:
-        self.before = self.peak = self.rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss())
-
-
-def high_water_mib() -> float:
-    """This process's peak resident memory (VmHWM, reset when the process image was loaded)."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
 
 
 def child(kind: str, model_dir: Path, prompt: Path, threads: int) -> dict[str, Any]:
@@ -123,7 +91,7 @@ def child(kind: str, model_dir: Path, prompt: Path, threads: int) -> dict[str, A
             return int(generator.get_next_tokens()[0])
 
     first_token(ids[:, :WARMUP_TOKENS])
-    with PrefillRss() as sampler:
+    with RssSampler(interval_s=0.002) as sampler:
         start, cpu = time.perf_counter(), time.process_time()
         token = first_token(ids)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -131,8 +99,8 @@ def child(kind: str, model_dir: Path, prompt: Path, threads: int) -> dict[str, A
         "ttft_ms": seconds * 1e3,
         "cpu_s": cpu,
         "token": token,
-        "peak_rss_mib": high_water_mib(),
-        "prefill_rise_mib": (sampler.peak - sampler.before) / 2**20,
+        "peak_rss_mib": status_mib("VmHWM:"),
+        "prefill_rise_mib": sampler.rise_mib,
     }
 
 
