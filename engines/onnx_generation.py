@@ -1,10 +1,16 @@
 """Generation over the two ONNX Runtime sessions of a --with-past export (FTP_SPEC section 9).
 
 The prefill graph routes the prompt once and returns every layer's compacted cache (K_l slots,
-each layer its own length); the decode graph takes one token per row, its position and every
-layer's cache, and returns the next-token logits and each cache one slot longer. The caches stay
-ORT values between steps (IO binding): a present output is bound as the next step's past input
-without passing through numpy.
+each layer its own length, each row's valid slots first); the decode graph takes one token per row,
+its position and every layer's cache, and returns the next-token logits. The caches stay ORT values
+between steps (IO binding), in one of two forms (WithPastRecord.cache):
+
+- in place (--engine onnx): at the hand-over each layer's slots are copied once into a buffer of
+  capacity C_l = K_l + max_new_tokens, and each row's cached count is kept beside it. Every step binds
+  the same buffers as past input and present output, so GroupQueryAttention writes the new key and
+  value into them and nothing is copied; a step beyond the capacity is refused.
+- concat (the standard-op graph TensorRT takes): each step returns every cache one slot longer, bound
+  as the next step's past input without passing through numpy.
 
 onnxruntime-genai's generator cannot drive these graphs: it allocates every layer's present
 key/value with one sequence length (the total length, or a sliding window's cap), and feeds one
@@ -23,8 +29,16 @@ import onnxruntime as ort
 
 from ftp_deploy.engines.onnx_runtime import SessionFromOnnx, SessionOptionsLoader
 from ftp_deploy.engines.widen import cpu_runnable
-from ftp_deploy.errors import CacheMismatchError, PrefillOnlyExportError, PromptError
+from ftp_deploy.errors import (
+    ArtifactError,
+    CacheCapacityError,
+    CacheMismatchError,
+    PrefillOnlyExportError,
+    PromptError,
+)
 from ftp_deploy.formats.export_manifest import (
+    CACHE_FORMS,
+    CPU_NATIVE_DTYPES,
     DECODER_FILE,
     ExportedArtifact,
     WithPastRecord,
@@ -39,25 +53,35 @@ TokenCallback = Callable[[np.ndarray, int], None]  # (the new token of every row
 
 @dataclass
 class OnnxCache:
-    """Every layer's cache as ORT values (key, value, valid per layer) and each row's next position.
+    """Every layer's cache as ORT values and each row's next position.
 
     `export_id` names the export whose graphs made it (their sha256s): a cache only fits those graphs.
+    Concat form: `tensors` holds key, value and valid per layer. In place: key and value buffers of
+    `capacity()[l]` slots, and `lengths[l]` [B] int32, each row's cached count (its entries fill slots
+    [0, count)); `filled[l]` is the slot count a concat cache would have (K_l plus the decoded tokens).
     """
 
     export_id: str
     tensors: dict[str, ort.OrtValue]
     next_position: np.ndarray  # [B] int64: the number of valid tokens so far in each row
     num_layers: int
+    lengths: list[np.ndarray] | None = None
+    filled: list[int] | None = None
 
     @property
     def batch(self) -> int:
         return int(self.next_position.shape[0])
 
+    def capacity(self) -> list[int]:
+        """Each layer's slots: a buffer's capacity in place, the cache's length otherwise."""
+        return [int(self.tensors[present_name(layer, "key")].shape()[2]) for layer in range(self.num_layers)]
+
     def layer_lengths(self) -> list[int]:
-        return [int(self.tensors[present_name(layer, "valid")].shape()[1]) for layer in range(self.num_layers)]
+        """Each layer's cached slots for the batch (K_l + tokens decoded), whichever the form."""
+        return list(self.filled) if self.filled is not None else self.capacity()
 
     def kv_bytes(self) -> int:
-        """Bytes of the cached keys and values (slot masks excluded: one bool per slot)."""
+        """Bytes held for keys and values (in place: the whole buffers; slot masks and counts excluded)."""
         total = 0
         for layer in range(self.num_layers):
             for part in ("key", "value"):
@@ -66,8 +90,12 @@ class OnnxCache:
         return total
 
     def numpy(self, layer: int, part: str) -> np.ndarray:
-        """A copy of one layer's `part` ("key", "value", "valid") as numpy."""
-        return self.tensors[present_name(layer, part)].numpy()
+        """A copy of one layer's `part` ("key", "value", "valid") as numpy; in place, valid marks [0, count)."""
+        if part == "valid" and self.lengths is not None:
+            slots = np.arange(self.capacity()[layer])
+            return slots[None, :] < self.lengths[layer][:, None]
+        # An OrtValue over a numpy buffer (the in-place form's) may hand back that very buffer, not a copy.
+        return np.array(self.tensors[present_name(layer, part)].numpy(), copy=True)
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
@@ -107,8 +135,14 @@ class OnnxGenerator:
         self.record = record
         self.export_id = export_id
         self.cache: OnnxCache | None = None
-        self._present = cache_names(record.num_layers, present_name)
-        self._past = cache_names(record.num_layers, past_name)
+        if record.cache not in CACHE_FORMS:
+            raise ArtifactError(
+                f"the manifest's decode cache form {record.cache!r} is unknown (one of {', '.join(CACHE_FORMS)})"
+            )
+        # The prefill hands every layer over as key, value and valid, whatever the decode graph's form.
+        self._handed_over = cache_names(record.num_layers, present_name)
+        self._present = cache_names(record.num_layers, present_name, record.present_parts())
+        self._past = cache_names(record.num_layers, past_name, record.present_parts())
 
     @classmethod
     def open(cls, folder: Path, threads: int | None = None, fp32_arithmetic: bool = False) -> OnnxGenerator:
@@ -121,6 +155,11 @@ class OnnxGenerator:
         if manifest.with_past is None or "decode" not in manifest.graphs:
             raise PrefillOnlyExportError(
                 f"{folder} is a prefill-only export (no {DECODER_FILE}): re-export it with --with-past to generate"
+            )
+        if manifest.dtype not in CPU_NATIVE_DTYPES and not fp32_arithmetic:
+            raise ArtifactError(
+                f"{folder} holds {manifest.dtype} graphs, which ONNX Runtime's CPU provider has no kernels for: "
+                "generate from an fp32 or fp16 export (verify compares this one widened to fp32)"
             )
         prefill: Path | bytes = artifact.graph_path("prefill")
         decode: Path | bytes = artifact.graph_path("decode")
@@ -181,18 +220,41 @@ class OnnxGenerator:
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         outputs = self._run(self.prefill_session, binding)
-        self.cache = OnnxCache(
-            self.export_id,
-            {name: outputs[name] for name in self._present},
-            mask.sum(1).astype(np.int64),
-            self.record.num_layers,
-        )
+        positions = mask.sum(1).astype(np.int64)
+        if self.record.inplace:
+            self.cache = self._inplace_cache(outputs, positions, max_new_tokens)
+        else:
+            self.cache = OnnxCache(
+                self.export_id, {name: outputs[name] for name in self._handed_over}, positions, self.record.num_layers
+            )
         return outputs["logits"].numpy()[:, -1]
+
+    def _inplace_cache(self, outputs: dict[str, ort.OrtValue], positions: np.ndarray, max_new_tokens: int) -> OnnxCache:
+        """The prefill's per-layer slots copied into buffers with room for `max_new_tokens` more, once."""
+        tensors: dict[str, ort.OrtValue] = {}
+        lengths, filled = [], []
+        for layer in range(self.record.num_layers):
+            valid = outputs[present_name(layer, "valid")].numpy()
+            count = valid.sum(1)
+            if not np.array_equal(valid, np.arange(valid.shape[1])[None, :] < count[:, None]):
+                # GroupQueryAttention reads each row's slots [0, count): they must come first.
+                raise ArtifactError(f"the prefill graph's layer {layer} cache does not hold its valid slots first")
+            lengths.append(count.astype(np.int32))
+            filled.append(int(valid.shape[1]))
+            for part in ("key", "value"):
+                handed = outputs[present_name(layer, part)].numpy()
+                batch, heads, slots, dim = handed.shape
+                buffer = np.zeros((batch, heads, slots + max_new_tokens, dim), dtype=handed.dtype)
+                buffer[:, :, :slots] = handed
+                # The OrtValue wraps the numpy buffer (and holds it): ORT writes the new slots there.
+                tensors[present_name(layer, part)] = ort.OrtValue.ortvalue_from_numpy(buffer)
+        return OnnxCache(self.export_id, tensors, positions, self.record.num_layers, lengths, filled)
 
     def decode(self, token_ids: Any, cache: OnnxCache | None = None) -> np.ndarray:
         """One token per row ([B, 1]) through every layer; returns its next-token logits [B, vocab].
 
-        Uses and advances `cache` if given (it becomes `self.cache`), else `self.cache`.
+        Uses and advances `cache` if given (it becomes `self.cache`), else `self.cache`. An in-place
+        cache full to its capacity is a CacheCapacityError, before anything is written.
         """
         cache = self._usable(cache)
         tokens = np.ascontiguousarray(np.asarray(token_ids, dtype=np.int64))
@@ -205,8 +267,20 @@ class OnnxGenerator:
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(cache.next_position[:, None]))
         for past, present in zip(self._past, self._present, strict=True):
             binding.bind_ortvalue_input(past, cache.tensors[present])
-        outputs = self._run(self.decode_session, binding)
-        cache.tensors = {name: outputs[name] for name in self._present}
+        if cache.lengths is None:
+            outputs = self._run(self.decode_session, binding)
+            cache.tensors = {name: outputs[name] for name in self._present}
+        else:
+            _check_room(cache.lengths, cache.capacity())
+            for layer, length in enumerate(cache.lengths):
+                binding.bind_cpu_input(past_name(layer, "length"), length)
+            binding.bind_output("logits", "cpu")
+            for name in self._present:  # the same buffer as output: GroupQueryAttention writes in place
+                binding.bind_ortvalue_output(name, cache.tensors[name])
+            self.decode_session.run_with_iobinding(binding)
+            outputs = {"logits": binding.get_outputs()[0]}
+            cache.lengths = [length + 1 for length in cache.lengths]
+            cache.filled = [filled + 1 for filled in cache.filled or ()]
         cache.next_position = cache.next_position + 1
         self.cache = cache
         return outputs["logits"].numpy()[:, -1]
@@ -274,3 +348,13 @@ class OnnxGenerator:
                 break
             logits = self.decode(tokens[:, None])
         return GeneratedTokens(np.stack(generated, axis=1), finished, len(generated))
+
+
+def _check_room(lengths: Sequence[np.ndarray], capacity: Sequence[int]) -> None:
+    """CacheCapacityError where a layer's buffer has no slot left for a row's next entry."""
+    for layer, (length, slots) in enumerate(zip(lengths, capacity, strict=True)):
+        if int(length.max()) >= slots:
+            raise CacheCapacityError(
+                f"the cache is full (layer {layer} holds {slots} slots): it has room for the max_new_tokens "
+                "given to prefill; prefill again with a larger max_new_tokens to generate more"
+            )

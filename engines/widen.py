@@ -57,9 +57,19 @@ def fp32_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
 def cpu_runnable(path: Path, dtype: str, quantized: bool = False) -> Path | bytes:
     """The file itself, or the serialized copy ONNX Runtime's CPU provider computes it with in fp32: widened
     where the provider lacks `dtype`, with fp32 arithmetic where `quantized` (parity's copy, not the shipped speed)."""
-    if dtype in CPU_NATIVE_DTYPES and not quantized:
+    return _fp32_where(path, dtype not in CPU_NATIVE_DTYPES, quantized)
+
+
+def fp32_copy(path: Path, dtype: str, quantized: bool = False) -> Path | bytes:
+    """The file itself where it computes in fp32 already, else its serialized fp32-arithmetic copy (widened from
+    `dtype`, MatMulNBits at accuracy level 0): what export validation compares with PyTorch in fp32."""
+    return _fp32_where(path, dtype != "fp32", quantized)
+
+
+def _fp32_where(path: Path, widen: bool, quantized: bool) -> Path | bytes:
+    if not widen and not quantized:
         return path
-    model = widened_to_fp32(path) if dtype not in CPU_NATIVE_DTYPES else onnx.load(path)
+    model = widened_to_fp32(path) if widen else onnx.load(path)
     return (fp32_arithmetic(model) if quantized else model).SerializeToString()
 
 

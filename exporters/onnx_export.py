@@ -13,22 +13,25 @@ import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
 import torch
+from onnx_ir.tensor_adapters import from_torch_dtype
 from torch import nn
 
 from ftp_deploy.errors import ExportError
+from ftp_deploy.exporters.attention import RotaryTables
+from ftp_deploy.exporters.fusions import fuse_normalizations
 from ftp_deploy.exporters.onnx_ops import TRANSLATIONS
 from ftp_deploy.exporters.pieces import (
     BLOCK_HIDDEN,
     BLOCK_INDICES,
     BLOCK_SPARSITY,
-    PAST,
-    PRESENT,
+    ROTARY_TABLES,
     SENTINEL_SPARSITY_NUM,
     BlockIO,
     DecodeBlock,
     DecodePrologue,
     DenseBlock,
     Epilogue,
+    InPlaceDecodeBlock,
     Prologue,
     RoutedBlock,
 )
@@ -38,12 +41,20 @@ from ftp_deploy.exporters.spec import (
     SEQUENCE,
     DecodeSpec,
     ExportSpec,
+    capacity_axis_name,
     hidden_name,
     indices_name,
     past_axis_name,
 )
 from ftp_deploy.exporters.stitch import GraphAssembler, LayerRewrite, WeightResolver, check_sentinel_confined
-from ftp_deploy.formats.export_manifest import DATA_FILE, DECODER_FILE, MODEL_FILE, past_name, present_name
+from ftp_deploy.formats.export_manifest import (
+    CACHE_PARTS,
+    DATA_FILE,
+    DECODER_FILE,
+    MODEL_FILE,
+    past_name,
+    present_name,
+)
 from ftp_deploy.plugins.token_compaction.contract import DOMAIN
 from ftp_deploy.plugins.token_compaction.onnx_functions import DOMAIN_OPSET, local_functions
 from ftp_deploy.routed_model import RoutedModel
@@ -102,6 +113,9 @@ def export_decoder_file(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpe
     path = folder / DECODER_FILE
     ir.save(model, path)
     _check(path)
+    if decode.inplace:  # ONNX Runtime's graph: its fused norms too (exporters/fusions.py), checked in ORT
+        fuse_normalizations(model)
+        ir.save(model, path)
     return path
 
 
@@ -175,7 +189,7 @@ def _stitch(
             block_graph, block_inputs, names.layer_resolver(block, layer, prefix), prefix, rewrite
         )
         state = {**state, **BlockIO.carried(outputs)}
-        present += _present_outputs(outputs, index) if spec.with_past else []
+        present += _present_outputs(outputs, index, CACHE_PARTS) if spec.with_past else []
         if spec.debug_outputs:
             debug.append((outputs[BLOCK_INDICES], state[BLOCK_HIDDEN]))
     logits = assembler.instantiate(
@@ -189,12 +203,12 @@ def _stitch(
     return assembler.model(inputs, outputs, template=block_graph)
 
 
-def _present_outputs(outputs: dict[str, ir.Value], layer: int) -> list[ir.Value]:
+def _present_outputs(outputs: dict[str, ir.Value], layer: int, parts: tuple[str, ...]) -> list[ir.Value]:
     """A block copy's cache outputs, renamed as graph outputs of layer `layer`."""
     values = []
-    for piece_name in PRESENT:
-        value = outputs[piece_name]
-        value.name = present_name(layer, piece_name.removeprefix("present_"))
+    for part in parts:
+        value = outputs[f"present_{part}"]
+        value.name = present_name(layer, part)
         values.append(value)
     return values
 
@@ -208,9 +222,9 @@ def stitched_decoder(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpec) 
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, 8, (batch, 1), generator=generator)
     position_ids = torch.tensor([[past], [past - 2]]).expand(batch, 1).contiguous()
-    prologue = DecodePrologue(routed)
+    prologue = DecodePrologue(routed, rotary=not decode.inplace)
     with torch.no_grad():
-        hidden, cos, sin = prologue(input_ids, position_ids)
+        carried = dict(zip(prologue.output_names, prologue(input_ids, position_ids), strict=True))
     pieces = _PieceTracer(spec.opset, optimize=spec.dtype == "fp32")
     batch_dim, past_dim = torch.export.Dim(BATCH), torch.export.Dim("past_sequence")
     prologue_graph = pieces.trace(
@@ -219,28 +233,47 @@ def stitched_decoder(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpec) 
         prologue.output_names,
         dynamic=({0: batch_dim}, {0: batch_dim}),
     )
-    valid = torch.ones(batch, past, dtype=torch.bool)
-    valid[1, :2] = False
-    cache_example = {
+    # Concat: `past` cached slots, the second row's first two padding. In place: buffers of `past` slots
+    # whose rows hold 3 and 2 entries, and the rotary tables of every position.
+    cache_example: dict[str, torch.Tensor] = {
         "past_key": torch.randn(batch, kv_heads, past, head_dim, generator=generator).to(dtype),
         "past_value": torch.randn(batch, kv_heads, past, head_dim, generator=generator).to(dtype),
-        "past_valid": valid,
     }
-    block = DecodeBlock(layer)
-    block_graph = pieces.trace(
-        block,
-        {BLOCK_HIDDEN: hidden, "cos": cos, "sin": sin, **cache_example},
-        block.io.outputs,
-        dynamic=(
+    block: InPlaceDecodeBlock | DecodeBlock
+    tables: dict[str, torch.Tensor] = {}
+    if decode.inplace:
+        # Stored in fp32 (as the model computes them) and cast in the graph: a narrower file's fp32-widened
+        # copy, which validation runs, then rotates exactly as PyTorch does.
+        rotary = RotaryTables.of(routed.base.model.rotary_emb, int(routed.base.config.max_position_embeddings))
+        tables = dict(zip(ROTARY_TABLES, (rotary.cos, rotary.sin), strict=True))
+        cache_example["past_length"] = torch.tensor([past - 2, past - 3], dtype=torch.int32)
+        block = InPlaceDecodeBlock(layer)
+        example = {
+            **carried,
+            "position_ids": position_ids,
+            **{k: t.to(dtype) for k, t in tables.items()},
+            **cache_example,
+        }
+        dynamic: tuple[dict[int, Any] | None, ...] = (
             {0: batch_dim},
             {0: batch_dim},
-            {0: batch_dim},
+            None,
+            None,
             {0: batch_dim, 2: past_dim},
             {0: batch_dim, 2: past_dim},
-            {0: batch_dim, 1: past_dim},
-        ),
-    )
+            {0: batch_dim},
+        )
+    else:
+        valid = torch.ones(batch, past, dtype=torch.bool)
+        valid[1, :2] = False
+        cache_example["past_valid"] = valid
+        block = DecodeBlock(layer)
+        example = {**carried, **cache_example}
+        cache_axes = {0: batch_dim, 2: past_dim}
+        dynamic = ({0: batch_dim}, {0: batch_dim}, {0: batch_dim}, cache_axes, cache_axes, {0: batch_dim, 1: past_dim})
+    block_graph = pieces.trace(block, example, block.io.outputs, dynamic=dynamic)
     epilogue = Epilogue(routed, last_token_logits=False)
+    hidden = carried[BLOCK_HIDDEN]
     epilogue_graph = pieces.trace(epilogue, {BLOCK_HIDDEN: hidden}, ("logits",), dynamic=({0: batch_dim},))
 
     names = _WeightNames(routed)
@@ -255,21 +288,26 @@ def stitched_decoder(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpec) 
         names.resolver(prologue, "decode_prologue/"),
         "decode_prologue/",
     )
+    if decode.inplace:  # the blocks read the positions and one pair of rotary tables
+        state = {**state, "position_ids": inputs[1]}
+        for name, table in tables.items():
+            stored = assembler.initializer(f"rotary.{name}", table)
+            state[name] = stored if dtype == torch.float32 else assembler.cast(stored, from_torch_dtype(dtype))
     present: list[ir.Value] = []
-    cache_types = {
-        "key": ir.TensorType(ir.DataType.from_numpy(cache_example["past_key"].numpy().dtype)),
-        "value": ir.TensorType(ir.DataType.from_numpy(cache_example["past_value"].numpy().dtype)),
-        "valid": ir.TensorType(ir.DataType.BOOL),
-    }
+    axes = decode.dynamic_axes
     for index, routed_layer in enumerate(routed.layers):
-        length = past_axis_name(index)
+        length = (capacity_axis_name if decode.inplace else past_axis_name)(index)
         past_inputs = {}
-        for piece_name in PAST:
-            part = piece_name.removeprefix("past_")
-            shape = [BATCH, length] if part == "valid" else [BATCH, kv_heads, length, head_dim]
-            value = ir.Value(name=past_name(index, part), shape=ir.Shape(shape), type=cache_types[part])
+        for part in decode.past_parts:
+            tensor = cache_example[f"past_{part}"]
+            shape = [axes[past_name(index, part)].get(axis, size) for axis, size in enumerate(tensor.shape)]
+            value = ir.Value(
+                name=past_name(index, part),
+                shape=ir.Shape(shape),
+                type=ir.TensorType(from_torch_dtype(tensor.dtype)),
+            )
             inputs.append(value)
-            past_inputs[piece_name] = value
+            past_inputs[f"past_{part}"] = value
         prefix = f"decode_layers.{index}/"
         outputs = assembler.instantiate(
             block_graph,
@@ -279,7 +317,7 @@ def stitched_decoder(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpec) 
             rename=lambda dim, length=length: dim.replace("past_sequence", length),
         )
         state = {**state, **BlockIO.carried(outputs)}
-        present += _present_outputs(outputs, index)
+        present += _present_outputs(outputs, index, decode.present_parts)
     logits = assembler.instantiate(
         epilogue_graph, {BLOCK_HIDDEN: state[BLOCK_HIDDEN]}, names.resolver(epilogue, "epilogue/"), "epilogue/"
     )["logits"]

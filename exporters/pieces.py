@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ftp_deploy.exporters.attention import InPlaceSlots, RotaryTables
 from ftp_deploy.generation.cache import RoutedCache, cache_index
 from ftp_deploy.routed_model import RoutedModel, TokenFacts, run_layer_causal, token_facts
 
@@ -37,6 +38,11 @@ NEXT = "_next"
 # A with-past block's cache tensors: past (decode inputs) and present (outputs), key/value/valid.
 PAST = ("past_key", "past_value", "past_valid")
 PRESENT = ("present_key", "present_value", "present_valid")
+# An in-place decode block's: capacity-sized buffers and each row's cached count in, the same buffers out.
+INPLACE_PAST = ("past_key", "past_value", "past_length")
+INPLACE_PRESENT = ("present_key", "present_value")
+# The rotary tables [max_positions, head_dim / 2] an in-place decode block reads (one pair for every layer).
+ROTARY_TABLES = ("cos_cache", "sin_cache")
 DECODE_PROLOGUE_OUTPUTS = ("hidden", "cos", "sin")
 
 
@@ -159,17 +165,22 @@ class DenseBlock(nn.Module):
 
 
 class DecodePrologue(nn.Module):
-    """(input_ids [B, 1], position_ids [B, 1]) -> the new token's embedding and rotary tables (decode_step's)."""
+    """(input_ids [B, 1], position_ids [B, 1]) -> the new token's embedding and, unless the blocks rotate with
+    tables of their own (`rotary` False: InPlaceDecodeBlock), its rotary cos and sin (decode_step's)."""
 
-    output_names = DECODE_PROLOGUE_OUTPUTS
-
-    def __init__(self, routed: RoutedModel) -> None:
+    def __init__(self, routed: RoutedModel, rotary: bool = True) -> None:
         super().__init__()
         self.embed_tokens = routed.base.model.embed_tokens
-        self.rotary_emb = routed.base.model.rotary_emb
+        self.rotary_emb = routed.base.model.rotary_emb if rotary else None
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return DECODE_PROLOGUE_OUTPUTS if self.rotary_emb is not None else DECODE_PROLOGUE_OUTPUTS[:1]
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         hidden = self.embed_tokens(input_ids)
+        if self.rotary_emb is None:
+            return (hidden,)
         cos, sin = self.rotary_emb(hidden, position_ids)
         return hidden, cos, sin
 
@@ -202,6 +213,49 @@ class DecodeBlock(nn.Module):
         hidden = self.layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
         cache.add_slots(layer_idx, torch.ones_like(past_valid[:, :1]))
         return hidden, *layer_cache(cache, layer_idx)
+
+
+class InPlaceDecodeBlock(nn.Module):
+    """DecodeBlock over capacity-sized buffers, attention and rotary in one GroupQueryAttention
+    (exporters/attention.InPlaceSlots): the new token's key and value are written at each row's cached
+    count instead of appended, so the buffers keep their shape.
+
+    The layer's modules are called in the order a LLaMA-family decoder layer calls them (transformers'
+    LlamaDecoderLayer, with Qwen3's per-head query/key norms where the layer has them); its attention
+    is not, since transformers rotates the query and key before any attention function sees them.
+    Export validation compares the graph with PyTorch's cached decode."""
+
+    io = BlockIO((BLOCK_HIDDEN, "position_ids", *ROTARY_TABLES, *INPLACE_PAST), (BLOCK_HIDDEN + NEXT, *INPLACE_PRESENT))
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        position_ids: torch.Tensor,
+        cos_cache: torch.Tensor,
+        sin_cache: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        past_length: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        layer: Any = self.layer
+        attention = layer.self_attn
+        states = layer.input_layernorm(hidden)
+        query, key, value = attention.q_proj(states), attention.k_proj(states), attention.v_proj(states)
+        if getattr(attention, "q_norm", None) is not None:  # Qwen3: RMSNorm over each head, before rotary
+            per_head = (*states.shape[:-1], -1, attention.head_dim)
+            query = attention.q_norm(query.view(per_head)).flatten(2)
+            key = attention.k_norm(key.view(per_head)).flatten(2)
+        slots = InPlaceSlots(past_key, past_value, past_length)
+        output, present_key, present_value = slots.attend(
+            query, key, value, position_ids, RotaryTables(cos_cache, sin_cache), float(attention.scaling)
+        )
+        hidden = hidden + attention.o_proj(output)
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden, present_key, present_value
 
 
 class Epilogue(nn.Module):

@@ -16,7 +16,7 @@ import ftp_deploy
 from ftp_deploy.artifacts import RoutedArtifact, load_artifact, load_routed
 from ftp_deploy.comparison.dequantize import use_stored_weights
 from ftp_deploy.engines.onnx_runtime import OrtRunner, SessionFromOnnx
-from ftp_deploy.engines.widen import cpu_runnable, widened_to_fp32
+from ftp_deploy.engines.widen import fp32_copy
 from ftp_deploy.errors import ExportError, UnsupportedExportError
 from ftp_deploy.exporters.attention import GQA_HEAD_MULTIPLE, fused_attention_fits
 from ftp_deploy.exporters.graphs import cast_weights, export_module
@@ -111,20 +111,20 @@ def export_onnx(
         with progress.phase(f"export {graph} graph ({opts.dtype}, opset {opts.opset})"):
             path = export_onnx_file(routed, spec, vocab_size, folder)
         quantization = QuantizationRecord.of(opts.quantize) if opts.quantize is not None else None
-        decode = DecodeSpec(spec.num_layers) if spec.with_past else None
+        decode = DecodeSpec(spec.num_layers, spec.decode_cache) if spec.with_past else None
         with_past = None
         if decode is not None:
             with progress.phase("export the decode graph, save the tokenizer"):
                 export_decoder_file(routed, spec, decode, folder)
                 with_past = _with_past_record(loaded, spec, folder)
         with progress.phase("validate against PyTorch, smoke inference in ONNX Runtime"):
-            checked: Path | bytes = path
+            # The file's fp32-arithmetic copy against the module holding the file's weights in fp32: the same
+            # rounded weights, or a quantized file's own blocks dequantized.
+            checked = fp32_copy(path, opts.dtype, quantization is not None)
             if opts.dtype != "fp32":
-                checked = widened_to_fp32(path).SerializeToString()
-                cast_weights(module, "fp32")  # the same rounded weights, computing in fp32 like the copy
-            if quantization is not None:  # the file's own blocks, dequantized, and its fp32-arithmetic copy
+                cast_weights(module, "fp32")
+            if quantization is not None:
                 use_stored_weights(routed.base, path, quantization)
-                checked = cpu_runnable(path, opts.dtype, quantized=True)
             place_module(module, reference_device)  # traced on the CPU; the reference runs on --device
             # One session serves validation and the smoke run: Polygraphy's Comparator activates and
             # deactivates its runner, the session outlives that. ONNX Runtime's CPU provider runs an
@@ -171,6 +171,7 @@ def _with_past_record(loaded: Any, spec: ExportSpec, folder: Path) -> WithPastRe
         eos_token_ids=eos_ids,
         pad_token_id=int(pad if pad is not None else (eos_ids[0] if eos_ids else 0)),
         tokenizer_files=tuple(written),
+        cache=spec.decode_cache,
     )
 
 
@@ -226,9 +227,9 @@ def _manifest(
     axes = spec.to_json()
     runtimes = prefill_runtimes(spec.attention)
     graphs = {"prefill": GraphRecord(MODEL_FILE, DATA_FILE, axes["inputs"], axes["outputs"], runtimes=runtimes)}
-    if with_past is not None:  # the decode graph's attention is always standard ops (exporters/attention.py)
-        decode = DecodeSpec(spec.num_layers).to_json()
-        graphs["decode"] = GraphRecord(DECODER_FILE, DATA_FILE, decode["inputs"], decode["outputs"])
+    if with_past is not None:  # in place through GroupQueryAttention where the prefill's attention is fused
+        decode = DecodeSpec(spec.num_layers, with_past.cache).to_json()
+        graphs["decode"] = GraphRecord(DECODER_FILE, DATA_FILE, decode["inputs"], decode["outputs"], runtimes=runtimes)
     return ExportManifest(
         engine="onnx",
         graph="dense" if spec.dense else "routed",

@@ -15,7 +15,11 @@ import torch
 from ftp_deploy.errors import UnsupportedExportError
 from ftp_deploy.exporters.options import ATTENTION_FORMS, SUPPORTED_OPSETS, GraphOptions
 from ftp_deploy.formats.export_manifest import (
+    CACHE_PARTS,
+    CONCAT_CACHE,
     DECODE_INPUT_NAMES,
+    INPLACE_CACHE,
+    INPLACE_PARTS,
     INPUT_NAMES,
     cache_names,
     hidden_name,
@@ -40,9 +44,17 @@ def past_axis_name(layer: int) -> str:
     return f"past_sequence_{layer}"
 
 
+def capacity_axis_name(layer: int) -> str:
+    """An in-place decode graph's buffer length of layer `layer`: K_l plus room for the tokens to generate."""
+    return f"capacity_{layer}"
+
+
 def cache_axes(name: str, batch: str, length: str) -> dict[int, str]:
-    """Named axes of a cache tensor: key/value [B, kv_heads, length, head_dim], valid [B, length]."""
-    return {0: batch, 1: length} if name.endswith(".valid") else {0: batch, 2: length}
+    """Named axes of a cache tensor (or part): key/value [B, kv_heads, length, head_dim], valid [B, length],
+    an in-place cache's per-row count [B]."""
+    if name.endswith("length"):
+        return {0: batch}
+    return {0: batch, 1: length} if name.endswith("valid") else {0: batch, 2: length}
 
 
 @dataclass(frozen=True)
@@ -74,15 +86,8 @@ class ExportSpec(GraphOptions):
             raise UnsupportedExportError(
                 f"attention form {self.attention!r} is unknown; choose one of {', '.join(ATTENTION_FORMS)}"
             )
-        if self.attention not in ATTENTION_FORMS:
-            raise UnsupportedExportError(
-                f"attention form {self.attention!r} is unknown; choose one of {', '.join(ATTENTION_FORMS)}"
-            )
         if self.dense and self.debug_outputs:
             raise UnsupportedExportError("--debug-outputs exposes routing decisions; the dense model has none")
-        if self.with_past and self.dtype != "fp32":
-            # The decode graph is validated step by step in ONNX Runtime's CPU provider, in fp32 only so far.
-            raise UnsupportedExportError("--with-past is exported in fp32 only for now")
         if self.with_past and not self.last_token_logits:
             # Generation reads only the next token's logits; all T positions would cost T x vocab floats.
             raise UnsupportedExportError("--with-past exports the prefill with last-token logits")
@@ -90,6 +95,12 @@ class ExportSpec(GraphOptions):
     @property
     def tolerance(self) -> Tolerance:
         return Tolerance.for_dtype("fp32")
+
+    @property
+    def decode_cache(self) -> str:
+        """The decode graph's cache form: in place through GroupQueryAttention where the prefill's attention is
+        fused (ONNX Runtime's contrib op in both graphs), concatenated in standard ops otherwise (TensorRT's)."""
+        return INPLACE_CACHE if self.attention == "fused" else CONCAT_CACHE
 
     @property
     def num_layers(self) -> int:
@@ -143,31 +154,49 @@ class ExportSpec(GraphOptions):
 @dataclass(frozen=True)
 class DecodeSpec:
     """The decode graph of a with-past export: one new token per row and every layer's cache in, its
-    next-token logits and every layer's cache with one more slot out. Positions are explicit inputs:
-    a compacted cache's slot count says nothing about a token's position."""
+    next-token logits and every layer's cache out. Positions are explicit inputs: a compacted cache's
+    slot count says nothing about a token's position.
+
+    `cache` is the form (formats/export_manifest.py): "concat" returns each cache one slot longer;
+    "inplace" takes capacity-sized buffers and each row's cached count, and writes the new slot in place.
+    """
 
     num_layers: int
+    cache: str = CONCAT_CACHE
     # Past lengths 5 (not 0 or 1, which torch.export would specialize) at batch 2.
     example_batch: int = 2
     example_past: int = 5
 
     @property
+    def inplace(self) -> bool:
+        return self.cache == INPLACE_CACHE
+
+    @property
+    def past_parts(self) -> tuple[str, ...]:
+        return INPLACE_PARTS if self.inplace else CACHE_PARTS
+
+    @property
+    def present_parts(self) -> tuple[str, ...]:
+        return INPLACE_PARTS[:2] if self.inplace else CACHE_PARTS
+
+    @property
     def input_names(self) -> tuple[str, ...]:
-        return (*DECODE_INPUT_NAMES, *cache_names(self.num_layers, past_name))
+        return (*DECODE_INPUT_NAMES, *cache_names(self.num_layers, past_name, self.past_parts))
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("logits", *cache_names(self.num_layers, present_name))
+        return ("logits", *cache_names(self.num_layers, present_name, self.present_parts))
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes: dict[str, dict[int, str]] = {name: {0: BATCH} for name in (*DECODE_INPUT_NAMES, "logits")}
         for layer in range(self.num_layers):
-            length = past_axis_name(layer)
-            for name in cache_names(self.num_layers, past_name)[3 * layer : 3 * layer + 3]:
-                axes[name] = cache_axes(name, BATCH, length)
-            for name in cache_names(self.num_layers, present_name)[3 * layer : 3 * layer + 3]:
-                axes[name] = cache_axes(name, BATCH, f"{length} + 1")
+            length = (capacity_axis_name if self.inplace else past_axis_name)(layer)
+            grown = length if self.inplace else f"{length} + 1"
+            for part in self.past_parts:
+                axes[past_name(layer, part)] = cache_axes(part, BATCH, length)
+            for part in self.present_parts:
+                axes[present_name(layer, part)] = cache_axes(part, BATCH, grown)
         return axes
 
     def to_json(self) -> dict[str, Any]:

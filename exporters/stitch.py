@@ -136,6 +136,14 @@ class GraphAssembler:
         self.used_names.add(candidate)
         return candidate
 
+    def cast(self, value: ir.Value, dtype: ir.DataType) -> ir.Value:
+        """`value` cast to `dtype` by one Cast node (of an initializer: folded once when the session loads)."""
+        node = ir.node("Cast", [value], attributes={"to": dtype}, name=f"{value.name}/cast")
+        result = node.outputs[0]
+        result.name, result.dtype, result.shape = f"{value.name}_{dtype.name.lower()}", dtype, value.shape
+        self.nodes.append(node)
+        return result
+
     def model(self, inputs: list[ir.Value], outputs: list[ir.Value], template: ir.Model) -> ir.Model:
         graph = ir.Graph(
             inputs,

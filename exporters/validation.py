@@ -18,7 +18,7 @@ from ftp_deploy.comparison.decode import OnnxDecoder, check_decode
 from ftp_deploy.comparison.feeds import Feed
 from ftp_deploy.comparison.parity import check_parity
 from ftp_deploy.engines.torch_runner import ModuleRunner
-from ftp_deploy.engines.widen import cpu_runnable
+from ftp_deploy.engines.widen import fp32_copy
 from ftp_deploy.errors import ExportValidationError
 from ftp_deploy.exporters.spec import ExportSpec
 from ftp_deploy.formats.export_manifest import DECODER_FILE, MODEL_FILE, ValidationRecord, WithPastRecord
@@ -64,8 +64,9 @@ def validate_decode(
     """Prefill and decode graphs in ONNX Runtime against PyTorch, with verify's decode check.
 
     On the first validation input (batch 2, one row left-padded); a dense export's reference is the
-    routed forward at sparsity 0 (every token kept in every block). A `quantized` export's graphs run
-    with fp32 arithmetic (engines/widen.cpu_runnable) against `routed` holding their dequantized weights.
+    routed forward at sparsity 0 (every token kept in every block). The graphs run with fp32 arithmetic
+    (engines/widen.fp32_copy: an fp16/bf16 file widened, a `quantized` one's MatMulNBits at level 0)
+    against `routed` holding the file's weights (rounded, or dequantized) in fp32.
     """
     from ftp_deploy.engines.onnx_generation import OnnxGenerator
 
@@ -74,7 +75,8 @@ def validate_decode(
         reference_model = RoutedModel(routed.base, Schedule.from_sparsities([0.0] * spec.num_layers))
         reference_model.ops = routed.ops
     ids, mask = spec.validation_inputs(vocab_size)[0]
-    prefill, decode = (cpu_runnable(folder / name, spec.dtype, quantized) for name in (MODEL_FILE, DECODER_FILE))
+    # In fp32 arithmetic, as the prefill graph is validated: `routed` holds the file's rounded weights in fp32.
+    prefill, decode = (fp32_copy(folder / name, spec.dtype, quantized) for name in (MODEL_FILE, DECODER_FILE))
     generator = OnnxGenerator.from_files(prefill, decode, record, export_id="validation")
     report = check_decode(
         reference_model, OnnxDecoder(generator), ids, mask, DECODE_STEPS, spec.tolerance, same_tokens=False

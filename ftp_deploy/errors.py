@@ -41,6 +41,10 @@ class PrefillOnlyExportError(ArtifactError):
     """An export without the decode graph (no --with-past) was given to a generator."""
 
 
+class CacheCapacityError(PromptError):
+    """A decode step beyond the room an in-place cache was allocated with (the prefill's max_new_tokens)."""
+
+
 class CacheMismatchError(UsageError):
     """A generation cache made by another export (its graphs' sha256s differ) was given to a generator."""
 

@@ -44,7 +44,7 @@ TINY_BUILDERS = {
     "llama": lambda **kw: LlamaForCausalLM(LlamaConfig(**{**_COMMON, **kw})),
     "mistral": lambda **kw: MistralForCausalLM(MistralConfig(**{**_COMMON, "sliding_window": None, **kw})),
     "qwen2": lambda **kw: Qwen2ForCausalLM(Qwen2Config(**{**_COMMON, **kw})),
-    "qwen3": lambda **kw: Qwen3ForCausalLM(Qwen3Config(**{**_COMMON, **kw}, head_dim=12)),
+    "qwen3": lambda **kw: Qwen3ForCausalLM(Qwen3Config(**{**_COMMON, "head_dim": 12, **kw})),
 }
 
 

@@ -288,6 +288,7 @@ README_EXIT_CODES = {
     "PromptError": 2,
     "PrefillOnlyExportError": 2,
     "CacheMismatchError": 2,
+    "CacheCapacityError": 2,  # a generation longer than its in-place cache: bad input
     "DataError": 2,
     "MissingDependencyError": 2,
     "OptionalDependencyError": 2,

@@ -191,7 +191,7 @@ class TorchCachedDecoder:
         self.routed, self.logits_error, self.key_error = routed, logits_error, key_error
         self.cache = None
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int) -> np.ndarray:
         result = routed_prefill(self.routed, torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
         self.cache = result.cache
         return result.logits.numpy()

@@ -6,8 +6,10 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -16,13 +18,22 @@ from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
 from ftp_deploy.engines.trt_profile import ShapeProfile
-from ftp_deploy.errors import CacheMismatchError, PrefillOnlyExportError, PromptError, UnsupportedExportError
-from ftp_deploy.exporters.attention import use_grouped_attention
+from ftp_deploy.errors import (
+    CacheCapacityError,
+    CacheMismatchError,
+    PrefillOnlyExportError,
+    PromptError,
+    UnsupportedExportError,
+)
+from ftp_deploy.exporters.attention import RotaryTables, use_grouped_attention
+from ftp_deploy.exporters.pieces import DecodeBlock, InPlaceDecodeBlock
 from ftp_deploy.exporters.pipeline import export_onnx
-from ftp_deploy.exporters.trt_export import export_trt, trt_extension
+from ftp_deploy.exporters.trt_export import TrtOptions, export_trt, trt_extension
 from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.export_manifest import (
+    CONCAT_CACHE,
     DECODER_FILE,
+    INPLACE_CACHE,
     MANIFEST_FILE,
     MODEL_FILE,
     read_manifest,
@@ -45,9 +56,15 @@ STEPS = 9
 SCHEDULE = (0.3, 0.1, 0.4, 0.2)
 
 
-def export_run(folder: Path, arch: str, kind: str, dense: bool = False, mode: str = "topk") -> tuple[Path, Path]:
-    """A tiny routed run of `arch` and its --with-past export: (run folder, artifact folder)."""
-    base = tiny_model(arch)
+def export_run(
+    folder: Path, arch: str, kind: str, dense: bool = False, mode: str = "topk", **config: Any
+) -> tuple[Path, Path]:
+    """A tiny routed run of `arch` (`config` overriding its transformers config) and its --with-past export:
+    (run folder, artifact folder).
+
+    The tiny models' heads of 12 take the standard attention and the concat cache; hidden_size=64 gives
+    heads of 16, which GroupQueryAttention takes: the fused prefill and the in-place decode cache."""
+    base = tiny_model(arch, **config)
     base.save_pretrained(folder / "base")
     tiny_tokenizer().save_pretrained(folder / "base")
     routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec(kind=kind), mode)
@@ -58,19 +75,29 @@ def export_run(folder: Path, arch: str, kind: str, dense: bool = False, mode: st
 
 @pytest.fixture(scope="module")
 def llama_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return export_run(tmp_path_factory.mktemp("llama"), "llama", "static")
+    """The default --with-past export (fused attention, in-place decode cache) of a static router."""
+    return export_run(tmp_path_factory.mktemp("llama"), "llama", "static", hidden_size=64)
 
 
-def compare_decode(run: Path, art: Path) -> None:
+@pytest.fixture(scope="module")
+def trt_export(llama_export: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same run through `export --engine trt --onnx-only --with-past`: standard ops, concat decode cache."""
+    art = tmp_path_factory.mktemp("trt") / "art"
+    export_trt(llama_export[0], art, with_past=True, trt=TrtOptions(onnx_only=True))
+    return llama_export[0], art
+
+
+def compare_decode(run: Path, art: Path, cache_form: str = INPLACE_CACHE) -> None:
     """ONNX prefill + 9 decode steps (driven by PyTorch's greedy tokens) against routed_prefill + decode_step."""
     routed, _, _ = load_routed(run)
     ids, mask = random_batch(2, PROMPT_LEN, "left")
     trace = greedy_trace(routed, ids, mask, STEPS + 1)
     generator = OnnxGenerator.open(art, threads=1)
+    assert generator.record.cache == cache_form
     worst = 0.0
     for step, reference in enumerate(trace.logits):
         if step == 0:
-            logits = generator.prefill(ids.numpy(), mask.numpy())
+            logits = generator.prefill(ids.numpy(), mask.numpy(), max_new_tokens=STEPS)
         else:
             logits = generator.decode(trace.tokens[:, step - 1 : step].numpy())
         worst = max(worst, float(np.abs(logits - reference.numpy()).max()))
@@ -82,11 +109,14 @@ def compare_decode(run: Path, art: Path) -> None:
     cache = generator.cache
     assert cache is not None
     for layer, (keys, values, _) in enumerate(trace.cache):
-        valid = trace.cache.slot_valid[layer].numpy()
-        assert np.array_equal(cache.numpy(layer, "valid"), valid)
+        valid, ours = trace.cache.slot_valid[layer].numpy(), cache.numpy(layer, "valid")
+        # The concat cache holds PyTorch's slot layout; the in-place one each row's entries packed first.
+        expected = valid if cache_form == CONCAT_CACHE else np.arange(valid.shape[1]) < valid.sum(1)[:, None]
+        assert np.array_equal(ours, expected)
         for part, reference in (("key", keys), ("value", values)):
-            got = cache.numpy(layer, part).transpose(0, 2, 1, 3)[valid]  # valid slots: [n, kv_heads, head_dim]
+            got = cache.numpy(layer, part).transpose(0, 2, 1, 3)[ours]  # valid slots: [n, kv_heads, head_dim]
             assert np.abs(got - reference.numpy().transpose(0, 2, 1, 3)[valid]).max() <= 1e-4
+    # In place: buffers of K_l + STEPS slots, which the 9 steps filled.
     assert generator.kv_bytes() == sum(int(k.nbytes + v.nbytes) for k, v, _ in trace.cache)
 
 
@@ -95,16 +125,105 @@ def test_decode_graph_equals_pytorch_decode_step(llama_export: tuple[Path, Path]
 
 
 def test_monotone_router_exports_with_past_and_decodes_like_pytorch(tmp_path: Path, single_thread: None) -> None:
-    """`train`'s default routing: the with-past export validates and decodes as PyTorch's section-9 decode."""
-    compare_decode(*export_run(tmp_path, "llama", "learned", mode="monotone"))
+    """`train`'s default routing (a learned router): the with-past export validates and decodes as PyTorch's
+    section-9 decode, in place."""
+    compare_decode(*export_run(tmp_path, "llama", "learned", mode="monotone", hidden_size=64))
+
+
+def test_tensorrt_decode_graph_runs_in_onnx_runtime_like_pytorch(
+    trt_export: tuple[Path, Path], single_thread: None
+) -> None:
+    """--engine trt's decode graph: standard ops only (what TensorRT parses), the concat cache."""
+    compare_decode(*trt_export, cache_form=CONCAT_CACHE)
+    manifest = read_manifest(trt_export[1])
+    assert manifest.graphs["decode"].runtimes == ("onnxruntime", "tensorrt")
+    domains = {node.domain for node in onnx.load(trt_export[1] / DECODER_FILE, load_external_data=False).graph.node}
+    assert domains <= {"", "ftp"}
+
+
+def test_inplace_decode_writes_into_the_buffers_bound_as_past_and_present(llama_export: tuple[Path, Path]) -> None:
+    """One GroupQueryAttention per layer reads each past buffer, and a step leaves every buffer where it was,
+    its new slot written at each row's cached count."""
+    art = llama_export[1]
+    graph = onnx.load(art / DECODER_FILE, load_external_data=False).graph
+    names = ("past.0.key", "past.3.value")
+    readers = {name: [node.op_type for node in graph.node if name in node.input] for name in names}
+    # The key buffer's Shape gives GroupQueryAttention its total_sequence_length (the capacity); nothing copies it.
+    assert readers == {"past.0.key": ["Shape", "GroupQueryAttention"], "past.3.value": ["GroupQueryAttention"]}
+    assert read_manifest(art).graphs["decode"].runtimes == ("onnxruntime",)
+    generator = OnnxGenerator.open(art, threads=1)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    generator.prefill(ids.numpy(), mask.numpy(), max_new_tokens=3)
+    cache = generator.cache
+    assert cache is not None and cache.lengths is not None
+    before = {name: value.data_ptr() for name, value in cache.tensors.items()}
+    counts = [length.copy() for length in cache.lengths]
+    keys = [cache.numpy(layer, "key") for layer in range(4)]
+    generator.decode(np.asarray([[5], [7]]))
+    assert {name: value.data_ptr() for name, value in generator.cache.tensors.items()} == before
+    for layer in range(4):
+        assert np.array_equal(generator.cache.lengths[layer], counts[layer] + 1)
+        written = generator.cache.numpy(layer, "key") != keys[layer]  # [B, kv_heads, C, head_dim]
+        slots = written.any(axis=(1, 3))
+        assert np.array_equal(slots, np.arange(slots.shape[1]) == counts[layer][:, None])  # each row's count only
+
+
+def test_a_generation_longer_than_the_cache_capacity_is_refused(llama_export: tuple[Path, Path]) -> None:
+    generator = OnnxGenerator.open(llama_export[1], threads=1)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    generator.prefill(ids.numpy(), mask.numpy(), max_new_tokens=2)
+    for _ in range(2):
+        generator.decode(np.asarray([[5], [7]]))
+    cache = generator.cache
+    assert cache is not None and cache.lengths is not None
+    full = [length.copy() for length in cache.lengths]
+    with pytest.raises(CacheCapacityError, match="larger max_new_tokens"):
+        generator.decode(np.asarray([[5], [7]]))
+    assert all(np.array_equal(a, b) for a, b in zip(cache.lengths, full, strict=True))  # nothing written
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "kind"), [("mistral", "static"), ("qwen2", "learned"), ("qwen3", "learned")])
+@pytest.mark.parametrize(
+    ("arch", "kind", "config", "cache_form"),
+    [
+        ("mistral", "static", {"hidden_size": 64}, INPLACE_CACHE),
+        ("qwen2", "learned", {"hidden_size": 64}, INPLACE_CACHE),
+        ("qwen3", "learned", {"head_dim": 16}, INPLACE_CACHE),  # its per-head query/key norms before rotary
+        ("qwen3", "learned", {}, CONCAT_CACHE),
+    ],
+)
 def test_decode_graph_equals_pytorch_on_every_architecture(
-    tmp_path: Path, arch: str, kind: str, single_thread: None
+    tmp_path: Path, arch: str, kind: str, config: dict[str, int], cache_form: str, single_thread: None
 ) -> None:
-    compare_decode(*export_run(tmp_path, arch, kind))
+    compare_decode(*export_run(tmp_path, arch, kind, **config), cache_form)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_inplace_decode_block_equals_the_transformers_layer(arch: str) -> None:
+    """The in-place block calls the layer's modules itself (transformers rotates before any attention
+    function): eagerly it must equal the layer run by DecodeBlock on the same cache, Qwen3's norms included."""
+    model = tiny_model(arch, head_dim=16) if arch == "qwen3" else tiny_model(arch, hidden_size=64)
+    use_grouped_attention(model)
+    layer, rotary_emb = model.model.layers[0], model.model.rotary_emb
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 1, model.config.hidden_size, generator=generator)
+    keys, values = (torch.randn(2, 2, 9, 16, generator=generator) for _ in range(2))
+    counts = torch.tensor([6, 4], dtype=torch.int32)
+    positions = torch.tensor([[11], [7]])
+    cos, sin = rotary_emb(hidden, positions)
+    valid = torch.arange(6)[None] < counts[:, None]  # the concat cache: the first 6 slots, row 1's first 4 valid
+    with torch.no_grad():
+        expected, *_ = DecodeBlock(layer)(hidden, cos, sin, keys[:, :, :6], values[:, :, :6], valid)
+        tables = RotaryTables.of(rotary_emb, 64)
+        got, key, value = InPlaceDecodeBlock(layer)(hidden, positions, tables.cos, tables.sin, keys, values, counts)
+    assert (got - expected).abs().max().item() <= 1e-5
+    rows = torch.arange(2)
+    new_key = key[rows, :, counts.long()]  # written at each row's count; nothing else changed
+    assert (
+        new_key.abs().min() > 0
+        and torch.equal(key[0, :, :6], keys[0, :, :6])
+        and torch.equal(value[1, :, 5:], values[1, :, 5:])
+    )
 
 
 def test_onnx_greedy_loop_equals_transformers_generate(llama_export: tuple[Path, Path], single_thread: None) -> None:
@@ -197,17 +316,27 @@ def test_a_prefill_only_export_is_refused(llama_export: tuple[Path, Path], tmp_p
     assert json.loads((art / MANIFEST_FILE).read_text())["graphs"].keys() == {"prefill"}
 
 
-def test_with_past_is_fp32_only(llama_export: tuple[Path, Path], tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedExportError, match="fp32 only"):
-        export_onnx(llama_export[0], tmp_path / "art", with_past=True, dtype="fp16")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_trt_onnx_only_writes_a_decode_profile_over_past_lengths(
-    llama_export: tuple[Path, Path], tmp_path: Path
+@pytest.mark.parametrize("dtype", ["fp16", pytest.param("bf16", marks=pytest.mark.slow)])
+def test_half_precision_with_past_passes_verify(
+    llama_export: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], dtype: str
 ) -> None:
+    """fp16 runs as it is against PyTorch in fp16, decoding included; bf16, which the CPU provider cannot
+    run, widened to fp32 (and `generate` says so in one line)."""
+    art = tmp_path / "art"
+    assert cli.main(["export", str(llama_export[0]), "--out", str(art), "--with-past", "--dtype", dtype]) == 0
+    assert read_manifest(art).with_past is not None and read_manifest(art).with_past.cache == INPLACE_CACHE
+    assert cli.main(["verify", str(art), "--report", str(tmp_path / "report"), "--seq-lens", ""]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["decode"]["steps"] == 8 and report["decode"]["failures"] == []
+    if dtype == "bf16":
+        capsys.readouterr()
+        assert cli.main(["generate", str(art), "--prompt", "w1 w2", "--max-new-tokens", "2"]) == 2
+        assert "no kernels for: generate from an fp32 or fp16 export" in capsys.readouterr().err
+
+
+def test_trt_onnx_only_writes_a_decode_profile_over_past_lengths(trt_export: tuple[Path, Path], tmp_path: Path) -> None:
     art = tmp_path / "trt"
-    shutil.copytree(llama_export[1], art)
+    shutil.copytree(trt_export[1], art)
     profile = ShapeProfile((1, 1), (1, 512), (4, 2048))
     manifest = trt_extension(profile, onnx_only=True, timing_cache=None, progress=NO_PROGRESS)(art, read_manifest(art))
     assert manifest.tensorrt is not None and manifest.tensorrt.decode_profile is not None
@@ -253,7 +382,6 @@ def test_smollm2_with_past_export_decodes_like_pytorch(smollm2, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [
-        (["--dtype", "fp16"], "--with-past is exported in fp32 only"),
         (["--engine", "trt"], "needs --onnx-only"),
     ],
 )
@@ -282,7 +410,7 @@ def test_grouped_attention_equals_eager_attention(arch: str) -> None:
 
 @pytest.mark.slow
 def test_dense_with_past_export_decodes_like_the_unrouted_model(tmp_path: Path, single_thread: None) -> None:
-    run, art = export_run(tmp_path, "llama", "static", dense=True)
+    run, art = export_run(tmp_path, "llama", "static", dense=True, hidden_size=64)
     routed, _, _ = load_routed(run)
     unrouted = RoutedModel(routed.base, Schedule.from_sparsities([0.0] * len(routed.layers)))
     ids, mask = random_batch(2, PROMPT_LEN, "left")

@@ -12,17 +12,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from ftp_deploy.artifacts import RoutedArtifact, save_artifact
-from ftp_deploy.engines.onnx_generation import OnnxGenerator
+from ftp_deploy.engines.onnx_generation import OnnxCache, OnnxGenerator
 from ftp_deploy.exporters.pipeline import export_onnx
 from ftp_deploy.formats.export_manifest import WithPastRecord
 from ftp_deploy.models import model_ref_for
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from ftp_deploy.serving.batched_generation import LENGTH, STOP, RowRequest
+from ftp_deploy.serving.batched_generation import LENGTH, STOP, RowRequest, join_caches, take_rows
 from ftp_deploy.serving.triton_model import GenerationService, RequestError, TextDelta
 from tests.conftest import tiny_model, tiny_tokenizer
 
@@ -31,9 +32,10 @@ SCHEDULE = (0.3, 0.1, 0.4, 0.2)
 CONTEXT = 2048  # long enough for a stream that outlasts a client (tests/test_serve.py)
 
 
-def tiny_export(folder: Path, context: int = CONTEXT, dense: bool = False) -> Path:
-    """A tiny routed LLaMA (static router) exported --with-past: the export folder."""
-    base = tiny_model("llama", max_position_embeddings=context)
+def tiny_export(folder: Path, context: int = CONTEXT, dense: bool = False, hidden_size: int = 64) -> Path:
+    """A tiny routed LLaMA (static router) exported --with-past: the export folder. Heads of 16 (the default
+    `hidden_size`) give the default export's in-place decode cache; hidden_size=48, heads of 12, the concat one."""
+    base = tiny_model("llama", max_position_embeddings=context, hidden_size=hidden_size)
     base.save_pretrained(folder / "base")
     tiny_tokenizer().save_pretrained(folder / "base")
     routed = RoutedModel(base, Schedule.from_sparsities(list(SCHEDULE)), RouterSpec(kind="static"))
@@ -70,6 +72,7 @@ def alone(art: Path, row: RowRequest, record: WithPastRecord | None = None) -> l
 
 
 def test_a_batch_of_mixed_rows_equals_each_row_alone(art: Path) -> None:
+    assert OnnxGenerator.open(art).record.cache == "inplace"  # the default export's
     rng = np.random.default_rng(0)
     lengths, budgets = (5, 17, 17, 30, 9, 17, 3), (12, 20, 7, 16, 20, 1, 9)
     rows = [RowRequest(rng.integers(4, 96, size=n), m) for n, m in zip(lengths, budgets, strict=True)]
@@ -100,6 +103,37 @@ def test_a_row_whose_client_left_stops_and_the_others_go_on(art: Path, service: 
     results = service.run(rows, lambda row, token: row != 0)  # row 0's client is gone at its first token
     assert results[0].finish_reason == "cancelled" and len(results[0].tokens) == 1
     assert results[1].tokens == alone(art, rows[1]) and results[1].finish_reason == LENGTH
+
+
+def _cache(keys: list[list[float]], valid_or_counts: list[list[bool]] | list[int]) -> OnnxCache:
+    """A one-layer cache of one kv head of width 1: keys [B, slots] (values the same), concat or in place."""
+    key = np.asarray(keys, dtype=np.float32)[:, None, :, None]
+    tensors = {
+        "present.0.key": ort.OrtValue.ortvalue_from_numpy(key),
+        "present.0.value": ort.OrtValue.ortvalue_from_numpy(key.copy()),
+    }
+    positions = np.arange(len(keys), dtype=np.int64) + 10
+    if isinstance(valid_or_counts[0], list):
+        tensors["present.0.valid"] = ort.OrtValue.ortvalue_from_numpy(np.asarray(valid_or_counts, dtype=bool))
+        return OnnxCache("x", tensors, positions, 1)
+    return OnnxCache("x", tensors, positions, 1, [np.asarray(valid_or_counts, dtype=np.int32)], [len(keys[0])])
+
+
+def test_caches_join_and_drop_rows_in_both_forms() -> None:
+    """A concat cache's slots are padded before (empty, not valid); an in-place cache's buffers after
+    each row's count."""
+    concat = join_caches([_cache([[1, 2]], [[True, True]]), _cache([[3, 4, 5]], [[False, True, True]])])
+    assert concat.numpy(0, "key")[:, 0, :, 0].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert concat.numpy(0, "valid").tolist() == [[False, True, True], [False, True, True]]
+    inplace = join_caches([_cache([[1, 2, 0]], [2]), _cache([[3, 4, 5, 0, 0]], [3])])
+    assert inplace.numpy(0, "key")[:, 0, :, 0].tolist() == [[1, 2, 0, 0, 0], [3, 4, 5, 0, 0]]
+    assert inplace.lengths is not None and inplace.lengths[0].tolist() == [2, 3]
+    assert inplace.numpy(0, "valid").tolist() == [[True, True, False, False, False], [True, True, True, False, False]]
+    assert inplace.layer_lengths() == [5] and inplace.next_position.tolist() == [10, 10]
+    kept = take_rows(inplace, [1])
+    assert kept.numpy(0, "value")[:, 0, :, 0].tolist() == [[3, 4, 5, 0, 0]] and kept.lengths is not None
+    assert kept.lengths[0].tolist() == [3] and kept.next_position.tolist() == [10]
+    assert take_rows(concat, [0]).numpy(0, "valid").tolist() == [[False, True, True]]
 
 
 def ids(*values: int) -> np.ndarray:

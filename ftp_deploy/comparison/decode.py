@@ -25,8 +25,9 @@ from ftp_deploy.routed_model import RoutedModel
 class CachedDecoder(Protocol):
     """What a generation runtime offers the check: numpy in, numpy out, one cache held inside."""
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Routes the prompt [B, T] (left padded) and fills the cache; next-token logits [B, vocab]."""
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        """Routes the prompt [B, T] (left padded) and fills the cache, with room for `max_new_tokens` more;
+        next-token logits [B, vocab]."""
         ...
 
     def decode(self, token_ids: np.ndarray) -> np.ndarray:
@@ -34,7 +35,8 @@ class CachedDecoder(Protocol):
         ...
 
     def cache_layers(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Each block's (keys [B, kv_heads, L, head_dim], values, slot validity [B, L])."""
+        """Each block's (keys [B, kv_heads, L, head_dim], values, slot validity [B, L]), in any slot layout
+        that keeps each row's valid entries in PyTorch's order."""
         ...
 
 
@@ -60,7 +62,7 @@ def check_decode(
     """
     ids_np, mask_np = input_ids.numpy(), attention_mask.numpy()
     reference = routed_prefill(routed, input_ids, attention_mask)
-    cand_logits = candidate.prefill(ids_np, mask_np)
+    cand_logits = candidate.prefill(ids_np, mask_np, steps)
     expected = masked_forward_with_keep(routed, input_ids, attention_mask, reference.keep)[:, -1].numpy()
     worst = _max_abs(cand_logits, expected)
     logits_ok = allows(tolerance, cand_logits, expected)
@@ -92,7 +94,7 @@ def check_decode(
             f"the token's largest |logit| and rtol {tolerance.rtol:g}"
         )
     if not lengths_equal:
-        failures.append("decode: cache lengths per block differ from PyTorch's")
+        failures.append("decode: cached entries per row and block differ from PyTorch's")
     elif not cache_ok:
         failures.append(f"decode: cached keys/values max |diff| {cache_diff:.3g} at valid slots, beyond tolerance")
     return DecodeReport(
@@ -114,19 +116,23 @@ def check_decode(
 def _compare_cache(
     candidate: list[tuple[np.ndarray, np.ndarray, np.ndarray]], reference: Any, tolerance: Tolerance
 ) -> tuple[bool, float, bool]:
-    """(lengths equal, max |diff| of keys and values at valid slots, within tolerance)."""
-    if len(candidate) != len(reference.layers) or [c[0].shape[2] for c in candidate] != reference.layer_lengths():
+    """(each row's valid count per block equal, max |diff| of keys and values at valid slots, within tolerance).
+
+    Valid slots are compared in order, row by row: a concat cache holds them where PyTorch's does, an
+    in-place one packed first; both attend to the same entries.
+    """
+    if len(candidate) != len(reference.layers):
         return False, float("nan"), False
     worst, ok = 0.0, True
     for (keys, values, valid), (ref_keys, ref_values, _), ref_valid in zip(
         candidate, reference, reference.slot_valid, strict=True
     ):
-        slots = ref_valid.numpy().astype(bool)
-        if not np.array_equal(valid.astype(bool), slots):
+        slots, ref_slots = valid.astype(bool), ref_valid.numpy().astype(bool)
+        if not np.array_equal(slots.sum(1), ref_slots.sum(1)):
             return False, float("nan"), False
         for got, want in ((keys, ref_keys.numpy()), (values, ref_values.numpy())):
-            # [B, H, L, D] -> the valid slots' [H, D] vectors
-            got_valid, want_valid = got.transpose(0, 2, 1, 3)[slots], want.transpose(0, 2, 1, 3)[slots]
+            # [B, H, L, D] -> the valid slots' [H, D] vectors, row by row in slot order
+            got_valid, want_valid = got.transpose(0, 2, 1, 3)[slots], want.transpose(0, 2, 1, 3)[ref_slots]
             worst = max(worst, _max_abs(got_valid, want_valid))
             ok = ok and allows(tolerance, got_valid, want_valid)
     return True, worst, ok
@@ -138,8 +144,8 @@ class OnnxDecoder:
     def __init__(self, generator: Any) -> None:
         self.generator = generator
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return np.asarray(self.generator.prefill(input_ids, attention_mask))
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        return np.asarray(self.generator.prefill(input_ids, attention_mask, max_new_tokens))
 
     def decode(self, token_ids: np.ndarray) -> np.ndarray:
         return np.asarray(self.generator.decode(token_ids))

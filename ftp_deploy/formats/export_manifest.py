@@ -29,6 +29,15 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 # The decode graph's own inputs besides the per-layer cache: one token per row and its position.
 DECODE_INPUT_NAMES = ("input_ids", "position_ids")
 CACHE_PARTS = ("key", "value", "valid")
+# The two forms of a decode graph's cache (WithPastRecord.cache):
+# - "concat": past [B, kv_heads, P_l, head_dim] with slot validity [B, P_l] in, one slot more out (a new
+#   tensor every step); standard ONNX ops, what TensorRT parses.
+# - "inplace": capacity-sized buffers [B, kv_heads, C_l, head_dim] and each row's cached count [B] (int32)
+#   in; com.microsoft.GroupQueryAttention writes the new key and value at that count, into the buffer bound
+#   as both past and present (no copy). Each row's cached entries are packed at slots [0, count).
+CONCAT_CACHE, INPLACE_CACHE = "concat", "inplace"
+INPLACE_PARTS = ("key", "value", "length")
+CACHE_FORMS = (CONCAT_CACHE, INPLACE_CACHE)
 # What ONNX Runtime's CPU provider has kernels for; a bf16 file runs there only widened to fp32.
 CPU_NATIVE_DTYPES = ("fp32", "fp16")
 # --quantize: weight-only integer blocks, as onnxruntime-genai's builder names its precisions (-p int4).
@@ -58,7 +67,8 @@ def hidden_name(block: int) -> str:
 
 
 def past_name(layer: int, part: str) -> str:
-    """A decode graph input of layer `layer`'s cache: key/value [B, kv_heads, P_l, head_dim], valid [B, P_l]."""
+    """A decode graph input of layer `layer`'s cache: key/value [B, kv_heads, P_l, head_dim] and valid [B, P_l]
+    (the concat form), or key/value [B, kv_heads, C_l, head_dim] and length [B] (in place)."""
     return f"past.{layer}.{part}"
 
 
@@ -72,9 +82,11 @@ def quantized_names(weight: str, bits: int) -> tuple[str, str, str]:
     return f"{weight}_Q{bits}", f"{weight}_scales", f"{weight}_zero_points"
 
 
-def cache_names(num_layers: int, name: Callable[[int, str], str]) -> tuple[str, ...]:
-    """Every layer's key, value and valid tensor names, layer by layer."""
-    return tuple(name(layer, part) for layer in range(num_layers) for part in CACHE_PARTS)
+def cache_names(
+    num_layers: int, name: Callable[[int, str], str], parts: tuple[str, ...] = CACHE_PARTS
+) -> tuple[str, ...]:
+    """Every layer's cache tensor names (key, value and valid by default), layer by layer."""
+    return tuple(name(layer, part) for layer in range(num_layers) for part in parts)
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,20 @@ class WithPastRecord:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
     tokenizer_files: tuple[str, ...]
+    # The decode graph's cache form (CONCAT_CACHE or INPLACE_CACHE); manifests from before the in-place form: concat.
+    cache: str = CONCAT_CACHE
+
+    @property
+    def inplace(self) -> bool:
+        return self.cache == INPLACE_CACHE
+
+    def past_parts(self) -> tuple[str, ...]:
+        """The decode graph's cache inputs per layer: key, value and validity (concat) or length (in place)."""
+        return INPLACE_PARTS if self.inplace else CACHE_PARTS
+
+    def present_parts(self) -> tuple[str, ...]:
+        """The decode graph's cache outputs per layer (in place: the same buffers, so no length)."""
+        return INPLACE_PARTS[:2] if self.inplace else CACHE_PARTS
 
 
 @dataclass(frozen=True)

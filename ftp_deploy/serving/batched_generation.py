@@ -9,7 +9,8 @@ must come out as it would alone (`ftp-deploy generate --runtime onnxrt`), which 
   own prefill call, and its rows' first tokens go out as soon as it is done.
 - **Decode together.** The caches of the prefill calls are joined along the batch axis: each
   layer's slot axis is padded on the left with empty slots (`valid` False, which the decode graph
-  masks out, as it does a left-padded prompt's), so every row attends to exactly its own cache.
+  masks out, as it does a left-padded prompt's), so every row attends to exactly its own cache;
+  an in-place cache's buffers are padded on the right instead, beyond every row's cached count.
 - **Each row ends on its own** end-of-sequence token, its own `max_tokens`, or when its client is
   gone; it then leaves the batch (its cache rows are dropped), so no row decodes past its context.
 
@@ -141,20 +142,28 @@ def _pick_rows(logits: np.ndarray, samplers: Sequence[Sampler]) -> list[int]:
 
 
 def join_caches(parts: Sequence[OnnxCache]) -> OnnxCache:
-    """The caches of several prefill calls as one batch: each layer's slots left-padded with empty slots."""
+    """The caches of several prefill calls as one batch, each layer's slot axis padded with empty slots."""
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
+    inplace = first.lengths is not None
     tensors: dict[str, ort.OrtValue] = {}
     for layer in range(first.num_layers):
-        length = max(int(part.tensors[present_name(layer, "valid")].shape()[1]) for part in parts)
-        for name in CACHE_PARTS:
+        length = max(part.capacity()[layer] for part in parts)
+        for name in ("key", "value") if inplace else CACHE_PARTS:
             key = present_name(layer, name)
             axis = 1 if name == "valid" else 2  # valid [B, slots]; key, value [B, kv_heads, slots, head_dim]
-            arrays = [_pad_slots(part.tensors[key].numpy(), axis, length) for part in parts]
+            arrays = [_pad_slots(part.tensors[key].numpy(), axis, length, after=inplace) for part in parts]
             tensors[key] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.concatenate(arrays)))
     positions = np.concatenate([part.next_position for part in parts])
-    return OnnxCache(first.export_id, tensors, positions, first.num_layers)
+    if not inplace:
+        return OnnxCache(first.export_id, tensors, positions, first.num_layers)
+    lengths = [
+        np.concatenate([part.lengths[layer] for part in parts if part.lengths is not None])
+        for layer in range(first.num_layers)
+    ]
+    filled = [max(part.layer_lengths()[layer] for part in parts) for layer in range(first.num_layers)]
+    return OnnxCache(first.export_id, tensors, positions, first.num_layers, lengths, filled)
 
 
 def take_rows(cache: OnnxCache, rows: Sequence[int]) -> OnnxCache:
@@ -164,13 +173,14 @@ def take_rows(cache: OnnxCache, rows: Sequence[int]) -> OnnxCache:
         name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[index]))
         for name, value in cache.tensors.items()
     }
-    return OnnxCache(cache.export_id, tensors, cache.next_position[index], cache.num_layers)
+    lengths = None if cache.lengths is None else [length[index] for length in cache.lengths]
+    return OnnxCache(cache.export_id, tensors, cache.next_position[index], cache.num_layers, lengths, cache.filled)
 
 
-def _pad_slots(array: np.ndarray, axis: int, length: int) -> np.ndarray:
+def _pad_slots(array: np.ndarray, axis: int, length: int, after: bool = False) -> np.ndarray:
     missing = length - array.shape[axis]
     if missing == 0:
         return array
     widths = [(0, 0)] * array.ndim
-    widths[axis] = (missing, 0)
+    widths[axis] = (0, missing) if after else (missing, 0)
     return np.pad(array, widths)  # zeros: empty key/value slots, valid False
