@@ -28,6 +28,9 @@ from ftp_deploy.formats.routed_config import TrainingRecord
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 VOCAB = 96
+# The IR version of the exports (torch.onnx writes 10). Graphs the tests build with onnx.helper take it too:
+# the onnx package's own newest (14 with onnx 1.23) is refused by ONNX Runtime before 1.32.
+EXPORT_IR_VERSION = 10
 
 _COMMON = dict(
     vocab_size=VOCAB,

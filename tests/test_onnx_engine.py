@@ -21,6 +21,7 @@ from ftp_deploy.engines.onnx_runtime import (
     execution_providers,
 )
 from ftp_deploy.errors import MissingDependencyError
+from tests.conftest import EXPORT_IR_VERSION
 
 
 def affine_model(path: Path, offset: float = 1.0) -> Path:
@@ -39,7 +40,7 @@ def affine_model(path: Path, offset: float = 1.0) -> Path:
             helper.make_tensor("one", TensorProto.FLOAT, [], [offset]),
         ],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=EXPORT_IR_VERSION), path)
     return path
 
 

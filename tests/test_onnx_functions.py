@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 from ftp_deploy.plugins.token_compaction.contract import COMPACT_OP, DOMAIN, SCATTER_OP, kept_count
 from ftp_deploy.plugins.token_compaction.onnx_functions import DOMAIN_OPSET, local_functions
 from ftp_deploy.plugins.token_compaction.reference import token_compact, token_scatter
+from tests.conftest import EXPORT_IR_VERSION
 
 PLUGIN = {"plugin_namespace": "ftp", "plugin_version": "1"}
 ONNX_TYPES = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
@@ -42,7 +43,8 @@ def pair_model(sparsity_num: int, dtype: torch.dtype = torch.float32, opset: int
         ],
     )
     opsets = [helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, DOMAIN_OPSET)]
-    return helper.make_model(graph, opset_imports=opsets, functions=local_functions(opset))
+    functions = local_functions(opset)
+    return helper.make_model(graph, opset_imports=opsets, functions=functions, ir_version=EXPORT_IR_VERSION)
 
 
 def run_pair(model: onnx.ModelProto, hidden: torch.Tensor, scores: torch.Tensor) -> list[np.ndarray]:

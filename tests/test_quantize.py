@@ -37,7 +37,7 @@ from ftp_deploy.plugins.token_compaction.contract import DOMAIN
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.router import RouterSpec
 from ftp_deploy.schedule import Schedule
-from tests.conftest import random_batch, tiny_model, tiny_tokenizer
+from tests.conftest import EXPORT_IR_VERSION, random_batch, tiny_model, tiny_tokenizer
 from tests.test_cli import assert_one_error_line
 
 SCHEDULE = (0.3, 0.1)
@@ -232,7 +232,8 @@ def _one_matmul(weight: np.ndarray, transposed_in_graph: bool) -> ir.Model:
         nodes, "one", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", columns])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", rows])], [numpy_helper.from_array(weight, "w")],
     )  # fmt: skip
-    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    opsets = [helper.make_opsetid("", 18)]
+    return ir.from_proto(helper.make_model(graph, opset_imports=opsets, ir_version=EXPORT_IR_VERSION))
 
 
 def _run_accuracy_level_0(model: ir.Model, activations: np.ndarray) -> np.ndarray:

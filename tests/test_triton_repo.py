@@ -18,6 +18,7 @@ from ftp_deploy.engines.trt_profile import DEFAULT_PROFILE
 from ftp_deploy.errors import MissingDependencyError, OutputFolderError
 from ftp_deploy.exporters.triton_repo import CONFIG_FILE, read_config, write_triton_repository
 from ftp_deploy.formats.export_manifest import DATA_FILE, MODEL_FILE, TensorRtSection, write_manifest
+from tests.conftest import EXPORT_IR_VERSION
 from tests.test_export_command import make_run
 from tests.test_export_format import sample_manifest
 
@@ -38,7 +39,8 @@ def fake_artifact(folder: Path, logits_type: int = TensorProto.BFLOAT16, plan: b
         helper.make_tensor_value_info("hidden_0", logits_type, ["batch", "sequence", HIDDEN]),
     ]
     nodes = [helper.make_node("Identity", ["input_ids"], ["indices_0"])]
-    onnx.save(helper.make_model(helper.make_graph(nodes, "g", inputs, outputs)), folder / MODEL_FILE)
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs), ir_version=EXPORT_IR_VERSION)
+    onnx.save(model, folder / MODEL_FILE)
     (folder / DATA_FILE).write_bytes(b"weights")
     manifest = sample_manifest(debug_outputs=True)
     if plan:
