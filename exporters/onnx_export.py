@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
 import torch
-from onnx_ir.tensor_adapters import from_torch_dtype
+from onnx_ir.tensor_adapters import TorchTensor
 from torch import nn
 
 from ftp_deploy.errors import ExportError
@@ -292,7 +292,7 @@ def stitched_decoder(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpec) 
         state = {**state, "position_ids": inputs[1]}
         for name, table in tables.items():
             stored = assembler.initializer(f"rotary.{name}", table)
-            state[name] = stored if dtype == torch.float32 else assembler.cast(stored, from_torch_dtype(dtype))
+            state[name] = stored if dtype == torch.float32 else assembler.cast(stored, _ir_dtype(dtype))
     present: list[ir.Value] = []
     axes = decode.dynamic_axes
     for index, routed_layer in enumerate(routed.layers):
@@ -304,7 +304,7 @@ def stitched_decoder(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpec) 
             value = ir.Value(
                 name=past_name(index, part),
                 shape=ir.Shape(shape),
-                type=ir.TensorType(from_torch_dtype(tensor.dtype)),
+                type=ir.TensorType(_ir_dtype(tensor.dtype)),
             )
             inputs.append(value)
             past_inputs[f"past_{part}"] = value
@@ -461,3 +461,8 @@ def add_compaction_functions(model: ir.Model, opset: int) -> None:
 def _summary(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def _ir_dtype(dtype: torch.dtype) -> ir.DataType:
+    """The ONNX element type of a torch dtype (bf16 included, which numpy has not)."""
+    return TorchTensor(torch.empty((), dtype=dtype)).dtype
