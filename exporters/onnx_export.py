@@ -59,19 +59,26 @@ from ftp_deploy.plugins.token_compaction.contract import DOMAIN
 from ftp_deploy.plugins.token_compaction.onnx_functions import DOMAIN_OPSET, local_functions
 from ftp_deploy.routed_model import RoutedModel
 
+# torch.onnx and the optimizer and fusion passes it brings log every folded or skipped node (onnx-ir's
+# with a stack, which reads like a traceback on a user's terminal).
+_EXPORT_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence torch.onnx's warnings and log lines (verbose=False stops its prints); errors still raise."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence torch.onnx's and the ONNX passes' warnings and log lines (verbose=False stops torch.onnx's
+    prints); errors still raise."""
+    loggers = [logging.getLogger(name) for name in _EXPORT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def export_onnx_file(routed: RoutedModel, spec: ExportSpec, vocab_size: int, folder: Path) -> Path:
@@ -114,7 +121,8 @@ def export_decoder_file(routed: RoutedModel, spec: ExportSpec, decode: DecodeSpe
     ir.save(model, path)
     _check(path)
     if decode.inplace:  # ONNX Runtime's graph: its fused norms too (exporters/fusions.py), checked in ORT
-        fuse_normalizations(model)
+        with _quiet_exporter():
+            fuse_normalizations(model)
         ir.save(model, path)
     return path
 
@@ -365,7 +373,8 @@ class _PieceTracer:
         model = program.model
         _weights_to_inputs(model, module)
         if self.optimize:  # folding one small piece takes a second; the stitched graph, minutes
-            onnxscript.optimizer.optimize(model)
+            with _quiet_exporter():
+                onnxscript.optimizer.optimize(model)
         return model
 
 
