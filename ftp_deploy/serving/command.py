@@ -117,13 +117,18 @@ def _server_version(server: RunningServer) -> str:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a service manager's stop) takes the Ctrl-C path: the server shuts down in order."""
+    """SIGTERM (a service manager's stop) and SIGINT take the Ctrl-C path: the server shuts down in order.
+
+    SIGINT too, because Python leaves it ignored when the parent ignored it (a shell without job control
+    starts `serve ... &` so), and Ctrl-C or `kill -INT` would then never stop the server.
+    """
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
