@@ -1,4 +1,4 @@
-"""Generation over the two ONNX Runtime sessions of a --with-past export (FTP_SPEC section 9).
+"""Generation over the graphs of a --with-past export in ONNX Runtime (FTP_SPEC section 9).
 
 The prefill graph routes the prompt once and returns every layer's compacted cache (K_l slots,
 each layer its own length, each row's valid slots first); the decode graph takes one token per row,
@@ -11,6 +11,9 @@ between steps (IO binding), in one of two forms (WithPastRecord.cache):
   value into them and nothing is copied; a step beyond the capacity is refused.
 - concat (the standard-op graph TensorRT takes): each step returns every cache one slot longer, bound
   as the next step's past input without passing through numpy.
+
+An in-place export also holds both graphs under one If (generator.onnx, exporters/merge.py): one
+session, one copy of the weights in memory; the two-session form serves the concat graphs.
 
 onnxruntime-genai's generator cannot drive these graphs: it allocates every layer's present
 key/value with one sequence length (the total length, or a sliding window's cap), and feeds one
@@ -28,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ftp_deploy.engines.onnx_runtime import SessionFromOnnx, SessionOptionsLoader
+from ftp_deploy.engines.prepacked import prepacked_graph
 from ftp_deploy.engines.widen import cpu_runnable
 from ftp_deploy.errors import (
     ArtifactError,
@@ -37,9 +41,12 @@ from ftp_deploy.errors import (
     PromptError,
 )
 from ftp_deploy.formats.export_manifest import (
+    BRANCH_INPUT,
     CACHE_FORMS,
     CPU_NATIVE_DTYPES,
+    DECODE_INPUT_NAMES,
     DECODER_FILE,
+    INPUT_NAMES,
     ExportedArtifact,
     WithPastRecord,
     cache_names,
@@ -132,6 +139,10 @@ class OnnxGenerator:
     ) -> None:
         self.prefill_session = prefill_session
         self.decode_session = decode_session
+        # One session over the generator graph: each call names its branch and fills the other's inputs.
+        merged = prefill_session is decode_session
+        self._prefill_feed = _placeholders(prefill_session, False) if merged else {}
+        self._decode_feed = _placeholders(decode_session, True) if merged else {}
         self.record = record
         self.export_id = export_id
         self.cache: OnnxCache | None = None
@@ -145,8 +156,13 @@ class OnnxGenerator:
         self._past = cache_names(record.num_layers, past_name, record.present_parts())
 
     @classmethod
-    def open(cls, folder: Path, threads: int | None = None, fp32_arithmetic: bool = False) -> OnnxGenerator:
+    def open(
+        cls, folder: Path, threads: int | None = None, fp32_arithmetic: bool = False, prepack: bool = True
+    ) -> OnnxGenerator:
         """The generator of an export folder whose files match its manifest; `threads` intra-op threads.
+
+        An in-place export runs its generator graph in one session, through its prepacked copy under the
+        cache root (engines/prepacked.py, written on first use) unless `prepack` is False.
 
         `fp32_arithmetic` runs the graphs as parity compares them (engines/widen.cpu_runnable), not as shipped.
         """
@@ -161,19 +177,36 @@ class OnnxGenerator:
                 f"{folder} holds {manifest.dtype} graphs, which ONNX Runtime's CPU provider has no kernels for: "
                 "generate from an fp32 or fp16 export (verify compares this one widened to fp32)"
             )
+        quantized = manifest.quantization is not None
+        export_id = ";".join(f"{role}={digest}" for role, digest in sorted(manifest.graph_hashes.items()))
+        if "generate" in manifest.graphs:
+            merged: Path | bytes = artifact.graph_path("generate")
+            if fp32_arithmetic:
+                merged = cpu_runnable(artifact.graph_path("generate"), manifest.dtype, quantized)
+            elif prepack:
+                packed = prepacked_graph(artifact.graph_path("generate"), manifest.graph_hashes["generate"])
+                if packed is not None:  # its blobs are shared by both branches: packed, and one copy
+                    return cls.from_generator_file(packed, manifest.with_past, export_id, threads, prepacking=True)
+            return cls.from_generator_file(merged, manifest.with_past, export_id, threads, prepacking=quantized)
         prefill: Path | bytes = artifact.graph_path("prefill")
         decode: Path | bytes = artifact.graph_path("decode")
         if fp32_arithmetic:
-            quantized = manifest.quantization is not None
             prefill = cpu_runnable(artifact.graph_path("prefill"), manifest.dtype, quantized)
             decode = cpu_runnable(artifact.graph_path("decode"), manifest.dtype, quantized)
-        return cls.from_files(
-            prefill,
-            decode,
-            manifest.with_past,
-            export_id=";".join(f"{role}={digest}" for role, digest in sorted(manifest.graph_hashes.items())),
-            threads=threads,
-        )
+        return cls.from_files(prefill, decode, manifest.with_past, export_id=export_id, threads=threads)
+
+    @classmethod
+    def from_generator_file(
+        cls, graph: Path | bytes, record: WithPastRecord, export_id: str, threads: int | None, prepacking: bool
+    ) -> OnnxGenerator:
+        """One session over the generator graph (file or serialized): prefill and decode share its weights.
+
+        With `prepacking` each branch's kernels pack a copy of the weights of their own, two in all, unless
+        the graph is the prepacked copy (engines/prepacked.py); without, float MatMuls read the stored
+        weights. A quantized graph's MatMulNBits computes from packed blocks only: it needs prepacking.
+        """
+        session = SessionFromOnnx(graph, options=SessionOptionsLoader(threads=threads, prepacking=prepacking))()
+        return cls(session, session, record, export_id)
 
     @classmethod
     def from_files(
@@ -219,6 +252,8 @@ class OnnxGenerator:
         binding = self.prefill_session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
+        for name, placeholder in self._prefill_feed.items():
+            binding.bind_cpu_input(name, placeholder)
         outputs = self._run(self.prefill_session, binding)
         positions = mask.sum(1).astype(np.int64)
         if self.record.inplace:
@@ -265,6 +300,8 @@ class OnnxGenerator:
         binding = self.decode_session.io_binding()
         binding.bind_cpu_input("input_ids", tokens)
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(cache.next_position[:, None]))
+        for name, placeholder in self._decode_feed.items():
+            binding.bind_cpu_input(name, placeholder)
         for past, present in zip(self._past, self._present, strict=True):
             binding.bind_ortvalue_input(past, cache.tensors[present])
         if cache.lengths is None:
@@ -348,6 +385,21 @@ class OnnxGenerator:
                 break
             logits = self.decode(tokens[:, None])
         return GeneratedTokens(np.stack(generated, axis=1), finished, len(generated))
+
+
+def _placeholders(session: ort.InferenceSession, decode: bool) -> dict[str, np.ndarray]:
+    """A generator graph's branch flag and, for the inputs only the other branch reads, zeros (named dims 1)."""
+    own = set(DECODE_INPUT_NAMES if decode else INPUT_NAMES)
+    feed = {BRANCH_INPUT: np.array(decode)}
+    for node in session.get_inputs():
+        if node.name == BRANCH_INPUT or node.name in own or (decode and node.name.startswith("past.")):
+            continue
+        dims = [dim if isinstance(dim, int) else 1 for dim in node.shape]
+        feed[node.name] = np.zeros(dims, dtype=_NUMPY_INPUT_TYPES[node.type])
+    return feed
+
+
+_NUMPY_INPUT_TYPES = {**_NUMPY_TYPES, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def _check_room(lengths: Sequence[np.ndarray], capacity: Sequence[int]) -> None:

@@ -69,11 +69,13 @@ def execution_providers(device: str, trt_cache: Path | None = None) -> list[str 
 class SessionOptionsLoader:
     """ort.SessionOptions: all graph optimizations, one sequential executor, `threads` intra-op threads.
 
-    `threads=None` keeps ONNX Runtime's default of one thread per physical core.
+    `threads=None` keeps ONNX Runtime's default of one thread per physical core. `prepacking=False`
+    keeps kernels from repacking constant weights into copies of their own (exporters/merge.py says when).
     """
 
     threads: int | None = None
     graph_optimization: str = "all"
+    prepacking: bool = True
 
     def __call__(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -83,6 +85,8 @@ class SessionOptionsLoader:
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         options.log_severity_level = _ERROR_SEVERITY
+        if not self.prepacking:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         return options
 
 

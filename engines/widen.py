@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, NodeProto, TensorProto, numpy_helper
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, numpy_helper
 
 from ftp_deploy.formats.export_manifest import CPU_NATIVE_DTYPES, QUANTIZED_DOMAIN
 
@@ -32,15 +32,15 @@ _TYPE_ATTRIBUTES = ("to", "dtype")
 def widened_to_fp32(path: Path) -> onnx.ModelProto:
     """The model at `path` (external data loaded) with fp16/bf16 tensors, casts and types as fp32."""
     model = onnx.load(path)
-    graph = model.graph
-    for tensor in graph.initializer:
-        _widen_tensor(tensor)
+    for graph in _graphs(model.graph):
+        for tensor in graph.initializer:
+            _widen_tensor(tensor)
+        for info in [*graph.input, *graph.output, *graph.value_info]:
+            if info.type.tensor_type.elem_type in NARROW_TYPES:
+                info.type.tensor_type.elem_type = TensorProto.FLOAT
     for node in _all_nodes(model):
         for attribute in node.attribute:
             _widen_attribute(attribute)
-    for info in [*graph.input, *graph.output, *graph.value_info]:
-        if info.type.tensor_type.elem_type in NARROW_TYPES:
-            info.type.tensor_type.elem_type = TensorProto.FLOAT
     return model
 
 
@@ -71,6 +71,15 @@ def _fp32_where(path: Path, widen: bool, quantized: bool) -> Path | bytes:
         return path
     model = widened_to_fp32(path) if widen else onnx.load(path)
     return (fp32_arithmetic(model) if quantized else model).SerializeToString()
+
+
+def _graphs(graph: GraphProto) -> Iterator[GraphProto]:
+    """`graph` and every subgraph in it (an If's branches: the generator graph's)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.GRAPH:
+                yield from _graphs(attribute.g)
 
 
 def _all_nodes(model: onnx.ModelProto) -> Iterator[NodeProto]:

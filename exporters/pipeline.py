@@ -20,6 +20,7 @@ from ftp_deploy.engines.widen import fp32_copy
 from ftp_deploy.errors import ExportError, UnsupportedExportError
 from ftp_deploy.exporters.attention import GQA_HEAD_MULTIPLE, fused_attention_fits
 from ftp_deploy.exporters.graphs import cast_weights, export_module
+from ftp_deploy.exporters.merge import export_generator_file
 from ftp_deploy.exporters.onnx_export import export_decoder_file, export_onnx_file
 from ftp_deploy.exporters.options import ENGINE_ATTENTION, ExportOptions
 from ftp_deploy.exporters.output_folder import check_output_folder, remove_stale_staging, staged_folder
@@ -27,8 +28,10 @@ from ftp_deploy.exporters.spec import DecodeSpec, ExportSpec, sample_inputs
 from ftp_deploy.exporters.validation import validate_decode, validate_export
 from ftp_deploy.fileio import sha256_file, storage
 from ftp_deploy.formats.export_manifest import (
+    BRANCH_INPUT,
     DATA_FILE,
     DECODER_FILE,
+    GENERATOR_FILE,
     MODEL_FILE,
     BaseModelRecord,
     ExportManifest,
@@ -116,6 +119,8 @@ def export_onnx(
         if decode is not None:
             with progress.phase("export the decode graph, save the tokenizer"):
                 export_decoder_file(routed, spec, decode, folder)
+                if decode.inplace:  # what generation runs: both graphs in one session, one copy of the weights
+                    export_generator_file(folder)
                 with_past = _with_past_record(loaded, spec, folder)
         with progress.phase("validate against PyTorch, smoke inference in ONNX Runtime"):
             # The file's fp32-arithmetic copy against the module holding the file's weights in fp32: the same
@@ -230,6 +235,10 @@ def _manifest(
     if with_past is not None:  # in place through GroupQueryAttention where the prefill's attention is fused
         decode = DecodeSpec(spec.num_layers, with_past.cache).to_json()
         graphs["decode"] = GraphRecord(DECODER_FILE, DATA_FILE, decode["inputs"], decode["outputs"], runtimes=runtimes)
+        if with_past.inplace:  # both graphs' tensors, each under its own name (exporters/merge.py)
+            inputs = {BRANCH_INPUT: {}, **axes["inputs"], **decode["inputs"]}
+            outputs = {**decode["outputs"], **axes["outputs"]}
+            graphs["generate"] = GraphRecord(GENERATOR_FILE, DATA_FILE, inputs, outputs, runtimes=runtimes)
     return ExportManifest(
         engine="onnx",
         graph="dense" if spec.dense else "routed",

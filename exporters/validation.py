@@ -21,7 +21,13 @@ from ftp_deploy.engines.torch_runner import ModuleRunner
 from ftp_deploy.engines.widen import fp32_copy
 from ftp_deploy.errors import ExportValidationError
 from ftp_deploy.exporters.spec import ExportSpec
-from ftp_deploy.formats.export_manifest import DECODER_FILE, MODEL_FILE, ValidationRecord, WithPastRecord
+from ftp_deploy.formats.export_manifest import (
+    DECODER_FILE,
+    GENERATOR_FILE,
+    MODEL_FILE,
+    ValidationRecord,
+    WithPastRecord,
+)
 from ftp_deploy.routed_model import RoutedModel
 from ftp_deploy.schedule import Schedule
 
@@ -61,7 +67,8 @@ def validate_decode(
     validation: ValidationRecord,
     quantized: bool = False,
 ) -> ValidationRecord:
-    """Prefill and decode graphs in ONNX Runtime against PyTorch, with verify's decode check.
+    """Prefill and decode graphs in ONNX Runtime against PyTorch, with verify's decode check (an in-place
+    export's generator graph as well: the worst of the two is recorded).
 
     On the first validation input (batch 2, one row left-padded); a dense export's reference is the
     routed forward at sparsity 0 (every token kept in every block). The graphs run with fp32 arithmetic
@@ -77,10 +84,16 @@ def validate_decode(
     ids, mask = spec.validation_inputs(vocab_size)[0]
     # In fp32 arithmetic, as the prefill graph is validated: `routed` holds the file's rounded weights in fp32.
     prefill, decode = (fp32_copy(folder / name, spec.dtype, quantized) for name in (MODEL_FILE, DECODER_FILE))
-    generator = OnnxGenerator.from_files(prefill, decode, record, export_id="validation")
-    report = check_decode(
-        reference_model, OnnxDecoder(generator), ids, mask, DECODE_STEPS, spec.tolerance, same_tokens=False
-    )
-    if report.failures:
-        raise ExportValidationError(report.failures)
-    return replace(validation, decode_logits_max_abs_diff=report.logits_max_abs_diff, decode_steps=DECODE_STEPS)
+    generators = [OnnxGenerator.from_files(prefill, decode, record, export_id="validation")]
+    if record.inplace:  # the generator graph too (exporters/merge.py): what generation runs
+        merged = fp32_copy(folder / GENERATOR_FILE, spec.dtype, quantized)
+        generators.append(OnnxGenerator.from_generator_file(merged, record, "validation", None, prepacking=quantized))
+    worst = 0.0
+    for generator in generators:
+        report = check_decode(
+            reference_model, OnnxDecoder(generator), ids, mask, DECODE_STEPS, spec.tolerance, same_tokens=False
+        )
+        if report.failures:
+            raise ExportValidationError(report.failures)
+        worst = max(worst, report.logits_max_abs_diff)
+    return replace(validation, decode_logits_max_abs_diff=worst, decode_steps=DECODE_STEPS)

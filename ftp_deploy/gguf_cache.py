@@ -8,7 +8,7 @@ the same weights, tokenizer and architecture hash. The folder's name holds a has
 file's path, size and modification time and of the transformers version that converted it; it
 is written in a hidden sibling and renamed into place, so a partial copy is never read.
 
-The cache root is $FTP_DEPLOY_CACHE, else $XDG_CACHE_HOME/ftp-deploy, else ~/.cache/ftp-deploy.
+The cache root is ftp_deploy/cache_dir.py's.
 """
 
 from __future__ import annotations
@@ -24,15 +24,11 @@ from typing import Any
 
 import torch
 
-CACHE_ENV = "FTP_DEPLOY_CACHE"
+from ftp_deploy.cache_dir import CACHE_ENV, cache_root
+
+__all__ = ["CACHE_ENV", "cached_folder", "find_converted", "store_converted"]
+
 MARKER = "ftp-deploy-gguf.json"
-
-
-def cache_root() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ftp-deploy"
 
 
 def cached_folder(gguf: Path) -> Path:

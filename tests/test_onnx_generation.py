@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,10 @@ from transformers import AutoTokenizer
 
 from ftp_deploy import cli
 from ftp_deploy.artifacts import RoutedArtifact, load_routed, save_artifact
+from ftp_deploy.cache_dir import CACHE_ENV
+from ftp_deploy.engines import prepacked
 from ftp_deploy.engines.onnx_generation import OnnxGenerator
+from ftp_deploy.engines.prepacked import PREPACKED_DATA, PREPACKED_FILE, evict_stale, prepacked_folder, prepacked_graph
 from ftp_deploy.engines.trt_profile import ShapeProfile
 from ftp_deploy.errors import (
     CacheCapacityError,
@@ -33,6 +37,7 @@ from ftp_deploy.fileio import sha256_file
 from ftp_deploy.formats.export_manifest import (
     CONCAT_CACHE,
     DECODER_FILE,
+    GENERATOR_FILE,
     INPLACE_CACHE,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -168,6 +173,75 @@ def test_inplace_decode_writes_into_the_buffers_bound_as_past_and_present(llama_
         assert np.array_equal(slots, np.arange(slots.shape[1]) == counts[layer][:, None])  # each row's count only
 
 
+def test_the_generator_graph_holds_each_weight_once_and_generates_as_the_two_graphs(
+    llama_export: tuple[Path, Path], single_thread: None
+) -> None:
+    """generator.onnx: prefill and decode under one If over the outer graph's weights (each transposed once
+    there), in one session; it computes what the two graph files do."""
+    art = llama_export[1]
+    model = onnx.load(art / GENERATOR_FILE, load_external_data=False)
+    weights = [tensor.name for tensor in model.graph.initializer if tensor.external_data]
+    decoder = onnx.load(art / DECODER_FILE, load_external_data=False).graph.initializer
+    assert len(set(weights)) == len(weights) and {t.name for t in decoder if t.external_data} <= set(weights)
+    (choose,) = [node for node in model.graph.node if node.op_type == "If"]
+    transposed = {node.input[0] for node in model.graph.node if node.op_type == "Transpose"}
+    assert transposed and transposed <= set(weights)
+    for branch in (attribute.g for attribute in choose.attribute):
+        assert not [tensor.name for tensor in branch.initializer if tensor.external_data]
+        assert not [node for node in branch.node if node.op_type == "Transpose" and node.input[0] in weights]
+    merged = OnnxGenerator.open(art, threads=1)
+    assert merged.prefill_session is merged.decode_session
+    record = read_manifest(art).with_past
+    assert record is not None
+    two = OnnxGenerator.from_files(art / MODEL_FILE, art / DECODER_FILE, record, "two", threads=1)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    logits = [generator.prefill(ids.numpy(), mask.numpy(), max_new_tokens=STEPS) for generator in (merged, two)]
+    for _ in range(STEPS):
+        assert np.abs(logits[0] - logits[1]).max() <= 1e-4
+        tokens = logits[0].argmax(-1)[:, None]
+        logits = [generator.decode(tokens) for generator in (merged, two)]
+    assert np.abs(logits[0] - logits[1]).max() <= 1e-4
+
+
+def test_the_prepacked_copy_is_written_once_under_the_cache_root_and_generates_the_same(
+    llama_export: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread: None
+) -> None:
+    """open() runs ONNX Runtime's prepacked copy of the generator graph (engines/prepacked.py): written on
+    the first open, reused after, the same logits as the graph itself; no cache to write, the graph itself."""
+    art = llama_export[1]
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    identity = read_manifest(art).graph_hashes["generate"]
+    copy = prepacked_folder(identity) / PREPACKED_FILE
+    packed = OnnxGenerator.open(art, threads=1)
+    assert copy.is_file() and (copy.parent / PREPACKED_DATA).is_file()
+
+    def written_again(graph: Path, target: Path) -> None:
+        raise AssertionError(f"the prepacked copy was written again, to {target}")
+
+    monkeypatch.setattr(prepacked, "_save_optimized", written_again)
+    OnnxGenerator.open(art, threads=1)
+    plain = OnnxGenerator.open(art, threads=1, prepack=False)
+    ids, mask = random_batch(2, PROMPT_LEN, "left")
+    logits = [generator.prefill(ids.numpy(), mask.numpy(), max_new_tokens=3) for generator in (packed, plain)]
+    for _ in range(3):
+        assert np.abs(logits[0] - logits[1]).max() <= 1e-4
+        tokens = logits[0].argmax(-1)[:, None]
+        logits = [generator.decode(tokens) for generator in (packed, plain)]
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file" / "cache"))  # cannot be created
+    assert prepacked_graph(art / GENERATOR_FILE, identity) is None
+    OnnxGenerator.open(art, threads=1).generate(ids.numpy(), mask.numpy(), max_new_tokens=2)
+
+
+def test_only_the_most_recently_used_prepacked_copies_are_kept(tmp_path: Path) -> None:
+    for age, name in enumerate("abcdef"):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 - age, 1000 - age))  # a the newest
+    (tmp_path / ".staging").mkdir()
+    assert sorted(path.name for path in evict_stale(tmp_path, kept=4)) == ["e", "f"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".staging", "a", "b", "c", "d"]
+
+
 def test_a_generation_longer_than_the_cache_capacity_is_refused(llama_export: tuple[Path, Path]) -> None:
     generator = OnnxGenerator.open(llama_export[1], threads=1)
     ids, mask = random_batch(2, PROMPT_LEN, "left")
@@ -259,14 +333,14 @@ def test_eos_ends_a_row_and_sampling_is_seeded(llama_export: tuple[Path, Path]) 
     assert np.array_equal(sampled[0].tokens, sampled[1].tokens)
 
 
-def test_manifest_lists_both_graphs_with_their_hashes(llama_export: tuple[Path, Path]) -> None:
+def test_manifest_lists_every_graph_with_its_hashes(llama_export: tuple[Path, Path]) -> None:
     art = llama_export[1]
     manifest = read_manifest(art)
-    assert set(manifest.graphs) == {"prefill", "decode"}
+    assert set(manifest.graphs) == {"prefill", "decode", "generate"}
     for record in manifest.graphs.values():
         assert record.sha256 == sha256_file(art / record.file)
         assert record.data_sha256 == sha256_file(art / record.data_file)
-    assert manifest.graphs["decode"].file == DECODER_FILE
+    assert manifest.graphs["decode"].file == DECODER_FILE and manifest.graphs["generate"].file == GENERATOR_FILE
     assert "past.0.key" in manifest.graphs["decode"].inputs and "present.3.valid" in manifest.graphs["prefill"].outputs
     # The decoder reads the prefill graph's weight file: no second copy of the weights.
     assert (art / DECODER_FILE).stat().st_size < (art / MODEL_FILE).stat().st_size

@@ -23,6 +23,10 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 # The decode graph of a --with-past export; its weights are the same bytes of DATA_FILE.
 DECODER_FILE = "decoder.onnx"
+# The two graphs of an in-place --with-past export under one If over one copy of the weights (exporters/merge.py):
+# what generation runs. Its input `decode` (a bool) picks the branch.
+GENERATOR_FILE = "generator.onnx"
+BRANCH_INPUT = "decode"
 MANIFEST_FILE = "manifest.json"
 # The graph inputs, both [batch, sequence] int64; the TensorRT optimization profile names them too.
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -332,7 +336,7 @@ class ExportedArtifact:
         return run
 
     def graph_path(self, role: str) -> Path:
-        """The file of the graph `role` ("prefill", "decode"); an ArtifactError if the export has none."""
+        """The file of the graph `role` ("prefill", "decode", "generate"); an ArtifactError if the export has none."""
         record = self.manifest.graphs.get(role)
         if record is None:
             hint = " (export with --with-past for generation)" if role == "decode" else ""
