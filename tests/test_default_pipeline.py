@@ -47,7 +47,7 @@ def test_both_exports_validate_with_the_default_options(default_pipeline: dict[s
     prefill_only, with_past = read_manifest(default_pipeline["art"]), read_manifest(default_pipeline["art_past"])
     assert prefill_only.graph == with_past.graph == "routed" and prefill_only.routing_mode == "monotone"
     assert not prefill_only.last_token_logits and set(prefill_only.graphs) == {"prefill"}  # all positions
-    assert set(with_past.graphs) == {"prefill", "decode"} and with_past.validation.decode_steps
+    assert set(with_past.graphs) == {"prefill", "decode", "generate"} and with_past.validation.decode_steps
     tolerance = prefill_only.tolerance
     assert prefill_only.validation.logits_max_abs_diff <= tolerance["atol"]
 

@@ -25,6 +25,7 @@ from ftp_deploy.exporters.quantize import quantize_graph
 from ftp_deploy.formats.export_manifest import (
     DATA_FILE,
     DECODER_FILE,
+    GENERATOR_FILE,
     MODEL_FILE,
     QUANTIZED_DOMAIN,
     quantized_names,
@@ -111,7 +112,8 @@ def test_every_weight_matmul_is_matmulnbits_and_the_compaction_nodes_stay(
     assert manifest.quantization is not None and manifest.quantization.precision == precision
     assert manifest.quantization.bits == int(precision[3:]) and manifest.quantization.block_size == 32
     roles = [MODEL_FILE, DECODER_FILE] if with_past else [MODEL_FILE]
-    assert {record.file for record in manifest.graphs.values()} == set(roles)
+    merged = [GENERATOR_FILE] if manifest.with_past is not None and manifest.with_past.inplace else []
+    assert {record.file for record in manifest.graphs.values()} == {*roles, *merged}
     for name in roles:
         path = folder / name
         nodes, functions = compaction(path)
@@ -143,16 +145,17 @@ def test_every_weight_matmul_is_matmulnbits_and_the_compaction_nodes_stay(
         assert "model.embed_tokens.weight" not in model.graph.initializers
 
 
-def test_both_graphs_read_one_copy_of_the_blocks(exports: dict[tuple[str, str | None, bool], Path]) -> None:
+def test_every_graph_reads_one_copy_of_the_blocks(exports: dict[tuple[str, str | None, bool], Path]) -> None:
     folder = exports[("routed", "int4", True)]
     offsets = {}
-    for name in (MODEL_FILE, DECODER_FILE):
+    for name in (MODEL_FILE, DECODER_FILE, GENERATOR_FILE):  # the generator graph: both graphs' blocks
         model = onnx.load(folder / name, load_external_data=False)
         stored = {t.name: {e.key: e.value for e in t.external_data} for t in model.graph.initializer if t.external_data}
         offsets[name] = {name: (where["location"], where["offset"]) for name, where in stored.items()}
     packed = quantized_names("model.embed_tokens.weight", 4)[0]  # tied: the LM head's blocks too
     assert offsets[MODEL_FILE][packed] == offsets[DECODER_FILE][packed] and offsets[MODEL_FILE][packed][0] == DATA_FILE
     assert all(offsets[MODEL_FILE][name] == where for name, where in offsets[DECODER_FILE].items())
+    assert offsets[GENERATOR_FILE] == {**offsets[DECODER_FILE], **offsets[MODEL_FILE]}
     assert sorted(path.name for path in folder.glob("*.data")) == [DATA_FILE]
 
 
