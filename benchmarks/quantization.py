@@ -188,7 +188,7 @@ def main() -> None:
     print(f"work dir {work}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
 
     past = {f"{g} {p}": export(work, g, p, with_past=True) for g in GRAPHS for p in PRECISIONS}
-    graph_files = ("model.onnx", "decoder.onnx", "model.onnx.data")
+    graph_files = ("model.onnx", "decoder.onnx", "generator.onnx", "model.onnx.data")
     sizes = {name: folder_mib(folder, graph_files) for name, folder in past.items()}
     results: dict[str, Any] = {"sizes_mib": sizes}
     if "speed" not in skip:
