@@ -180,13 +180,13 @@ class OnnxGenerator:
         quantized = manifest.quantization is not None
         export_id = ";".join(f"{role}={digest}" for role, digest in sorted(manifest.graph_hashes.items()))
         if "generate" in manifest.graphs:
-            merged: Path | bytes = artifact.graph_path("generate")
+            merged = artifact.graph_path("generate")
             if fp32_arithmetic:
-                merged = cpu_runnable(artifact.graph_path("generate"), manifest.dtype, quantized)
-            elif prepack:
-                packed = prepacked_graph(artifact.graph_path("generate"), manifest.graph_hashes["generate"])
-                if packed is not None:  # its blobs are shared by both branches: packed, and one copy
-                    return cls.from_generator_file(packed, manifest.with_past, export_id, threads, prepacking=True)
+                runnable = cpu_runnable(merged, manifest.dtype, quantized)
+                return cls.from_generator_file(runnable, manifest.with_past, export_id, threads, prepacking=quantized)
+            packed = prepacked_graph(merged, manifest.graph_hashes["generate"]) if prepack else None
+            if packed is not None:  # its blobs are shared by both branches: packed, and one copy
+                return cls.from_generator_file(packed, manifest.with_past, export_id, threads, prepacking=True)
             return cls.from_generator_file(merged, manifest.with_past, export_id, threads, prepacking=quantized)
         prefill: Path | bytes = artifact.graph_path("prefill")
         decode: Path | bytes = artifact.graph_path("decode")

@@ -25,13 +25,12 @@ import hashlib
 import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
 
-from ftp_deploy.cache_dir import cache_root
+from ftp_deploy.cache_dir import cache_root, write_folder
 from ftp_deploy.engines.onnx_runtime import SessionOptionsLoader
 
 PREPACKED_FILE = "generator.prepacked.onnx"
@@ -49,23 +48,15 @@ def prepacked_folder(identity: str) -> Path:
 def prepacked_graph(graph: Path, identity: str) -> Path | None:
     """The prepacked copy of `graph` (its sha256s `identity`), written on first use; None where it cannot be."""
     folder = prepacked_folder(identity)
-    if (folder / PREPACKED_FILE).is_file():
+    copy = folder / PREPACKED_FILE
+    if copy.is_file():
         _touch(folder)
-        return folder / PREPACKED_FILE
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    except OSError:
-        return None
-    try:
-        _save_optimized(graph, staging / PREPACKED_FILE)
-        os.replace(staging, folder)
-    except (OSError, Fail, RuntimeException):  # ORT's own for a full disk
-        shutil.rmtree(staging, ignore_errors=True)
-        # Another process may have put its copy in place meanwhile.
-        return folder / PREPACKED_FILE if (folder / PREPACKED_FILE).is_file() else None
-    evict_stale(folder.parent)
-    return folder / PREPACKED_FILE
+        return copy
+    # ORT raises its own errors for a full disk.
+    if write_folder(folder, lambda staging: _save_optimized(graph, staging / PREPACKED_FILE), (Fail, RuntimeException)):
+        evict_stale(folder.parent)
+        return copy
+    return copy if copy.is_file() else None  # another process may have put its copy in place meanwhile
 
 
 def evict_stale(root: Path, kept: int = KEPT_COPIES) -> list[Path]:

@@ -110,11 +110,9 @@ def _lift_inputs(graph: ir.Graph, outer: dict[str, ir.Value]) -> None:
     """The graph's inputs become the outer graph's; an input both graphs take (input_ids) is one value."""
     for value in list(graph.inputs):
         name = value.name or ""
-        if name in outer:
-            replace_all_uses_with(value, outer[name])
-        else:
+        if name not in outer:
             outer[name] = ir.Value(name=name, shape=value.shape.copy() if value.shape else None, type=value.type)
-            replace_all_uses_with(value, outer[name])
+        replace_all_uses_with(value, outer[name])
     graph.inputs.clear()
 
 

@@ -16,15 +16,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ftp_deploy.cache_dir import CACHE_ENV, cache_root
+from ftp_deploy.cache_dir import CACHE_ENV, cache_root, write_folder
 
 __all__ = ["CACHE_ENV", "cached_folder", "find_converted", "store_converted"]
 
@@ -46,25 +43,15 @@ def find_converted(gguf: Path) -> Path | None:
 
 
 def store_converted(gguf: Path, model: Any, tokenizer: Any) -> Path | None:
-    """Write the loaded (fp32) model and tokenizer as the converted folder; None where it cannot be written.
-
-    The cache only saves time, so a read-only or full disk skips it rather than failing the command.
-    """
+    """Write the loaded (fp32) model and tokenizer as the converted folder; None where it cannot be written."""
     folder = cached_folder(gguf)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    except OSError:
-        return None
-    try:
+
+    def write(staging: Path) -> None:
         _plain_model(model).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / MARKER).write_text(json.dumps({"gguf": str(gguf.resolve())}), encoding="utf-8")
-        os.replace(staging, folder)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        return None
-    return folder
+
+    return folder if write_folder(folder, write) else None
 
 
 def _plain_model(model: Any) -> Any:
